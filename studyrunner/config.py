@@ -1,0 +1,315 @@
+"""The one configuration object of a training run.
+
+Every field has a default (the documents' value where they give one) and a comment with its
+unit. Configs are frozen; change them with :func:`apply_overrides`, which validates dotted keys
+(``optim.lr``) and values and lists what is allowed when something is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+from .errors import StudyrunnerError
+
+__all__ = [
+    "AugmentConfig",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "SchedConfig",
+    "TrainConfig",
+    "allowed_keys",
+    "apply_overrides",
+    "config_to_dict",
+    "flatten",
+]
+
+DatasetName = Literal["cifar10", "folder"]
+ModelName = Literal["cifar_alexnet", "resnet18", "resnet34", "resnet50", "alexnet"]
+OptimName = Literal["sgd", "adam", "adamw", "rmsprop"]
+SchedName = Literal["none", "step", "multistep", "plateau", "cosine", "onecycle"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class ConfigError(StudyrunnerError):
+    """A configuration key or value that is not allowed; the message says what is."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: DatasetName = "cifar10"  # cifar10 (torchvision batches or image folders) | folder (own data)
+    path: str = ""  # data root; "" = --data-dir or $STUDYRUNNER_DATA_DIR
+    train_subset: int = 0  # training images used (seeded, stratified); 0 = all
+    val_fraction: float = 0.1  # share of the training set held out for validation (0 = none)
+    split_seed: int = 0  # seed of the val split and the subset (fixed across training seeds)
+    image_size: int = 32  # pixels; images are resized (shorter side) and centre-cropped to this
+    cache_dir: str = ""  # decoded-image cache; "" = $STUDYRUNNER_CACHE_DIR or ~/.cache/studyrunner
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: ModelName = "cifar_alexnet"  # see studyrunner.models.MODELS
+    batchnorm: bool = False  # cifar_alexnet: BatchNorm after every conv (document 004 step 5)
+    # cifar_alexnet: dropout probability after pool1, pool2, conv4, fc1 (document 004 step 6)
+    dropout: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    cifar_stem: bool = True  # resnets: 3x3 stride-1 first conv and no max-pool (for 32 px inputs)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: OptimName = "sgd"
+    lr: float = 0.01  # learning rate (peak LR for onecycle)
+    momentum: float = 0.9  # sgd momentum / rmsprop momentum
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 0.0  # L2 penalty (decoupled for adamw)
+    beta1: float = 0.9  # adam/adamw first-moment decay
+    beta2: float = 0.999  # adam/adamw second-moment decay
+
+
+@dataclass(frozen=True)
+class SchedConfig:
+    name: SchedName = "none"
+    step_size: int = 25  # step: epochs between decays
+    gamma: float = 0.1  # step/multistep: LR multiplier at each decay
+    milestones: tuple[int, ...] = (30, 80)  # multistep: epochs at which LR decays
+    monitor: Literal["val_acc", "val_loss"] = "val_acc"  # plateau: metric watched
+    mode: Literal["max", "min"] = "max"  # plateau: max for accuracy, min for loss
+    factor: float = 0.5  # plateau: LR multiplier on a plateau
+    patience: int = 10  # plateau: epochs without improvement before decaying
+    threshold: float = 1e-4  # plateau: least change that counts as improvement
+    threshold_mode: Literal["rel", "abs"] = "rel"  # plateau: relative or absolute threshold
+    cooldown: int = 0  # plateau: epochs to wait after a decay
+    min_lr: float = 0.0  # plateau/cosine: LR floor
+    pct_start: float = 0.3  # onecycle: share of steps spent warming up
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop_padding: int = 0  # pixels of zero padding for random crop; 0 = no crop
+    flip: bool = False  # random horizontal flip, p = 0.5
+    brightness: float = 0.0  # colour jitter: factor drawn from [1-b, 1+b]
+    contrast: float = 0.0  # colour jitter: factor drawn from [1-c, 1+c]
+    saturation: float = 0.0  # colour jitter: factor drawn from [1-s, 1+s]
+    hue: float = 0.0  # colour jitter: hue shift drawn from [-h, h] turns (<= 0.5)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0  # model init, shuffling and augmentation
+    epochs: int = 50  # passes over the training set (document 004 step 1)
+    batch_size: int = 64  # training images per step
+    eval_batch_size: int = 1000  # images per evaluation batch
+    precision: Precision = "auto"  # auto = bf16 on CUDA with bf16 support, else fp32
+    channels_last: bool = True  # NHWC memory format for conv layers
+    device: str = "auto"  # auto = cuda if available, else cpu; or cpu, cuda, cuda:1, mps
+    threads: int = 0  # torch intra-op threads on CPU; 0 = leave torch's default
+    diverge_factor: float = 3.0  # diverged when train loss > factor * ln(classes), or non-finite
+    out_dir: str = ""  # where best.pt / last.pt go; "" = no checkpoints
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+# --------------------------------------------------------------------------- key/type machinery
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _leaf_types(cls: type = TrainConfig, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> annotated type, for every leaf field."""
+    out: dict[str, Any] = {}
+    for name, tp in _hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out.update(_leaf_types(tp, f"{prefix}{name}."))  # type: ignore[arg-type]
+        else:
+            out[f"{prefix}{name}"] = tp
+    return out
+
+
+def allowed_keys() -> list[str]:
+    """Every dotted key that :func:`apply_overrides` accepts."""
+    return sorted(_leaf_types())
+
+
+def describe_type(tp: Any) -> str:
+    """Human words for a field type, used in error messages."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {describe_type(args[0])}"
+        return f"a list of {len(args)} {describe_type(args[0])}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _parse_scalar(text: str) -> Any:
+    """Read a command-line value: true/false, int, float, list or string."""
+    low = text.strip().lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if text.strip().startswith("[") and text.strip().endswith("]"):
+        inner = text.strip()[1:-1]
+        return [_parse_scalar(p) for p in inner.split(",") if p.strip()]
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against ``tp`` and convert it; raise ConfigError naming key and type."""
+    bad = ConfigError(f"{key}: got {value!r}, expected {describe_type(tp)}")
+    if isinstance(value, str) and tp is not str:
+        value = _parse_scalar(value)
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin is tuple:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(key, v, args[0]) for v in value)
+        if len(value) == 1 and len(args) > 1:  # one value for every position
+            value = list(value) * len(args)
+        if len(value) != len(args):
+            raise bad
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise bad  # pragma: no cover - every field type is handled above
+
+
+def _unknown_key(key: str) -> ConfigError:
+    keys = allowed_keys()
+    close = difflib.get_close_matches(key, keys, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}.{hint} Allowed keys: {', '.join(keys)}")
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``; dotted keys pass through."""
+    out: dict[str, Any] = {}
+    for k, v in mapping.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
+    """Return ``config`` with dotted-key overrides applied, each checked for key and type.
+
+    Values may be typed (from YAML) or strings (from ``--set key=value``). Nested mappings
+    (``{"optim": {"lr": 1e-3}}``) are accepted too.
+    """
+    leaf = _leaf_types()
+    for key, value in flatten(overrides).items():
+        if key not in leaf:
+            raise _unknown_key(key)
+        config = _replace(config, key.split("."), _coerce(key, value, leaf[key]))
+    validate(config)
+    return config
+
+
+def _replace(obj: Any, path: list[str], value: Any) -> Any:
+    if len(path) == 1:
+        return dataclasses.replace(obj, **{path[0]: value})
+    child = _replace(getattr(obj, path[0]), path[1:], value)
+    return dataclasses.replace(obj, **{path[0]: child})
+
+
+def parse_assignments(items: list[str]) -> dict[str, str]:
+    """``["optim.lr=1e-3"]`` -> ``{"optim.lr": "1e-3"}``; a missing ``=`` is a ConfigError."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=5e-4")
+        out[key.strip()] = value
+    return out
+
+
+def validate(config: TrainConfig) -> None:
+    """Range checks that types alone cannot express."""
+    checks: list[tuple[bool, str]] = [
+        (config.epochs >= 1, "epochs must be >= 1"),
+        (config.batch_size >= 1, "batch_size must be >= 1"),
+        (config.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
+        (0.0 <= config.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
+        (config.data.train_subset >= 0, "data.train_subset must be >= 0 (0 = all)"),
+        (config.data.image_size >= 8, "data.image_size must be >= 8 pixels"),
+        (all(0.0 <= p < 1.0 for p in config.model.dropout), "model.dropout values must be in [0, 1)"),
+        (config.optim.lr > 0, "optim.lr must be > 0"),
+        (config.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (0.0 <= config.optim.momentum < 1.0, "optim.momentum must be in [0, 1)"),
+        (config.sched.step_size >= 1, "sched.step_size must be >= 1"),
+        (0.0 < config.sched.factor < 1.0, "sched.factor must be in (0, 1)"),
+        (config.sched.patience >= 0, "sched.patience must be >= 0"),
+        (config.sched.threshold >= 0, "sched.threshold must be >= 0"),
+        (0.0 < config.sched.pct_start < 1.0, "sched.pct_start must be in (0, 1)"),
+        (list(config.sched.milestones) == sorted(config.sched.milestones), "sched.milestones must increase"),
+        (config.augment.crop_padding >= 0, "augment.crop_padding must be >= 0 pixels"),
+        (0.0 <= config.augment.hue <= 0.5, "augment.hue must be in [0, 0.5]"),
+        (config.diverge_factor > 1.0, "diverge_factor must be > 1"),
+    ]
+    for name in ("brightness", "contrast", "saturation"):
+        checks.append((0.0 <= getattr(config.augment, name) <= 1.0, f"augment.{name} must be in [0, 1]"))
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """Nested plain dict (tuples become lists), for YAML/JSON and checkpoints."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(config))  # type: ignore[no-any-return]
+
+
+def config_from_dict(mapping: Mapping[str, Any]) -> TrainConfig:
+    """Inverse of :func:`config_to_dict`; validated like overrides."""
+    return apply_overrides(TrainConfig(), mapping)

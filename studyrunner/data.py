@@ -1,0 +1,317 @@
+"""Image sources, the decoded-image cache, seeded stratified splits and device batches.
+
+Images are decoded once into a uint8 tensor ``[N, 3, S, S]`` and cached on disk, keyed by the
+source's file list, sizes and modification times, so later runs and other worker processes load
+a tensor instead of decoding thousands of files. Splits and subsets are seeded and stratified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .config import DataConfig
+from .errors import StudyrunnerError
+
+__all__ = [
+    "DataError",
+    "ImageSet",
+    "Splits",
+    "load_splits",
+    "stratified_indices",
+    "stratified_split",
+    "resolve_root",
+    "read_folder",
+    "batches",
+]
+
+CACHE_VERSION = 1
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # document 004's normalisation statistics
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+Progress = Optional[Callable[[str, int, int], None]]  # (what, done, total)
+
+
+class DataError(StudyrunnerError):
+    """A data path, folder or file that cannot be used; the message says which and why."""
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # uint8 [N, 3, S, S]
+    labels: torch.Tensor  # int64 [N]
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images[index], self.labels[index], self.classes)
+
+    def to(self, device: torch.device | str) -> "ImageSet":
+        return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
+
+
+@dataclass
+class Splits:
+    train: ImageSet
+    val: ImageSet | None
+    test: ImageSet | None
+    classes: list[str]
+    mean: tuple[float, float, float]  # per channel, of the training split, in [0, 1]
+    std: tuple[float, float, float]
+
+    def to(self, device: torch.device | str) -> "Splits":
+        move = lambda s: None if s is None else s.to(device)  # noqa: E731
+        return Splits(self.train.to(device), move(self.val), move(self.test), self.classes, self.mean, self.std)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def stratified_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` indices drawn per class in proportion to class sizes (largest remainder), seeded."""
+    n_total = int(labels.numel())
+    if n >= n_total:
+        return torch.arange(n_total)
+    gen = torch.Generator().manual_seed(seed)
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * n / n_total
+    quota = exact.floor().long()
+    short = n - int(quota.sum())
+    if short:
+        quota[torch.argsort(exact - quota, descending=True, stable=True)[:short]] += 1
+    picked = []
+    for c, q in zip(classes.tolist(), quota.tolist()):
+        members = torch.nonzero(labels == c).flatten()
+        picked.append(members[torch.randperm(len(members), generator=gen)[:q]])
+    return torch.sort(torch.cat(picked)).values
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split indices into (kept, held-out) with ``fraction`` of every class held out."""
+    held = stratified_indices(labels, round(fraction * labels.numel()), seed)
+    mask = torch.ones(labels.numel(), dtype=torch.bool)
+    mask[held] = False
+    return torch.nonzero(mask).flatten(), held
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def resolve_root(cfg: DataConfig, data_dir: str | None = None) -> Path:
+    """The data root: ``data.path``, else ``--data-dir``, else ``$STUDYRUNNER_DATA_DIR``."""
+    raw = cfg.path or data_dir or os.environ.get("STUDYRUNNER_DATA_DIR", "")
+    if not raw:
+        raise DataError(
+            "no data directory: set data.path, pass --data-dir DIR or export STUDYRUNNER_DATA_DIR. "
+            "For cifar10 the directory holds cifar-10-batches-py/ or train/<class>/*.jpg and test/<class>/*.jpg."
+        )
+    root = Path(raw).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data directory {str(root)!r} does not exist or is not a directory")
+    return root
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not dirs:
+        raise DataError(f"{folder}: no class folders; expected {folder}/<class>/<image files>")
+    return dirs
+
+
+def _list_images(folder: Path) -> tuple[list[Path], list[int], list[str]]:
+    """Image files of an image-folder tree, their class indices and the class names."""
+    files: list[Path] = []
+    labels: list[int] = []
+    dirs = _class_dirs(folder)
+    for i, d in enumerate(dirs):
+        found = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not found:
+            allowed = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise DataError(f"class folder {d} holds no images (looked for {allowed})")
+        files += found
+        labels += [i] * len(found)
+    return files, labels, [d.name for d in dirs]
+
+
+def _fingerprint(files: list[Path], extra: str) -> str:
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{extra}".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _decode(path: Path, size: int) -> torch.Tensor:
+    """One image of any mode -> uint8 [3, size, size]: shorter side resized, centre-cropped."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGBA").convert("RGB") if im.mode in ("P", "PA", "LA") else im.convert("RGB")
+            if im.size != (size, size):
+                w, h = im.size
+                scale = size / min(w, h)
+                im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+                w, h = im.size
+                left, top = (w - size) // 2, (h - size) // 2
+                im = im.crop((left, top, left + size, top + size))
+            data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+    return data.view(size, size, 3).permute(2, 0, 1)
+
+
+def _decode_all(files: list[Path], size: int, what: str, progress: Progress) -> torch.Tensor:
+    out = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
+    chunk = 512
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for start in range(0, len(files), chunk):
+            part = files[start : start + chunk]
+            for j, img in enumerate(pool.map(lambda p: _decode(p, size), part)):
+                out[start + j] = img
+            if progress:
+                progress(what, min(start + chunk, len(files)), len(files))
+    return out
+
+
+def _cache_dir(cfg: DataConfig) -> Path:
+    raw = cfg.cache_dir or os.environ.get("STUDYRUNNER_CACHE_DIR") or "~/.cache/studyrunner"
+    return Path(raw).expanduser()
+
+
+def _cached(cfg: DataConfig, files: list[Path], what: str, build: Callable[[], ImageSet]) -> ImageSet:
+    """Load ``build()``'s result from the cache when the source is unchanged, else rebuild and store."""
+    key = _fingerprint(files, f"{cfg.image_size}")
+    name = hashlib.sha1(f"{what}|{cfg.image_size}".encode()).hexdigest()[:16]
+    path = _cache_dir(cfg) / f"{name}.pt"
+    if path.exists():
+        try:
+            blob = torch.load(path, weights_only=True)
+            if blob.get("key") == key:
+                return ImageSet(blob["images"], blob["labels"], list(blob["classes"]))
+        except Exception:  # a truncated or foreign file is rebuilt, never trusted
+            pass
+    data = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"key": key, "images": data.images, "labels": data.labels, "classes": data.classes}, tmp)
+    os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+    return data
+
+
+def read_folder(folder: Path, cfg: DataConfig, progress: Progress = None) -> ImageSet:
+    """An image-folder tree ``folder/<class>/*`` as a cached uint8 ImageSet."""
+    files, labels, classes = _list_images(folder)
+
+    def build() -> ImageSet:
+        images = _decode_all(files, cfg.image_size, f"decoding {folder.name}", progress)
+        return ImageSet(images, torch.tensor(labels, dtype=torch.int64), classes)
+
+    return _cached(cfg, files, str(folder.resolve()), build)
+
+
+def _read_cifar_batches(folder: Path, cfg: DataConfig, train: bool) -> ImageSet:
+    """torchvision's ``cifar-10-batches-py`` pickles as a cached ImageSet."""
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    files = [folder / n for n in names]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise DataError(f"incomplete CIFAR-10 folder {folder}: missing {', '.join(missing)}")
+
+    def build() -> ImageSet:
+        xs, ys = [], []
+        for f in files:
+            with open(f, "rb") as fh:
+                d = pickle.load(fh, encoding="latin1")
+            xs.append(torch.tensor(d["data"], dtype=torch.uint8).view(-1, 3, 32, 32))
+            ys.append(torch.tensor(d["labels"], dtype=torch.int64))
+        with open(folder / "batches.meta", "rb") as fh:
+            classes = list(pickle.load(fh, encoding="latin1")["label_names"])
+        images = torch.cat(xs)
+        if cfg.image_size != 32:
+            images = torch.nn.functional.interpolate(images.float(), size=cfg.image_size, mode="bilinear")
+            images = images.round().clamp(0, 255).to(torch.uint8)
+        return ImageSet(images, torch.cat(ys), classes)
+
+    return _cached(cfg, files, f"{folder.resolve()}|{train}", build)
+
+
+def _cifar_sources(root: Path, cfg: DataConfig, progress: Progress) -> tuple[ImageSet, ImageSet]:
+    for base in (root, root / "cifar10-jpg", root / "cifar10"):
+        if (base / "cifar-10-batches-py").is_dir():
+            b = base / "cifar-10-batches-py"
+            return _read_cifar_batches(b, cfg, True), _read_cifar_batches(b, cfg, False)
+        if (base / "train").is_dir() and (base / "test").is_dir():
+            return read_folder(base / "train", cfg, progress), read_folder(base / "test", cfg, progress)
+    try:  # online machines fetch torchvision's copy; offline ones get the message below
+        from torchvision.datasets import CIFAR10
+
+        CIFAR10(str(root), train=True, download=True)
+        return _cifar_sources(root, cfg, progress)
+    except Exception:
+        raise DataError(
+            f"CIFAR-10 not found under {root} and it could not be downloaded (offline?). Put either "
+            f"torchvision's {root}/cifar-10-batches-py/ or image folders {root}/train/<class>/*.jpg and "
+            f"{root}/test/<class>/*.jpg there, or point data.path / --data-dir at such a folder."
+        ) from None
+
+
+def _own_sources(root: Path, cfg: DataConfig, progress: Progress) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
+    """(train, val, test) of an own image-folder tree; val None means 'split from train'."""
+    if (root / "train").is_dir():
+        val_dir = root / "val" if (root / "val").is_dir() else None
+        test_dir = root / "test" if (root / "test").is_dir() else None
+        train = read_folder(root / "train", cfg, progress)
+        val = read_folder(val_dir, cfg, progress) if val_dir else None
+        test = read_folder(test_dir, cfg, progress) if test_dir else None
+        for name, s in (("val", val), ("test", test)):
+            if s is not None and s.classes != train.classes:
+                raise DataError(f"{root / name} has classes {s.classes} but {root / 'train'} has {train.classes}")
+        return train, val, test
+    return read_folder(root, cfg, progress), None, None
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Per-channel mean and std in [0, 1] of a uint8 batch, computed in chunks to bound memory."""
+    total = torch.zeros(3, dtype=torch.float64)
+    total_sq = torch.zeros(3, dtype=torch.float64)
+    for chunk in images.split(4096):
+        x = chunk.double() / 255.0
+        total += x.sum(dim=(0, 2, 3))
+        total_sq += (x * x).sum(dim=(0, 2, 3))
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / n
+    std = (total_sq / n - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())  # type: ignore[return-value]
+
+
+def load_splits(cfg: DataConfig, data_dir: str | None = None, progress: Progress = None) -> Splits:
+    """Train/val/test splits for ``cfg``: val held out from train (stratified, ``split_seed``),
+    the training subset drawn after that, normalisation statistics from what remains."""
+    root = resolve_root(cfg, data_dir)
+    if cfg.dataset == "cifar10":
+        train, test = _cifar_sources(root, cfg, progress)
+        val: ImageSet | None = None
+    else:
+        train, val, test = _own_sources(root, cfg, progress)
+    if val is None and cfg.val_fraction > 0:
+        keep, held = stratified_split(train.labels, cfg.val_fraction, cfg.split_seed)
+        train, val = train.subset(keep), train.subset(held)
+    if cfg.train_subset and cfg.train_subset < len(train):
+        train = train.subset(stratified_indices(train.labels, cfg.train_subset, cfg.split_seed + 1))
+    mean, std = channel_stats(train.images)
+    return Splits(train, val, test, train.classes, mean, std)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None, device: torch.device) -> Iterator[torch.Tensor]:
+    """Index batches over ``n`` items (shuffled when a generator is given) on ``device``."""
+    order = torch.randperm(n, generator=generator).to(device) if generator is not None else torch.arange(n, device=device)
+    yield from order.split(batch_size)

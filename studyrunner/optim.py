@@ -1,0 +1,77 @@
+"""Optimizer and LR-scheduler factories.
+
+``Schedule`` hides the two stepping styles behind one object: one-cycle steps every batch, the
+others once per epoch (ReduceLROnPlateau with the monitored validation metric).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch.optim import lr_scheduler as sched
+
+from .config import OptimConfig, SchedConfig
+
+__all__ = ["build_optimizer", "Schedule"]
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, nesterov), Adam, AdamW or RMSprop, from ``cfg``."""
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optim.name {cfg.name!r}; valid: sgd, adam, adamw, rmsprop")
+
+
+class Schedule:
+    """An LR schedule with ``after_batch()`` and ``after_epoch(metrics)`` hooks."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: SchedConfig, epochs: int, steps_per_epoch: int) -> None:
+        self.cfg = cfg
+        self.optimizer = optimizer
+        self.per_batch = cfg.name == "onecycle"
+        self.impl: object | None = _build(optimizer, cfg, epochs, steps_per_epoch)
+
+    def after_batch(self) -> None:
+        if self.per_batch:
+            self.impl.step()  # type: ignore[union-attr]
+
+    def after_epoch(self, metrics: dict[str, float]) -> None:
+        if self.impl is None or self.per_batch:
+            return
+        if isinstance(self.impl, sched.ReduceLROnPlateau):
+            if self.cfg.monitor not in metrics:
+                raise ValueError(f"sched.monitor {self.cfg.monitor!r} needs a validation split (data.val_fraction > 0)")
+            self.impl.step(metrics[self.cfg.monitor])
+        else:
+            self.impl.step()  # type: ignore[attr-defined]
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+def _build(opt: torch.optim.Optimizer, cfg: SchedConfig, epochs: int, steps: int) -> object | None:
+    if cfg.name == "none":
+        return None
+    if cfg.name == "step":
+        return sched.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.name == "multistep":
+        return sched.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
+    if cfg.name == "plateau":
+        return sched.ReduceLROnPlateau(opt, mode=cfg.mode, factor=cfg.factor, patience=cfg.patience,
+                                       threshold=cfg.threshold, threshold_mode=cfg.threshold_mode,
+                                       cooldown=cfg.cooldown, min_lr=cfg.min_lr)
+    if cfg.name == "cosine":
+        return sched.CosineAnnealingLR(opt, T_max=epochs, eta_min=cfg.min_lr)
+    if cfg.name == "onecycle":
+        max_lr = [g["lr"] for g in opt.param_groups]
+        return sched.OneCycleLR(opt, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps, pct_start=cfg.pct_start)
+    raise ValueError(f"unknown sched.name {cfg.name!r}; valid: none, step, multistep, plateau, cosine, onecycle")
