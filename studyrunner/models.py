@@ -44,7 +44,7 @@ class CifarAlexNet(nn.Module):
         )
         side = ((((image_size - 2) // 2) - 2) - 3) // 2 + 1 - 2  # 32 px -> 4
         if side < 1:
-            raise ConfigError(f"cifar_alexnet needs data.image_size >= 16 pixels, got {image_size}")
+            raise ConfigError(f"cifar_alexnet needs data.image_size >= 20 pixels, got {image_size}")
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(64 * side * side, 384), nn.ReLU(inplace=True), nn.Dropout(p4),
             nn.Linear(384, 192), nn.ReLU(inplace=True), nn.Linear(192, num_classes),

@@ -17,14 +17,21 @@ __all__ = ["build_optimizer", "Schedule"]
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, nesterov), Adam, AdamW or RMSprop, from ``cfg``."""
+    """SGD (momentum, nesterov), Adam, AdamW or RMSprop, from ``cfg``.
+
+    SGD, Adam and AdamW use torch's fused kernels (one kernel for all parameters; same maths).
+    """
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay)
+                               weight_decay=cfg.weight_decay, fused=fused)
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+                                fused=fused)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+                                 fused=fused)
     if cfg.name == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optim.name {cfg.name!r}; valid: sgd, adam, adamw, rmsprop")

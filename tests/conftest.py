@@ -1,0 +1,68 @@
+"""Tiny shared fixtures: synthetic learnable tensors and image-folder trees written to tmp dirs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from studyrunner.config import TrainConfig, apply_overrides
+from studyrunner.data import ImageSet, Splits
+
+
+def pattern_images(n_per_class: int, classes: int = 4, size: int = 20, seed: int = 0) -> ImageSet:
+    """Learnable uint8 images: class c lights up quadrant c, plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 90, (n_per_class * classes, 3, size, size), generator=gen).float()
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    h = size // 2
+    for c in range(classes):
+        r, col = divmod(c, 2)
+        x[y == c, :, r * h : (r + 1) * h, col * h : (col + 1) * h] += 140
+    perm = torch.randperm(len(y), generator=gen)
+    return ImageSet(x.clamp(0, 255).to(torch.uint8)[perm], y[perm], [f"c{i}" for i in range(classes)])
+
+
+@pytest.fixture
+def tiny_splits() -> Splits:
+    train, val, test = pattern_images(64, seed=0), pattern_images(16, seed=1), pattern_images(16, seed=2)
+    return Splits(train, val, test, train.classes, (0.3, 0.3, 0.3), (0.3, 0.3, 0.3))
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> TrainConfig:
+    """A config that trains document 004's net on 20 px tiny_splits in about a second."""
+    return apply_overrides(TrainConfig(), {
+        "epochs": 4, "batch_size": 32, "data.image_size": 20, "optim.name": "adam", "optim.lr": 2e-3,
+        "model.batchnorm": True, "precision": "fp32", "data.cache_dir": str(tmp_path / "cache"),
+    })
+
+
+def write_image(path: Path, mode: str, size: tuple[int, int], value: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colour: object = {"RGB": (value, value // 2, 255 - value), "L": value, "RGBA": (value, value, 0, 128),
+                      "P": value}[mode]
+    Image.new(mode, size, colour).save(path)  # type: ignore[arg-type]
+
+
+def make_folder(root: Path, classes: int = 3, per_class: int = 6, split: str | None = "train",
+                modes: tuple[str, ...] = ("RGB",), sizes: tuple[tuple[int, int], ...] = ((20, 20),)) -> Path:
+    """An image-folder tree ``root/<split>/c<k>/img<i>.png`` with the given modes and sizes."""
+    base = root / split if split else root
+    for c in range(classes):
+        for i in range(per_class):
+            mode, size = modes[i % len(modes)], sizes[i % len(sizes)]
+            write_image(base / f"c{c}" / f"img{i}.png", mode, size, 40 + 60 * c)
+    return root
+
+
+@pytest.fixture
+def cifar_dir() -> Path:
+    """The real CIFAR-10 image folders (``$STUDYRUNNER_DATA_DIR``); the test is skipped without them."""
+    raw = os.environ.get("STUDYRUNNER_DATA_DIR", "")
+    if not raw or not Path(raw).is_dir():
+        pytest.skip("set STUDYRUNNER_DATA_DIR to the CIFAR-10 image folders to run real-data tests")
+    return Path(raw)

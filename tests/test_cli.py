@@ -1,0 +1,66 @@
+import json
+
+from typer.testing import CliRunner
+
+from studyrunner.cli import app
+
+from .conftest import make_folder
+
+runner = CliRunner()
+
+
+def _folder(tmp_path):
+    root = make_folder(tmp_path / "own", classes=2, per_class=12, split="train")
+    return make_folder(root, classes=2, per_class=4, split="val")
+
+
+def test_help_lists_commands_and_options():
+    out = runner.invoke(app, ["--help"]).output
+    assert "train" in out and "bench" in out
+    out = runner.invoke(app, ["train", "--help"]).output
+    assert "--set" in out and "--json" in out and "--data-dir" in out
+
+
+def test_train_on_own_folder_writes_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDYRUNNER_CACHE_DIR", str(tmp_path / "cache"))
+    root = _folder(tmp_path)
+    res = runner.invoke(app, ["train", "--set", "data.dataset=folder", "--set", f"data.path={root}",
+                              "--set", "data.image_size=20", "--set", "epochs=2", "--set", "precision=fp32",
+                              "--json", str(tmp_path / "r.json"), "--out", str(tmp_path / "ck")])
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert len(result["history"]) == 2 and result["config"]["data"]["dataset"] == "folder"
+    assert {"train_acc", "val_acc", "train_loss", "val_loss", "lr", "epoch_seconds", "images_per_s"} <= set(
+        result["history"][0])
+    assert "test_acc" in result and (tmp_path / "ck" / "last.pt").exists()
+
+
+def test_train_reads_a_yaml_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDYRUNNER_CACHE_DIR", str(tmp_path / "cache"))
+    root = _folder(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"epochs: 1\ndata: {{dataset: folder, path: {root}, image_size: 20}}\nprecision: fp32\n")
+    res = runner.invoke(app, ["train", str(cfg), "--json", str(tmp_path / "r.json"), "--out", str(tmp_path / "ck")])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads((tmp_path / "r.json").read_text())["history"]) == 1
+
+
+def test_bad_input_is_one_clean_message_and_exit_1(tmp_path):
+    cases = [
+        (["train", "--set", "optim.lrr=1"], "unknown config key 'optim.lrr'"),
+        (["train", "--set", "optim.lr=fast"], "optim.lr: got 'fast', expected a number"),
+        (["train", "--set", "epochs"], "expected key=value"),
+        (["train", "--set", f"data.path={tmp_path / 'missing'}"], "does not exist"),
+        (["train", str(tmp_path / "none.yaml")], "none.yaml: no such file"),
+    ]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1\n")
+    cases.append((["train", str(bad)], "bad.yaml, line"))
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("optim: {nmae: adam}\n")
+    cases.append((["train", str(unknown)], "unknown.yaml: unknown config key 'optim.nmae'"))
+    for args, expected in cases:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 1, (args, res.output)
+        assert expected in " ".join(res.output.split()), (args, res.output)
+        assert "Traceback" not in res.output

@@ -1,0 +1,83 @@
+import math
+
+import torch
+
+from studyrunner.config import apply_overrides
+from studyrunner.engine import fit, resolve_precision
+
+KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_s"}
+
+
+def test_learns_a_small_problem(tiny_splits, tiny_config):
+    result = fit(tiny_config, tiny_splits)
+    h = result.history
+    assert result.outcome == "completed" and len(h) == 4 and set(vars(h[0])) == KEYS
+    assert h[-1].train_loss < h[0].train_loss * 0.5
+    assert h[-1].val_acc > 0.9 and result.test_acc > 0.9  # chance is 0.25
+    assert all(r.images_per_s > 0 and r.epoch_seconds > 0 for r in h)
+
+
+def test_huge_lr_is_reported_as_diverged_not_raised(tiny_splits, tiny_config):
+    cfg = apply_overrides(tiny_config, {"optim.name": "sgd", "optim.lr": 1e6, "model.batchnorm": False,
+                                        "optim.momentum": 0.9, "epochs": 5})
+    result = fit(cfg, tiny_splits)
+    assert result.outcome == "diverged" and "train loss" in result.reason
+    assert len(result.history) < 5 or not math.isfinite(result.history[-1].train_loss)
+    assert result.test_acc is None
+
+
+def test_same_seed_same_metrics_other_seed_differs(tiny_splits, tiny_config):
+    cfg = apply_overrides(tiny_config, {"epochs": 2, "augment.crop_padding": 2, "augment.flip": True,
+                                        "model.dropout": 0.2})
+    strip = lambda r: [(e.train_loss, e.train_acc, e.val_loss, e.val_acc) for e in r.history]  # noqa: E731
+    a, b = fit(cfg, tiny_splits), fit(cfg, tiny_splits)
+    assert strip(a) == strip(b) and a.test_acc == b.test_acc
+    assert strip(fit(apply_overrides(cfg, {"seed": 1}), tiny_splits)) != strip(a)
+
+
+def test_on_epoch_can_stop_and_exceptions_propagate(tiny_splits, tiny_config):
+    seen = []
+    result = fit(tiny_config, tiny_splits, on_epoch=lambda r: seen.append(r.epoch) or r.epoch == 2)
+    assert seen == [1, 2] and result.outcome == "stopped" and result.test_acc is not None
+
+    class Pruned(Exception):
+        pass
+
+    def prune(r):
+        raise Pruned
+
+    try:
+        fit(tiny_config, tiny_splits, on_epoch=prune)
+    except Pruned:
+        pass
+    else:
+        raise AssertionError("the callback's exception was swallowed")
+
+
+def test_checkpoints_hold_weights_and_resolved_config(tiny_splits, tiny_config, tmp_path):
+    cfg = apply_overrides(tiny_config, {"out_dir": str(tmp_path / "ck")})
+    result = fit(cfg, tiny_splits)
+    best = torch.load(tmp_path / "ck" / "best.pt", weights_only=False)
+    last = torch.load(tmp_path / "ck" / "last.pt", weights_only=False)
+    assert best["epoch"] == result.best_epoch and last["epoch"] == 4
+    assert best["config"]["optim"]["lr"] == 2e-3 and best["classes"] == tiny_splits.classes
+    assert best["metrics"]["val_acc"] == result.best_val_acc == max(r.val_acc for r in result.history)
+
+
+def test_plateau_schedule_runs_in_fit(tiny_splits, tiny_config):
+    cfg = apply_overrides(tiny_config, {"sched.name": "plateau", "sched.patience": 0, "sched.threshold": 0.5,
+                                        "sched.threshold_mode": "abs"})
+    lrs = [r.lr for r in fit(cfg, tiny_splits).history]
+    assert lrs[0] == 2e-3 and lrs[-1] < lrs[0]
+
+
+def test_bf16_autocast_trains_too(tiny_splits, tiny_config):
+    cfg = apply_overrides(tiny_config, {"precision": "bf16"})
+    result = fit(cfg, tiny_splits)
+    assert result.precision == "bfloat16" and result.test_acc > 0.8
+
+
+def test_precision_resolution():
+    assert resolve_precision("fp32", torch.device("cpu")) is None
+    assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    assert resolve_precision("auto", torch.device("cpu")) in (None, torch.bfloat16)
