@@ -9,8 +9,8 @@ cache with batched on-device augmentation. Both are timed in steady state (after
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +71,7 @@ def engine_pipeline(cfg: TrainConfig, train: ImageSet, mean: tuple[float, float,
     opt = build_optimizer(ctx.model.parameters(), cfg.optim)
     schedule = Schedule(opt, cfg.sched, 1, 1)
     gen = torch.Generator(device=ctx.device).manual_seed(0)
-    warm = data.subset(torch.arange(WARMUP_BATCHES * cfg.batch_size, device=ctx.device))
+    warm = data.subset(torch.arange(min(len(data), WARMUP_BATCHES * cfg.batch_size), device=ctx.device))
     train_one_epoch(ctx, warm, cfg, opt, schedule, gen)
     _, _, speed = train_one_epoch(ctx, data, cfg, opt, schedule, gen)
     return speed

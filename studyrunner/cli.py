@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -30,11 +31,11 @@ console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 SetOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--set", "-s", help="Override a config key, e.g. --set optim.lr=5e-4 (repeatable)."),
 ]
 DataDirOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--data-dir", help="Data root (else data.path or $STUDYRUNNER_DATA_DIR).", envvar="STUDYRUNNER_DATA_DIR"),
 ]
 
@@ -67,11 +68,11 @@ def _fmt(v: float | None, pct: bool = False) -> str:
 @app.command()
 @user_errors
 def train(
-    config: Annotated[Optional[Path], typer.Argument(help="YAML of config keys (or a sweep file: its train: part).")] = None,
+    config: Annotated[Path | None, typer.Argument(help="YAML of config keys (or a sweep file: its train: part).")] = None,
     set_: SetOpt = None,
     data_dir: DataDirOpt = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the result (history, test metrics) here.")] = None,
-    out: Annotated[Optional[str], typer.Option(help="Checkpoint folder (best.pt, last.pt); default runs/train/<time>.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the result (history, test metrics) here.")] = None,
+    out: Annotated[str | None, typer.Option(help="Checkpoint folder (best.pt, last.pt); default runs/train/<time>.")] = None,
 ) -> None:
     """Train one configuration and print a per-epoch table."""
     from .config import config_to_dict, parse_assignments

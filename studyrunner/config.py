@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from .errors import StudyrunnerError
 
@@ -193,7 +194,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             value = list(value) * len(args)
         if len(value) != len(args):
             raise bad
-        return tuple(_coerce(key, v, a) for v, a in zip(value, args))
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args, strict=False))
     if tp is bool:
         if not isinstance(value, bool):
             raise bad

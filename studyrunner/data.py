@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -37,7 +37,7 @@ CACHE_VERSION = 1
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # document 004's normalisation statistics
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
-Progress = Optional[Callable[[str, int, int], None]]  # (what, done, total)
+Progress = Callable[[str, int, int], None] | None  # (what, done, total)
 
 
 class DataError(StudyrunnerError):
@@ -53,10 +53,10 @@ class ImageSet:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def subset(self, index: torch.Tensor) -> "ImageSet":
+    def subset(self, index: torch.Tensor) -> ImageSet:
         return ImageSet(self.images[index], self.labels[index], self.classes)
 
-    def to(self, device: torch.device | str) -> "ImageSet":
+    def to(self, device: torch.device | str) -> ImageSet:
         return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
 
 
@@ -69,7 +69,7 @@ class Splits:
     mean: tuple[float, float, float]  # per channel, of the training split, in [0, 1]
     std: tuple[float, float, float]
 
-    def to(self, device: torch.device | str) -> "Splits":
+    def to(self, device: torch.device | str) -> Splits:
         move = lambda s: None if s is None else s.to(device)  # noqa: E731
         return Splits(self.train.to(device), move(self.val), move(self.test), self.classes, self.mean, self.std)
 
@@ -90,7 +90,7 @@ def stratified_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     if short:
         quota[torch.argsort(exact - quota, descending=True, stable=True)[:short]] += 1
     picked = []
-    for c, q in zip(classes.tolist(), quota.tolist()):
+    for c, q in zip(classes.tolist(), quota.tolist(), strict=False):
         members = torch.nonzero(labels == c).flatten()
         picked.append(members[torch.randperm(len(members), generator=gen)[:q]])
     return torch.sort(torch.cat(picked)).values
@@ -154,12 +154,12 @@ def _fingerprint(files: list[Path], extra: str) -> str:
 def _decode(path: Path, size: int) -> torch.Tensor:
     """One image of any mode -> uint8 [3, size, size]: shorter side resized, centre-cropped."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGBA").convert("RGB") if im.mode in ("P", "PA", "LA") else im.convert("RGB")
+        with Image.open(path) as src:
+            im = src.convert("RGBA").convert("RGB") if src.mode in ("P", "PA", "LA") else src.convert("RGB")
             if im.size != (size, size):
                 w, h = im.size
                 scale = size / min(w, h)
-                im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+                im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
                 w, h = im.size
                 left, top = (w - size) // 2, (h - size) // 2
                 im = im.crop((left, top, left + size, top + size))
@@ -297,9 +297,10 @@ def load_splits(cfg: DataConfig, data_dir: str | None = None, progress: Progress
     """Train/val/test splits for ``cfg``: val held out from train (stratified, ``split_seed``),
     the training subset drawn after that, normalisation statistics from what remains."""
     root = resolve_root(cfg, data_dir)
+    val: ImageSet | None = None
+    test: ImageSet | None
     if cfg.dataset == "cifar10":
         train, test = _cifar_sources(root, cfg, progress)
-        val: ImageSet | None = None
     else:
         train, val, test = _own_sources(root, cfg, progress)
     if val is None and cfg.val_fraction > 0:

@@ -11,9 +11,11 @@ import contextlib
 import copy
 import math
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Literal, Optional
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +30,8 @@ from .optim import Schedule, build_optimizer
 __all__ = ["EpochRecord", "FitResult", "fit", "evaluate", "resolve_device", "resolve_precision"]
 
 Outcome = Literal["completed", "diverged", "stopped"]
-OnEpoch = Optional[Callable[["EpochRecord"], Optional[bool]]]  # return True to stop early
-OnBatch = Optional[Callable[[int, int], None]]  # (batches done, batches in epoch)
+OnEpoch = Callable[["EpochRecord"], bool | None] | None  # return True to stop early
+OnBatch = Callable[[int, int], None] | None  # (batches done, batches in epoch)
 
 
 @dataclass
@@ -101,7 +103,7 @@ def _cpu_has_native_bf16() -> bool:
     return torch.ops.mkldnn._is_mkldnn_bf16_supported() and ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager[Any]:
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

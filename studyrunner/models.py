@@ -6,7 +6,7 @@ valid ones. Every model ends in a fresh classifier head sized for ``num_classes`
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -6,7 +6,7 @@ others once per epoch (ReduceLROnPlateau with the monitored validation metric).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch.optim import lr_scheduler as sched

@@ -1,0 +1,44 @@
+# Two commands on a fresh machine:  `make run` (the main job)  and  `make test` (the test suite).
+# Each creates .venv, installs studyrunner into it and unpacks the CIFAR-10 image folders once.
+
+PYTHON   ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+ARCHIVE  ?= ../shared/data/cifar10-jpg.tar.gz
+DATA     ?= .data
+export STUDYRUNNER_DATA_DIR  ?= $(abspath $(DATA))/cifar10-jpg
+export STUDYRUNNER_CACHE_DIR ?= $(abspath $(DATA))/cache
+
+.PHONY: install data run test lint bench clean
+
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+data: $(DATA)/cifar10-jpg/.unpacked
+$(DATA)/cifar10-jpg/.unpacked:
+	@test -f $(ARCHIVE) || { echo "CIFAR-10 archive not found at $(ARCHIVE); set ARCHIVE=path/to/cifar10-jpg.tar.gz"; exit 1; }
+	mkdir -p $(DATA)
+	tar xzf $(ARCHIVE) -C $(DATA)
+	touch $@
+
+# The main job: document 004's BatchNorm step on 10,000 CIFAR-10 images, 10 epochs.
+run: install data
+	$(BIN)/studyrunner train --set data.train_subset=10000 --set epochs=10 --set model.batchnorm=true \
+	    --set optim.name=adam --set optim.lr=0.0005 --json runs/main.json
+
+test: install data
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check studyrunner tests
+	$(BIN)/mypy studyrunner
+
+bench: install data
+	$(BIN)/studyrunner bench
+
+clean:
+	rm -rf $(VENV) $(DATA) runs
