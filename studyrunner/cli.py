@@ -128,5 +128,129 @@ def bench(
     Console().print(table)
 
 
+StorageOpt = Annotated[str | None, typer.Option(
+    "--storage", help="Optuna storage URL (default sqlite:///runs/optuna.db or $STUDYRUNNER_STORAGE).")]
+TrackingOpt = Annotated[str | None, typer.Option(
+    "--tracking-uri", help="MLflow tracking URI (default sqlite:///runs/mlflow.db or $MLFLOW_TRACKING_URI); none = off.")]
+
+
+@app.command()
+@user_errors
+def validate(sweep: Annotated[Path, typer.Argument(help="Sweep YAML file.")],
+             set_: SetOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Check a sweep file (keys, ranges, conditions, data path) without training; print its space."""
+    from .config import parse_assignments
+    from .data import resolve_root
+    from .spec import load_sweep
+
+    spec = load_sweep(sweep)
+    base = spec.base_config(parse_assignments(set_ or []))
+    root = resolve_root(base.data, data_dir)
+    table = Table("parameter", "kind", "range / choices", "when", title=f"{spec.study}: {spec.objective.resolved_direction} "
+                  f"{spec.objective.metric}, {spec.budget.n_trials} trials, sampler {spec.sampler.name}, pruner {spec.pruner.name}")
+    for key, p in spec.space.items():
+        rng = str(p.choices) if p.choices is not None else f"{p.low} .. {p.high}" + (" log" if p.log else "") + (
+            f" step {p.step}" if p.step else "")
+        table.add_row(key, p.kind(base, key), rng, str(p.when or ""))
+    Console().print(table)
+    console.print(f"ok: {sweep} is valid; data root {root}; {base.epochs} epochs per trial, repeats {spec.repeats}",
+                  highlight=False)
+
+
+@app.command()
+@user_errors
+def run(
+    sweep: Annotated[Path, typer.Argument(help="Sweep YAML file (see sweeps/).")],
+    n_trials: Annotated[int | None, typer.Option("--n-trials", help="Finished trials the study should hold in total.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting new trials after this many seconds.")] = None,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run (or resume) the sweep's Optuna study; every trial is a nested MLflow run."""
+    from .config import parse_assignments
+    from .live import LiveStudy
+    from .spec import load_sweep
+    from .study import RunOptions, run_study
+
+    spec = load_sweep(sweep)
+    opts = RunOptions(n_trials, timeout, dict(parse_assignments(set_ or [])), storage, tracking_uri, data_dir)
+    spec.base_config(opts.overrides)  # refuse bad --set values before opening any store
+    with LiveStudy(console, spec) as live:
+        try:
+            outcome = run_study(spec, opts, live)
+        except KeyboardInterrupt:
+            console.print("interrupted: the current trial is marked FAIL and its MLflow run KILLED; run again to resume")
+            raise typer.Exit(130) from None
+    live.summary(outcome)
+
+
+@app.command("ls")
+@user_errors
+def ls(storage: StorageOpt = None) -> None:
+    """List studies: trials by state and the best value and parameters."""
+    from .results import list_studies
+    from .study import resolve_storage
+
+    table = Table("study", "direction", "trials by state", "best value", "best parameters")
+    for row in list_studies(resolve_storage(storage)):
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(row.counts.items()))
+        best = "-" if row.best_value is None else f"{row.best_value:.4f}"
+        table.add_row(row.name, row.direction, counts, best, ", ".join(f"{k}={v}" for k, v in row.best_params.items()))
+    Console().print(table)
+
+
+@app.command()
+@user_errors
+def show(study: Annotated[str, typer.Argument(help="Study name.")], storage: StorageOpt = None) -> None:
+    """The study's trials: state, value, parameters, test accuracy, epochs, duration."""
+    from .results import load_study, trials_frame
+    from .study import resolve_storage
+
+    df = trials_frame(load_study(study, resolve_storage(storage)))
+    cols = ["number", "state", "value", "test_acc", "epochs", "duration_s"] + [c for c in df.columns if c.startswith("param.")]
+    table = Table(*cols)
+    for _, r in df[cols].iterrows():
+        table.add_row(*["-" if v is None or v != v else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in r])
+    Console().print(table)
+
+
+@app.command()
+@user_errors
+def export(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+    out: Annotated[Path | None, typer.Option(help="Output file (default STUDY.csv / STUDY.parquet).")] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Write the trials joined with their final metrics to CSV or Parquet."""
+    from .results import load_study, trials_frame
+    from .study import resolve_storage
+
+    if fmt not in ("csv", "parquet"):
+        raise StudyrunnerError(f"--format {fmt!r}: allowed are csv, parquet")
+    df = trials_frame(load_study(study, resolve_storage(storage)))
+    path = out or Path(f"{study}.{fmt}")
+    df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path, index=False)
+    console.print(f"wrote {len(df)} trials to {path}")
+
+
+@app.command()
+@user_errors
+def ui(tracking_uri: TrackingOpt = None,
+       port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000) -> None:
+    """Start the MLflow UI on the tracking store (trials side by side under each study's run)."""
+    import subprocess
+    import sys
+
+    from .tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    console.print(f"MLflow UI on http://127.0.0.1:{port} for {uri} (Ctrl-C stops it)")
+    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                    "--port", str(port)], check=False)
+
+
 def main() -> None:  # pragma: no cover
     app()

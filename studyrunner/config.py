@@ -40,6 +40,10 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 class ConfigError(StudyrunnerError):
     """A configuration key or value that is not allowed; the message says what is."""
 
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key  # the dotted key at fault, when one is
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -174,7 +178,7 @@ def _parse_scalar(text: str) -> Any:
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check ``value`` against ``tp`` and convert it; raise ConfigError naming key and type."""
-    bad = ConfigError(f"{key}: got {value!r}, expected {describe_type(tp)}")
+    bad = ConfigError(f"{key}: got {value!r}, expected {describe_type(tp)}", key)
     if isinstance(value, str) and tp is not str:
         value = _parse_scalar(value)
     origin = typing.get_origin(tp)
@@ -220,7 +224,7 @@ def _unknown_key(key: str) -> ConfigError:
     keys = allowed_keys()
     close = difflib.get_close_matches(key, keys, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"unknown config key {key!r}.{hint} Allowed keys: {', '.join(keys)}")
+    return ConfigError(f"unknown config key {key!r}.{hint} Allowed keys: {', '.join(keys)}", key)
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -295,7 +299,7 @@ def validate(config: TrainConfig) -> None:
         checks.append((0.0 <= getattr(config.augment, name) <= 1.0, f"augment.{name} must be in [0, 1]"))
     for ok, message in checks:
         if not ok:
-            raise ConfigError(message)
+            raise ConfigError(message, message.split(" ")[0])
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

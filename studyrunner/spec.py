@@ -1,39 +1,290 @@
-"""Reading YAML files into configurations; every error names the file (and line where known)."""
+"""Sweep files: YAML validated (pydantic) before anything runs; errors carry file, line and key.
+
+A sweep names a study, its objective and budget, the Optuna sampler and pruner, fixed ``train``
+overrides of TrainConfig and the ``space`` to search (floats/ints with ``log``/``step``,
+categorical ``choices`` and conditional parameters with ``when``). See README, "Sweep files".
+"""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import ConfigError, TrainConfig, apply_overrides
+from .config import ConfigError, TrainConfig, allowed_keys, apply_overrides, flatten
 from .errors import StudyrunnerError
 
-__all__ = ["SpecError", "load_yaml", "load_train_config"]
+__all__ = [
+    "SpecError", "Objective", "Budget", "SamplerSpec", "PrunerSpec", "ParamSpec", "SweepSpec",
+    "load_yaml", "load_sweep", "load_train_config", "METRICS",
+]
+
+METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss")
+_MAXIMIZE = ("val_acc", "train_acc", "test_acc")
 
 
 class SpecError(StudyrunnerError):
     """A YAML file that cannot be used; the message names the file, line and key."""
 
 
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Objective(_Strict):
+    metric: Literal["val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss"] = "val_acc"
+    direction: Literal["maximize", "minimize"] | None = None  # default: maximize accuracies, minimize losses
+
+    @property
+    def resolved_direction(self) -> str:
+        return self.direction or ("maximize" if self.metric in _MAXIMIZE else "minimize")
+
+
+class Budget(_Strict):
+    n_trials: int = Field(20, ge=1)  # finished trials the study holds in total (resume tops up to this)
+    timeout: float | None = Field(None, gt=0)  # seconds for this invocation
+
+
+class SamplerSpec(_Strict):
+    name: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"] = "tpe"
+    seed: int | None = 0
+    n_startup_trials: int | None = Field(None, ge=0)  # tpe/cmaes/gp: random trials before modelling
+
+
+class PrunerSpec(_Strict):
+    name: Literal["none", "median", "percentile", "successive_halving", "hyperband", "threshold", "patient"] = "none"
+    warmup_epochs: int = Field(0, ge=0)  # median/percentile: epochs before a trial can be pruned
+    startup_trials: int = Field(5, ge=0)  # median/percentile: trials that finish before pruning starts
+    percentile: float = Field(25.0, gt=0, lt=100)  # percentile pruner
+    min_resource: int | Literal["auto"] = "auto"  # successive_halving/hyperband: epochs
+    reduction_factor: int = Field(3, ge=2)  # successive_halving/hyperband
+    lower: float | None = None  # threshold pruner: prune below this
+    upper: float | None = None  # threshold pruner: prune above this
+    patience: int = Field(3, ge=0)  # patient pruner: epochs without improvement
+    min_delta: float = Field(0.0, ge=0)  # patient pruner: least improvement that counts
+
+
+Scalar = bool | int | float | str
+
+
+class ParamSpec(_Strict):
+    """One search dimension: ``choices`` (categorical) or ``low``/``high`` (int or float)."""
+
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    type: Literal["float", "int", "categorical"] | None = None  # inferred when omitted
+    when: dict[str, Scalar | list[Scalar]] | None = None  # condition on earlier parameters / train values
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamSpec:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("choices must not be empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("needs choices: [...] or both low and high")
+        if not self.low < self.high:
+            raise ValueError(f"empty or inverted range: low {self.low} must be < high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log range must be > 0, got low {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        return self
+
+    def kind(self, base: TrainConfig, key: str) -> str:
+        """categorical, int (an int config field, or type: int) or float."""
+        if self.type:
+            return self.type
+        if self.choices is not None:
+            return "categorical"
+        return "int" if _is_int_field(base, key) else "float"
+
+
+class SweepSpec(_Strict):
+    study: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    objective: Objective = Objective()
+    budget: Budget = Budget()
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    repeats: int = Field(1, ge=1)  # seeds per configuration; the trial's value is their mean
+    max_retries: int = Field(1, ge=0)  # re-runs of a trial that failed by exception
+    train: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, ParamSpec] = Field(default_factory=dict)
+    source: str = ""  # the file it came from (set by load_sweep)
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _flat(cls, v: Any) -> Any:
+        return flatten(v) if isinstance(v, dict) else v
+
+    def base_config(self, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """TrainConfig with the fixed ``train`` part and command-line overrides applied."""
+        return apply_overrides(apply_overrides(TrainConfig(), self.train), overrides or {})
+
+
+# --------------------------------------------------------------------------- YAML with line numbers
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from ``path``; a missing file or a syntax error names file and line."""
-    p = Path(path)
+    data, _ = _load_with_nodes(Path(path))
+    return data
+
+
+def _load_with_nodes(p: Path) -> tuple[dict[str, Any], yaml.Node | None]:
     if not p.is_file():
         raise SpecError(f"{p}: no such file")
+    text = p.read_text()
     try:
-        data = yaml.safe_load(p.read_text())
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(f"{p}{where}: invalid YAML: {problem}") from None
     if data is None:
-        return {}
+        return {}, node
     if not isinstance(data, dict):
-        raise SpecError(f"{p}: expected a mapping of config keys at the top level, got {type(data).__name__}")
-    return data
+        raise SpecError(f"{p}, line 1: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data, node
+
+
+def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest YAML node along ``loc`` (a pydantic error location)."""
+    line = None
+    parts = [str(x) if not isinstance(x, int) else x for x in loc]
+    i = 0
+    while i < len(parts):
+        key = parts[i]
+        if isinstance(node, yaml.MappingNode):
+            match = []
+            for j in range(len(parts), i, -1):  # dotted YAML keys ("optim.lr: 1") match several parts
+                joined = ".".join(str(x) for x in parts[i:j])
+                match = [(k, v, j) for k, v in node.value if k.value == joined]
+                if match:
+                    break
+            if not match:
+                break
+            line, node, i = match[0][0].start_mark.line + 1, match[0][1], match[0][2]
+            continue
+        if isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+            i += 1
+            continue
+        break
+    return line
+
+
+def _where(p: Path, node: yaml.Node | None, loc: tuple[Any, ...]) -> str:
+    line = _line(node, loc)
+    return f"{p}{f', line {line}' if line else ''}"
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Parse and fully validate a sweep file (space, train overrides, conditions, values)."""
+    p = Path(path)
+    data, node = _load_with_nodes(p)
+    try:
+        spec = SweepSpec(**{**data, "source": str(p)})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith(("function-", "literal["))))
+        key = ".".join(str(x) for x in loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_fields(loc[:-1]))
+            msg = f"unknown key; allowed here: {allowed}"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        got = f" (got {err['input']!r})" if err["type"] not in ("missing", "extra_forbidden") and not isinstance(
+            err.get("input"), dict) else ""
+        raise SpecError(f"{_where(p, node, loc)}: {key}: {msg}{got}") from None
+    for problem, loc in _semantic_problems(spec):
+        raise SpecError(f"{_where(p, node, loc)}: {problem}")
+    return spec
+
+
+def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = SweepSpec
+    for key in loc:
+        if model is SweepSpec and key == "space":
+            return ["<config key>"]
+        if model is SweepSpec and len(loc) >= 2 and loc[0] == "space":
+            model = ParamSpec
+            break
+        ann = model.model_fields[str(key)].annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+    return [f for f in model.model_fields if f not in ("source",)]
+
+
+def _semantic_problems(spec: SweepSpec) -> list[tuple[str, tuple[Any, ...]]]:
+    """What types alone cannot catch: keys, value ranges against TrainConfig, conditions, sampler fit."""
+    problems: list[tuple[str, tuple[Any, ...]]] = []
+    try:
+        base = spec.base_config()
+    except ConfigError as exc:
+        return [(f"train: {exc}", ("train", *exc.key.split(".")))]
+    keys = set(allowed_keys())
+    seen: list[str] = []
+    for name, p in spec.space.items():
+        loc = ("space", name)
+        if name not in keys:
+            return [(f"space: unknown config key {name!r}; allowed: {', '.join(sorted(keys))}", loc)]
+        for cond, want in (p.when or {}).items():
+            if cond not in seen and cond not in spec.train:
+                return [(f"space.{name}.when: {cond!r} must be a parameter listed before {name!r} "
+                         f"or a fixed train key", (*loc, "when", cond))]
+            cp = spec.space.get(cond)
+            wants = want if isinstance(want, list) else [want]
+            if cp is not None and cp.choices is not None and not set(map(_label, wants)) <= set(map(_label, cp.choices)):
+                return [(f"space.{name}.when: {want!r} is not among {cond}'s choices {cp.choices}", (*loc, "when", cond))]
+        values = p.choices if p.choices is not None else [p.low, p.high]
+        for v in values:
+            try:
+                apply_overrides(base, {name: _int_if_whole(v) if p.choices is None else v})
+            except ConfigError as exc:
+                return [(f"space.{name}: value {v!r} is not allowed: {exc}", loc)]
+        if p.kind(base, name) == "int":
+            if not all(float(v).is_integer() for v in (p.low, p.high)):  # type: ignore[arg-type]
+                return [(f"space.{name}: int range needs whole-number bounds, got {p.low}..{p.high}", loc)]
+        if spec.sampler.name == "grid" and p.choices is None and p.step is None:
+            return [(f"space.{name}: the grid sampler needs choices or a step for every parameter", loc)]
+        seen.append(name)
+    if spec.objective.metric.startswith("val_") and base.data.val_fraction == 0 and base.data.dataset == "cifar10":
+        problems.append((f"objective: {spec.objective.metric} needs a validation split; set train.data.val_fraction > 0",
+                         ("objective",)))
+    if spec.pruner.name == "threshold" and spec.pruner.lower is None and spec.pruner.upper is None:
+        problems.append(("pruner: the threshold pruner needs lower and/or upper", ("pruner",)))
+    return problems
+
+
+def _is_int_field(base: TrainConfig, key: str) -> bool:
+    obj: Any = base
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return isinstance(obj, int) and not isinstance(obj, bool)
+
+
+def _int_if_whole(v: Any) -> Any:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def _label(v: Any) -> Any:
+    """Optuna's categorical values must be scalars: lists become their JSON text."""
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
 
 
 def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -51,3 +302,7 @@ def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None 
         except ConfigError as exc:
             raise SpecError(f"{path}: {exc}") from None
     return apply_overrides(cfg, overrides or {})
+
+
+def is_finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

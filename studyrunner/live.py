@@ -1,0 +1,89 @@
+"""Live progress of a study in the terminal: trials done/pruned/failed, best so far, epoch bar."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import optuna
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .engine import EpochRecord
+from .spec import SweepSpec
+from .study import StudyEvents, StudyOutcome
+
+__all__ = ["LiveStudy"]
+
+
+def _params(p: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.items())
+
+
+class LiveStudy(StudyEvents):
+    def __init__(self, console: Console, spec: SweepSpec) -> None:
+        self.console, self.spec = console, spec
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 console=console, transient=True)
+        self.epoch_task = self.progress.add_task("waiting for data", total=None)
+        self.batch_task = self.progress.add_task("batches", total=None, visible=False)
+
+    def __enter__(self) -> LiveStudy:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.progress.__exit__(et, ev, tb)
+
+    def data_progress(self, what: str, done: int, total: int) -> None:
+        self.progress.update(self.epoch_task, description=what, completed=done, total=total)
+
+    def trial_started(self, number: int, params: dict[str, Any]) -> None:
+        self.progress.console.print(f"trial {number} started: {_params(params)}", highlight=False)
+        self.progress.update(self.epoch_task, description=f"trial {number} epochs", completed=0, total=None)
+        self.progress.update(self.batch_task, visible=True, completed=0)
+
+    def epoch_done(self, number: int, record: EpochRecord, epochs: int) -> None:
+        val = "-" if record.val_acc is None else f"{100 * record.val_acc:.1f}%"
+        self.progress.update(self.epoch_task, completed=record.epoch, total=epochs,
+                             description=f"trial {number} epochs (val acc {val})")
+
+    def batch_done(self, done: int, total: int) -> None:
+        self.progress.update(self.batch_task, completed=done, total=total)
+
+    def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        counts: dict[str, int] = {}
+        for t in study.get_trials(deepcopy=False):
+            key = "DIVERGED" if t.user_attrs.get("outcome") == "diverged" else t.state.name
+            counts[key] = counts.get(key, 0) + 1
+        state = "DIVERGED" if trial.user_attrs.get("outcome") == "diverged" else trial.state.name
+        value = "" if trial.value is None else f" value {trial.value:.4f}"
+        why = trial.user_attrs.get("reason") or trial.user_attrs.get("fail_reason") or ""
+        try:
+            best = f"best {study.best_value:.4f} (trial {study.best_trial.number}: {_params(study.best_params)})"
+        except ValueError:
+            best = "no completed trial yet"
+        done = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) + counts.get("DIVERGED", 0)
+        self.progress.console.print(
+            f"trial {trial.number} {state}{value}{' - ' + why if why and state != 'COMPLETE' else ''}\n"
+            f"  finished {done}: complete {counts.get('COMPLETE', 0)}, pruned {counts.get('PRUNED', 0)}, "
+            f"diverged {counts.get('DIVERGED', 0)}, failed {counts.get('FAIL', 0)} | {best}", highlight=False)
+        self.progress.update(self.batch_task, visible=False)
+
+    def summary(self, outcome: StudyOutcome) -> None:
+        study = outcome.study
+        params = sorted({k for t in study.trials for k in t.params})
+        table = Table("trial", "state", "value", "test acc", "epochs", *params,
+                      title=f"study {study.study_name}: {sum(v for k, v in outcome.counts.items() if k != 'FAIL' and k != 'RUNNING')}"
+                      f"/{outcome.target} finished")
+        for t in study.trials:
+            state = "DIVERGED" if t.user_attrs.get("outcome") == "diverged" else t.state.name
+            test = t.user_attrs.get("test_acc")
+            table.add_row(str(t.number), state, "-" if t.value is None else f"{t.value:.4f}",
+                          "-" if test is None else f"{100 * test:.2f}%", str(len(t.intermediate_values)),
+                          *[(f"{t.params[k]:.3g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, "-")))
+                            for k in params])
+        Console().print(table)
+        if outcome.stopped:
+            self.console.print(f"stopped early: {outcome.stopped}", highlight=False)

@@ -1,0 +1,75 @@
+"""Search space -> ``trial.suggest_*`` -> config overrides, with conditional parameters.
+
+Parameters are suggested in file order; one whose ``when`` condition does not hold (on an
+earlier parameter's value or a fixed ``train`` value) is not suggested at all, so Optuna sees
+the true conditional space. Categorical choices that are lists (dropout patterns, milestones)
+travel through Optuna as their JSON text and come back as lists.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import optuna
+
+from .config import TrainConfig
+from .spec import ParamSpec, SweepSpec
+
+__all__ = ["suggest", "grid_space", "decode"]
+
+
+def _label(v: Any) -> Any:
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def decode(v: Any) -> Any:
+    """Inverse of the JSON labelling of list-valued choices."""
+    if isinstance(v, str) and v[:1] in "[{":
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError:
+            return v
+    return v
+
+
+def _holds(when: dict[str, Any] | None, values: dict[str, Any]) -> bool:
+    for key, want in (when or {}).items():
+        wants = want if isinstance(want, list) else [want]
+        if _label(values.get(key)) not in [_label(w) for w in wants]:
+            return False
+    return True
+
+
+def _suggest_one(trial: optuna.Trial, key: str, p: ParamSpec, kind: str) -> Any:
+    if kind == "categorical":
+        return decode(trial.suggest_categorical(key, [_label(c) for c in p.choices or []]))
+    assert p.low is not None and p.high is not None
+    if kind == "int":
+        return trial.suggest_int(key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+    return trial.suggest_float(key, float(p.low), float(p.high), step=p.step, log=p.log)
+
+
+def suggest(trial: optuna.Trial, spec: SweepSpec, base: TrainConfig) -> dict[str, Any]:
+    """Sample ``spec.space`` on ``trial``; returns the dotted-key overrides that were sampled."""
+    values: dict[str, Any] = dict(spec.train)
+    sampled: dict[str, Any] = {}
+    for key, p in spec.space.items():
+        if not _holds(p.when, values):
+            continue
+        values[key] = sampled[key] = _suggest_one(trial, key, p, p.kind(base, key))
+    return sampled
+
+
+def grid_space(spec: SweepSpec, base: TrainConfig) -> dict[str, list[Any]]:
+    """Every parameter's values, for Optuna's GridSampler (validation ensured choices or a step)."""
+    grid: dict[str, list[Any]] = {}
+    for key, p in spec.space.items():
+        if p.choices is not None:
+            grid[key] = [_label(c) for c in p.choices]
+            continue
+        assert p.low is not None and p.high is not None and p.step is not None
+        n = int(round((p.high - p.low) / p.step)) + 1
+        vals = [p.low + i * p.step for i in range(n) if p.low + i * p.step <= p.high + 1e-12]
+        grid[key] = [int(v) for v in vals] if p.kind(base, key) == "int" else [round(v, 12) for v in vals]
+    return grid

@@ -1,0 +1,383 @@
+"""The study driver: create or resume an Optuna study, run trials, map outcomes to states.
+
+This is the only place that decides a trial's state:
+
+* COMPLETE - trained to the end; the value is the objective metric (mean over ``repeats`` seeds).
+* PRUNED   - stopped by the pruner (``raise optuna.TrialPruned``).
+* PRUNED with user attr ``outcome=diverged`` - the loss became non-finite or exploded. Recorded as
+  PRUNED, not FAIL, so samplers still learn from it (TPE ranks it with the worst), and with its
+  ``reason``; its MLflow run is tagged ``state=DIVERGED``.
+* FAIL     - an exception (out of memory, a bad batch); retried with the same parameters up to
+  ``max_retries`` times, the reason kept in user attr ``fail_reason``.
+
+``n_trials`` is the number of finished (COMPLETE + PRUNED) trials the study should hold in
+total: running the same sweep again tops the study up, it does not add ``n_trials`` more.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from .config import DataConfig, TrainConfig, apply_overrides, config_to_dict
+from .data import Splits, load_splits
+from .engine import EpochRecord, FitResult, fit, resolve_device, resolve_precision
+from .errors import StudyrunnerError
+from .space import grid_space, suggest
+from .spec import SweepSpec
+
+__all__ = ["StudyEvents", "RunOptions", "Objective", "run_study", "resolve_storage", "make_sampler", "make_pruner",
+           "finished_count", "DataSource"]
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+class StudyEvents:
+    """Hooks for live progress; the CLI overrides them, the defaults do nothing."""
+
+    def trial_started(self, number: int, params: dict[str, Any]) -> None: ...
+    def epoch_done(self, number: int, record: EpochRecord, epochs: int) -> None: ...
+    def batch_done(self, done: int, total: int) -> None: ...
+    def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None: ...
+    def data_progress(self, what: str, done: int, total: int) -> None: ...
+
+
+@dataclass
+class RunOptions:
+    n_trials: int | None = None  # overrides budget.n_trials
+    timeout: float | None = None  # overrides budget.timeout (seconds, this invocation)
+    overrides: dict[str, Any] = field(default_factory=dict)  # --set key=value on the fixed train config
+    storage: str | None = None  # Optuna storage URL; default SQLite runs/optuna.db
+    tracking_uri: str | None = None  # MLflow; default SQLite runs/mlflow.db; "none" switches tracking off
+    data_dir: str | None = None
+
+
+def resolve_storage(url: str | None) -> str:
+    """``--storage``, else $STUDYRUNNER_STORAGE, else an SQLite file runs/optuna.db."""
+    if url:
+        return url
+    if os.environ.get("STUDYRUNNER_STORAGE"):
+        return os.environ["STUDYRUNNER_STORAGE"]
+    Path("runs").mkdir(exist_ok=True)
+    return f"sqlite:///{Path('runs/optuna.db').resolve()}"
+
+
+def open_storage(url: str, max_retries: int = 1) -> optuna.storages.BaseStorage:
+    """RDB storage with heartbeats (a killed worker's trial is failed after the grace period and
+    re-queued with its parameters); journal files for ``journal:PATH``."""
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # wait for the lock instead of failing
+    return optuna.storages.RDBStorage(
+        url, heartbeat_interval=10, grace_period=30,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries), **kwargs)
+
+
+def make_sampler(spec: SweepSpec, base: TrainConfig, offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The sweep's sampler. ``offset`` (the trials already in the study) shifts the seed so that a
+    resumed study does not draw its first trials' parameters again; the same history and seed
+    still give the same suggestions."""
+    s = spec.sampler
+    seed = None if s.seed is None else s.seed + offset
+    startup = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
+    if s.name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, **startup)
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.name == "grid":
+        return optuna.samplers.GridSampler(grid_space(spec, base), seed=seed)
+    if s.name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, **startup)
+    if s.name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, **startup)
+    return optuna.samplers.QMCSampler(seed=seed)
+
+
+def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    p = spec.pruner
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs)
+    if p.name == "percentile":
+        return optuna.pruners.PercentilePruner(p.percentile, n_startup_trials=p.startup_trials,
+                                               n_warmup_steps=p.warmup_epochs)
+    if p.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1 if p.min_resource == "auto" else p.min_resource,
+                                              reduction_factor=p.reduction_factor)
+    if p.name == "threshold":
+        return optuna.pruners.ThresholdPruner(lower=p.lower, upper=p.upper, n_warmup_steps=p.warmup_epochs)
+    if p.name == "patient":
+        return optuna.pruners.PatientPruner(
+            optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs),
+            patience=p.patience, min_delta=p.min_delta)
+    return optuna.pruners.NopPruner()
+
+
+class DataSource:
+    """Loads each distinct data configuration once per process and keeps it for later trials."""
+
+    def __init__(self, data_dir: str | None, progress: Callable[[str, int, int], None] | None = None) -> None:
+        self.data_dir = data_dir
+        self.progress = progress
+        self._cache: dict[DataConfig, Splits] = {}
+
+    def __call__(self, cfg: DataConfig) -> Splits:
+        if cfg not in self._cache:
+            self._cache[cfg] = load_splits(cfg, self.data_dir, self.progress)
+        return self._cache[cfg]
+
+
+def _run_value(result: FitResult, metric: str, direction: str) -> float | None:
+    """A run's objective value: the best epoch's value for train/val metrics, the test metric
+    (of the best-validation weights) for test metrics."""
+    if metric.startswith("test_"):
+        return getattr(result, metric)
+    vals = [getattr(r, metric) for r in result.history if getattr(r, metric) is not None]
+    vals = [v for v in vals if math.isfinite(v)]
+    if not vals:
+        return None
+    return max(vals) if direction == "maximize" else min(vals)
+
+
+def _intermediate(record: EpochRecord, metric: str) -> float | None:
+    key = metric.replace("test_", "val_")
+    v = getattr(record, key)
+    return v if v is not None and math.isfinite(v) else None
+
+
+class Objective:
+    """``objective(trial) -> value``: sample, build the config, train ``repeats`` seeds, track.
+
+    Works with any ``optuna.Trial`` including ``optuna.trial.FixedTrial``; ``tracker`` may be None.
+    """
+
+    def __init__(self, spec: SweepSpec, base: TrainConfig, data: DataSource, tracker: Any = None,
+                 events: StudyEvents | None = None) -> None:
+        self.spec, self.base, self.data, self.tracker = spec, base, data, tracker
+        self.events = events or StudyEvents()
+        self.direction = spec.objective.resolved_direction
+        self._logged = 0  # epochs of the first seed already sent to the tracker
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        sampled = suggest(trial, self.spec, self.base)
+        cfg = apply_overrides(self.base, sampled)
+        splits = self.data(cfg.data)
+        number = getattr(trial, "number", 0)
+        self.events.trial_started(number, sampled)
+        run_id = self._start_run(trial, number, cfg, sampled)
+        self._logged = 0
+        state, reason, values, results = "FAIL", "", [], []
+        try:
+            for r in range(self.spec.repeats):
+                result = fit(apply_overrides(cfg, {"seed": cfg.seed + r}), splits,
+                             on_epoch=self._on_epoch(trial, number, cfg, run_id, r), on_batch=self.events.batch_done)
+                results.append(result)
+                if result.outcome == "diverged":
+                    state, reason = "DIVERGED", result.reason
+                    trial.set_user_attr("outcome", "diverged")
+                    trial.set_user_attr("reason", reason)
+                    raise optuna.TrialPruned(reason)
+                value = _run_value(result, self.spec.objective.metric, self.direction)
+                if value is None:
+                    raise StudyrunnerError(f"objective metric {self.spec.objective.metric} was never measured")
+                values.append(value)
+            state = "COMPLETE"
+            self._summarise(trial, values, results)
+            return statistics.fmean(values)
+        except optuna.TrialPruned as exc:
+            state = "DIVERGED" if state == "DIVERGED" else "PRUNED"
+            reason = reason or str(exc) or "pruned"
+            raise
+        except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised for Optuna to mark FAIL
+            reason = f"{type(exc).__name__}: {exc}"
+            state = "FAIL"
+            trial.set_user_attr("fail_reason", reason[:2000])
+            raise
+        finally:
+            self._end_run(run_id, state, reason, values, results)
+
+    def _on_epoch(self, trial: optuna.Trial, number: int, cfg: TrainConfig, run_id: str | None,
+                  repeat: int) -> Callable[[EpochRecord], None]:
+        metric = self.spec.objective.metric
+
+        def on_epoch(record: EpochRecord) -> None:
+            if run_id and self.tracker:
+                self.tracker.log_epoch(run_id, vars(record), prefix="" if repeat == 0 else f"seed{repeat}_")
+            if repeat == 0:
+                self._logged = record.epoch
+            self.events.epoch_done(number, record, cfg.epochs)
+            value = _intermediate(record, metric)
+            if repeat == 0 and value is not None:  # the first seed drives pruning
+                trial.report(value, record.epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {record.epoch} ({metric} {value:.4f})")
+
+        return on_epoch
+
+    def _summarise(self, trial: optuna.Trial, values: list[float], results: list[FitResult]) -> None:
+        best = results[0]
+        trial.set_user_attr("outcome", "completed")
+        trial.set_user_attr("values", values)
+        trial.set_user_attr("value_sd", statistics.stdev(values) if len(values) > 1 else 0.0)
+        for key in ("test_acc", "test_loss", "best_epoch", "best_val_acc"):
+            vals = [getattr(r, key) for r in results if getattr(r, key) is not None]
+            if vals:
+                trial.set_user_attr(key, statistics.fmean(vals))
+        trial.set_user_attr("epochs", len(best.history))
+        trial.set_user_attr("history", [vars(r) for r in best.history])
+
+    def _start_run(self, trial: optuna.Trial, number: int, cfg: TrainConfig, sampled: dict[str, Any]) -> str | None:
+        if self.tracker is None:
+            return None
+        device = resolve_device(cfg.device)
+        tags = {"seed": str(cfg.seed), "device": str(device),
+                "precision": str(resolve_precision(cfg.precision, device) or "float32").replace("torch.", ""),
+                "repeats": str(self.spec.repeats)}
+        run_id: str = self.tracker.start_trial(number, cfg, sampled, tags)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        return run_id
+
+    def _end_run(self, run_id: str | None, state: str, reason: str, values: list[float],
+                 results: list[FitResult]) -> None:
+        if run_id is None or self.tracker is None:
+            return
+        from .plots import close, learning_curves
+
+        first = results[0] if results else None
+        if first:  # the epoch that diverged never reached on_epoch: log it now
+            for record in first.history[self._logged :]:
+                self.tracker.log_epoch(run_id, vars(record))
+        metrics: dict[str, float | None] = {}
+        if values:
+            metrics["value"] = statistics.fmean(values)
+            metrics["value_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        if first:
+            metrics.update(test_acc=first.test_acc, test_loss=first.test_loss, best_val_acc=first.best_val_acc,
+                           best_epoch=float(first.best_epoch), epochs_run=float(len(first.history)))
+        fig = learning_curves({"seed 0": [vars(r) for r in first.history]}) if first and first.history else None
+        try:
+            self.tracker.end_trial(run_id, state, metrics, reason, fig)
+        finally:
+            if fig is not None:
+                close(fig)
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _counts(study: optuna.Study) -> dict[str, int]:
+    counts = {"COMPLETE": 0, "PRUNED": 0, "DIVERGED": 0, "FAIL": 0, "RUNNING": 0}
+    for t in study.get_trials(deepcopy=False):
+        key = "DIVERGED" if t.user_attrs.get("outcome") == "diverged" else t.state.name
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+@dataclass
+class StudyOutcome:
+    study: optuna.Study
+    counts: dict[str, int]
+    target: int
+    stopped: str = ""  # why the invocation ended before the target, if it did
+
+
+def run_study(spec: SweepSpec, opts: RunOptions, events: StudyEvents | None = None) -> StudyOutcome:
+    """Create or resume ``spec.study`` and run trials until it holds ``n_trials`` finished ones."""
+    events = events or StudyEvents()
+    base = spec.base_config(opts.overrides)
+    storage = open_storage(resolve_storage(opts.storage), spec.max_retries)
+    study = optuna.create_study(study_name=spec.study, storage=storage, load_if_exists=True,
+                                direction=spec.objective.resolved_direction,
+                                sampler=make_sampler(spec, base), pruner=make_pruner(spec))
+    if study.direction.name.lower() != spec.objective.resolved_direction:
+        raise StudyrunnerError(f"study {spec.study!r} exists with direction {study.direction.name.lower()}; "
+                               f"the sweep asks {spec.objective.resolved_direction}: use another study name")
+    if study.trials:  # resumed: continue the sampler's stream instead of replaying it
+        study.sampler = make_sampler(spec, base, offset=len(study.trials))
+    study.set_user_attr("sweep", spec.model_dump(mode="json"))
+    study.set_user_attr("base_config", config_to_dict(base))
+    tracker = _tracker(spec, opts)
+    objective = Objective(spec, base, DataSource(opts.data_dir, events.data_progress), tracker, events)
+    target = opts.n_trials or spec.budget.n_trials
+    timeout = opts.timeout or spec.budget.timeout
+    outcome = StudyOutcome(study, _counts(study), target)
+    start, fails_in_row = time.monotonic(), 0
+    try:
+        while finished_count(study) < target:
+            if timeout and time.monotonic() - start > timeout:
+                outcome.stopped = f"timeout of {timeout:.0f} s reached"
+                break
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+            trial = study.trials[-1] if study.trials else None
+            if trial is not None:
+                fails_in_row = _after_trial(study, trial, spec, fails_in_row)
+                events.trial_finished(study, trial)
+                if tracker:
+                    _update_parent(tracker, study)
+            if fails_in_row > spec.max_retries + 2:
+                outcome.stopped = f"{fails_in_row} trials in a row failed; last: {trial.user_attrs.get('fail_reason', '?')}"
+                break
+    except KeyboardInterrupt:
+        outcome.stopped = "interrupted"
+        if tracker:
+            tracker.close("KILLED")
+        outcome.counts = _counts(study)
+        raise
+    if tracker:
+        _update_parent(tracker, study)
+        tracker.close("FINISHED" if finished_count(study) >= target else "KILLED")
+    outcome.counts = _counts(study)
+    return outcome
+
+
+def _after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: SweepSpec, fails_in_row: int) -> int:
+    """Re-queue a failed trial's parameters while it has retries left; count failures in a row."""
+    if trial.state != TrialState.FAIL:
+        return 0
+    tries = int(trial.user_attrs.get("retry", 0))
+    if tries < spec.max_retries and trial.params:
+        study.enqueue_trial(trial.params, user_attrs={"retry": tries + 1, "retry_of": trial.number},
+                            skip_if_exists=False)
+    return fails_in_row + 1
+
+
+def _tracker(spec: SweepSpec, opts: RunOptions) -> Any:
+    if (opts.tracking_uri or "").lower() == "none":
+        return None
+    from .tracking import Tracker, git_commit, resolve_tracking_uri
+
+    return Tracker(resolve_tracking_uri(opts.tracking_uri), spec.study, {
+        "sampler": spec.sampler.name, "pruner": spec.pruner.name, "git_commit": git_commit(),
+        "sweep_file": spec.source, "objective": f"{spec.objective.resolved_direction} {spec.objective.metric}"})
+
+
+def _update_parent(tracker: Any, study: optuna.Study) -> None:
+    counts = _counts(study)
+    metrics: dict[str, float] = {f"n_{k.lower()}": float(v) for k, v in counts.items()}
+    params: dict[str, Any] = {}
+    try:
+        best = study.best_trial
+        metrics["best_value"] = float(best.value)  # type: ignore[arg-type]
+        metrics["best_trial"] = float(best.number)
+        params = best.params
+    except ValueError:  # no COMPLETE trial yet
+        pass
+    tracker.update_parent(metrics, params, {"n_trials_finished": str(counts["COMPLETE"] + counts["PRUNED"] + counts["DIVERGED"])})

@@ -1,0 +1,129 @@
+"""MLflow tracking: one experiment per study, one parent run per study, one nested run per trial.
+
+The only module that imports mlflow. Run status tells the truth: a COMPLETE trial's run ends
+FINISHED, a PRUNED one KILLED, a DIVERGED or FAILed one FAILED; the final state is also the tag
+``state``. Per-epoch metrics go in one ``log_batch`` call per epoch (step = epoch).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import TrainConfig, config_to_dict, flatten
+
+__all__ = ["Tracker", "RUN_STATUS", "resolve_tracking_uri"]
+
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "DIVERGED": "FAILED", "FAIL": "FAILED"}
+ROLE, STUDY = "studyrunner.role", "studyrunner.study"
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """``--tracking-uri``, else $MLFLOW_TRACKING_URI, else an SQLite file runs/mlflow.db."""
+    import os
+
+    if uri:
+        return uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    Path("runs").mkdir(exist_ok=True)
+    return f"sqlite:///{Path('runs/mlflow.db').resolve()}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Artifacts beside an SQLite tracking store (``.../mlartifacts``); servers choose their own."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Tracker:
+    """Logs a study to MLflow through ``MlflowClient`` (no global active-run state)."""
+
+    def __init__(self, tracking_uri: str, study: str, tags: Mapping[str, str] | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        self.study = study
+        self.tags = dict(tags or {})
+        exp = self.client.get_experiment_by_name(study)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+            study, artifact_location=_artifact_root(tracking_uri))
+        self.parent_id = self._parent()
+
+    def _parent(self) -> str:
+        """The study's parent run: found again on resume (set RUNNING), else created."""
+        found = self.client.search_runs([self.experiment_id], f"tags.`{ROLE}` = 'parent' and tags.`{STUDY}` = '{self.study}'",
+                                        max_results=1, order_by=["attributes.start_time ASC"])
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=self.study,
+                                     tags={ROLE: "parent", STUDY: self.study, **self.tags})
+        return run.info.run_id
+
+    def start_trial(self, number: int, config: TrainConfig, sampled: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        """A nested run for trial ``number`` with every resolved config value as a param."""
+        from mlflow.entities import Param, RunTag
+
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags={
+            "mlflow.parentRunId": self.parent_id, ROLE: "trial", STUDY: self.study, "trial_number": str(number),
+            "state": "RUNNING", **self.tags, **tags})
+        params = [Param(k, str(v)) for k, v in flatten(config_to_dict(config)).items()]
+        sampled_tags = [RunTag(f"sampled.{k}", str(v)) for k, v in sampled.items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(run.info.run_id, params=params[i : i + 100], tags=sampled_tags if i == 0 else ())
+        self.client.log_text(run.info.run_id, yaml.safe_dump(config_to_dict(config), sort_keys=False), "config.yaml")
+        return run.info.run_id
+
+    def log_epoch(self, run_id: str, record: Mapping[str, Any], prefix: str = "") -> None:
+        """One epoch's metrics in one call, step = epoch."""
+        from mlflow.entities import Metric
+
+        ts, step = _ms(), int(record["epoch"])
+        metrics = [Metric(f"{prefix}{k}", float(v), ts, step) for k, v in record.items()
+                   if k != "epoch" and isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
+        self.client.log_batch(run_id, metrics=metrics, synchronous=True)
+
+    def end_trial(self, run_id: str, state: str, metrics: Mapping[str, float | None], reason: str = "",
+                  curves: Any = None) -> None:
+        """Final metrics, state tag, learning-curve PNG, and the run's terminal status."""
+        from mlflow.entities import Metric, RunTag
+
+        ts = _ms()
+        final = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if v is not None and v == v]
+        tags = [RunTag("state", state)] + ([RunTag("reason", reason[:5000])] if reason else [])
+        self.client.log_batch(run_id, metrics=final, tags=tags)
+        if curves is not None:
+            self.client.log_figure(run_id, curves, "learning_curves.png")
+        self.client.set_terminated(run_id, RUN_STATUS.get(state, "FAILED"))
+
+    def update_parent(self, metrics: Mapping[str, float], params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+        """Best value, best parameters (as tags, they change as the study goes) and counts by state."""
+        from mlflow.entities import Metric, RunTag
+
+        ts = _ms()
+        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+                              tags=[RunTag(k, str(v)) for k, v in {**tags, **{f"best.{k}": v for k, v in params.items()}}.items()])
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.parent_id, status)
