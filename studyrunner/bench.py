@@ -35,15 +35,28 @@ def _train_folder(root: Path) -> Path:
     raise DataError(f"bench needs CIFAR-10 image folders: no {root}/train/<class>/*.jpg")
 
 
-def documents_pipeline(train_dir: Path, images: int, batch_size: int, workers: int,
-                       mean: tuple[float, ...], std: tuple[float, ...]) -> float:
+def documents_pipeline(
+    train_dir: Path, images: int, batch_size: int, workers: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> float:
     """Images/s of ImageFolder + PIL transforms + DataLoader training, fp32, NCHW."""
-    tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                             transforms.ToTensor(), transforms.Normalize(mean, std)])
+    tf = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
     ds = datasets.ImageFolder(str(train_dir), transform=tf)
     pick = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[: images + WARMUP_BATCHES * batch_size]
-    loader = DataLoader(Subset(ds, pick.tolist()), batch_size=batch_size, shuffle=True, num_workers=workers,
-                        drop_last=True, persistent_workers=False)
+    loader = DataLoader(
+        Subset(ds, pick.tolist()),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=False,
+    )
     torch.manual_seed(0)
     model = CifarAlexNet(len(ds.classes), batchnorm=True)
     opt = torch.optim.Adam(model.parameters(), lr=5e-4)
@@ -60,8 +73,9 @@ def documents_pipeline(train_dir: Path, images: int, batch_size: int, workers: i
     return seen / (time.perf_counter() - start)
 
 
-def engine_pipeline(cfg: TrainConfig, train: ImageSet, mean: tuple[float, float, float],
-                    std: tuple[float, float, float], classes: list[str]) -> float:
+def engine_pipeline(
+    cfg: TrainConfig, train: ImageSet, mean: tuple[float, float, float], std: tuple[float, float, float], classes: list[str]
+) -> float:
     """Images/s of the engine's training loop on ``train`` (after warm-up batches)."""
     from .data import Splits
 
@@ -77,21 +91,105 @@ def engine_pipeline(cfg: TrainConfig, train: ImageSet, mean: tuple[float, float,
     return speed
 
 
-def run_bench(data_dir: str | None, images: int, batch_size: int, workers: int,
-              log: Callable[[str], None] = print) -> list[tuple[str, float, float]]:
+def run_bench(
+    data_dir: str | None, images: int, batch_size: int, workers: int, log: Callable[[str], None] = print
+) -> list[tuple[str, float, float]]:
     """[(pipeline, images/s, ratio to the documents' pipeline)] measured now, on this machine."""
-    base = apply_overrides(TrainConfig(), {
-        "batch_size": batch_size, "model.batchnorm": True, "optim.name": "adam", "optim.lr": 5e-4,
-        "augment.crop_padding": 4, "augment.flip": True, "data.val_fraction": 0.0, "data.train_subset": images,
-    })
+    base = apply_overrides(
+        TrainConfig(),
+        {
+            "batch_size": batch_size,
+            "model.batchnorm": True,
+            "optim.name": "adam",
+            "optim.lr": 5e-4,
+            "augment.crop_padding": 4,
+            "augment.flip": True,
+            "data.val_fraction": 0.0,
+            "data.train_subset": images,
+        },
+    )
     root = resolve_root(base.data, data_dir)
     splits = load_splits(base.data, data_dir)
     log(f"documents' pipeline: ImageFolder + PIL + DataLoader({workers} workers), fp32, {images} images ...")
     doc = documents_pipeline(_train_folder(root), images, batch_size, workers, splits.mean, splits.std)
     rows = [(f"documents' (ImageFolder+PIL+DataLoader x{workers}, fp32)", doc, 1.0)]
-    for label, over in (("engine, fp32, NCHW (same arithmetic)", {"precision": "fp32", "channels_last": False}),
-                        ("engine, defaults (precision=auto, channels_last)", {})):
+    for label, over in (
+        ("engine, fp32, NCHW (same arithmetic)", {"precision": "fp32", "channels_last": False}),
+        ("engine, defaults (precision=auto, channels_last)", {}),
+    ):
         log(f"{label} ...")
         speed = engine_pipeline(apply_overrides(base, over), splits.train, splits.mean, splits.std, splits.classes)
         rows.append((label, speed, speed / doc))
     return rows
+
+
+def trial_overhead(
+    data_dir: str | None, trials: int, epochs: int, subset: int, log: Callable[[str], None] = print
+) -> dict[str, float]:
+    """Per-trial time spent outside training in a tracked study (SQLite Optuna + SQLite MLflow):
+    ask/tell, model build, MLflow runs/params/metrics/artifacts, the PNG. Returns seconds and the
+    share of a one-minute trial."""
+    import tempfile
+
+    from . import study as study_mod
+    from . import tracking
+    from .spec import SweepSpec
+
+    fit_time = [0.0]
+    log_time = [0.0]
+    real_fit, real_log = study_mod.fit, tracking.Tracker.log_epoch
+
+    def timed_fit(*a, **k):  # type: ignore[no-untyped-def]
+        t = time.perf_counter()
+        try:
+            return real_fit(*a, **k)
+        finally:
+            fit_time[0] += time.perf_counter() - t
+
+    def timed_log(self, *a, **k):  # type: ignore[no-untyped-def]
+        t = time.perf_counter()
+        try:
+            return real_log(self, *a, **k)
+        finally:
+            log_time[0] += time.perf_counter() - t
+
+    spec = SweepSpec.model_validate(
+        {
+            "study": "overhead",
+            "budget": {"n_trials": trials},
+            "pruner": {"name": "median"},
+            "train": {"epochs": epochs, "data": {"train_subset": subset}},
+            "space": {"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}},
+        }
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = study_mod.RunOptions(
+            storage=f"sqlite:///{tmp}/optuna.db", tracking_uri=f"sqlite:///{tmp}/mlflow.db", data_dir=data_dir
+        )
+        load_splits(spec.base_config().data, data_dir)  # warm the decoded-image cache: not a per-trial cost
+        study_mod.fit, tracking.Tracker.log_epoch = timed_fit, timed_log  # type: ignore[assignment]
+        try:
+            log(f"tracked study: {trials} trials x {epochs} epochs on {subset} images ...")
+            first: list[float] = []
+
+            class FirstTrial(study_mod.StudyEvents):
+                def trial_started(self, number: int, params: dict) -> None:  # type: ignore[type-arg]
+                    if not first:
+                        first.append(time.perf_counter())
+
+            t0 = time.perf_counter()
+            study_mod.run_study(spec, opts, FirstTrial())
+            total = time.perf_counter() - t0
+        finally:
+            study_mod.fit, tracking.Tracker.log_epoch = real_fit, real_log  # type: ignore[assignment]
+    training = fit_time[0] - log_time[0]
+    setup = first[0] - t0  # study + MLflow experiment/parent run creation, once per invocation
+    per_trial = (total - setup - training) / trials
+    return {
+        "total_s": total,
+        "setup_once_s": setup,
+        "training_s": training,
+        "overhead_per_trial_s": per_trial,
+        "epoch_logging_per_epoch_s": log_time[0] / (trials * epochs),
+        "share_of_1min_trial": per_trial / 60.0,
+    }

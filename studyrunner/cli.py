@@ -55,8 +55,15 @@ def user_errors(fn: F) -> F:
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
 
 
 def _fmt(v: float | None, pct: bool = False) -> str:
@@ -85,17 +92,28 @@ def train(
     cfg = load_train_config(config, overrides)
     with _progress() as bar:
         task = bar.add_task("loading data", total=None)
-        splits = load_splits(cfg.data, data_dir, lambda what, done, n: bar.update(task, description=what,
-                                                                                  completed=done, total=n))
+        splits = load_splits(
+            cfg.data, data_dir, lambda what, done, n: bar.update(task, description=what, completed=done, total=n)
+        )
         bar.remove_task(task)
-        console.print(f"train {len(splits.train)}  val {len(splits.val or [])}  test {len(splits.test or [])}  "
-                      f"classes {len(splits.classes)}  model {cfg.model.name}")
+        console.print(
+            f"train {len(splits.train)}  val {len(splits.val or [])}  test {len(splits.test or [])}  "
+            f"classes {len(splits.classes)}  model {cfg.model.name}"
+        )
         epoch_task = bar.add_task("epoch 1", total=None)
         table = Table("epoch", "train loss", "train acc %", "val loss", "val acc %", "lr", "s", "img/s")
 
         def on_epoch(r: Any) -> None:
-            row = (str(r.epoch), _fmt(r.train_loss), _fmt(r.train_acc, True), _fmt(r.val_loss),
-                   _fmt(r.val_acc, True), f"{r.lr:.2e}", f"{r.epoch_seconds:.1f}", f"{r.images_per_s:.0f}")
+            row = (
+                str(r.epoch),
+                _fmt(r.train_loss),
+                _fmt(r.train_acc, True),
+                _fmt(r.val_loss),
+                _fmt(r.val_acc, True),
+                f"{r.lr:.2e}",
+                f"{r.epoch_seconds:.1f}",
+                f"{r.images_per_s:.0f}",
+            )
             table.add_row(*row)
             bar.console.print("  ".join(row), highlight=False)
             bar.update(epoch_task, description=f"epoch {r.epoch + 1}", completed=0)
@@ -103,8 +121,11 @@ def train(
         result = fit(cfg, splits, on_epoch, lambda done, n: bar.update(epoch_task, completed=done, total=n))
     console.print(table)
     test = f"test acc {_fmt(result.test_acc, True)}%  test loss {_fmt(result.test_loss)}" if result.test_acc is not None else ""
-    console.print(f"{result.outcome}{': ' + result.reason if result.reason else ''}  best epoch {result.best_epoch}  "
-                  f"{test}  [{result.device}, {result.precision}]  checkpoints in {cfg.out_dir}", highlight=False)
+    console.print(
+        f"{result.outcome}{': ' + result.reason if result.reason else ''}  best epoch {result.best_epoch}  "
+        f"{test}  [{result.device}, {result.precision}]  checkpoints in {cfg.out_dir}",
+        highlight=False,
+    )
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({**result.to_dict(), "config": config_to_dict(cfg)}, indent=2))
@@ -117,9 +138,22 @@ def bench(
     images: Annotated[int, typer.Option(help="Training images timed per pipeline.")] = 6000,
     batch_size: Annotated[int, typer.Option(help="Batch size of both pipelines.")] = 64,
     workers: Annotated[int, typer.Option(help="DataLoader workers of the documents' pipeline.")] = 2,
+    trial_overhead: Annotated[
+        bool, typer.Option("--trial-overhead", help="Measure per-trial overhead of a tracked study instead.")
+    ] = False,
 ) -> None:
     """Training images/s: the documents' pipeline (ImageFolder + PIL + DataLoader, fp32) vs the engine."""
     from .bench import run_bench
+
+    if trial_overhead:
+        from .bench import trial_overhead as measure
+
+        figures = measure(data_dir, trials=5, epochs=3, subset=2000, log=lambda m: console.print(m, highlight=False))
+        out = Table("figure", "value")
+        for key, val in figures.items():
+            out.add_row(key, f"{100 * val:.2f}%" if key.startswith("share") else f"{val:.3f}")
+        Console().print(out)
+        return
 
     rows = run_bench(data_dir, images, batch_size, workers, log=lambda m: console.print(m, highlight=False))
     table = Table("pipeline", "images/s", "x documents'")
@@ -128,16 +162,22 @@ def bench(
     Console().print(table)
 
 
-StorageOpt = Annotated[str | None, typer.Option(
-    "--storage", help="Optuna storage URL (default sqlite:///runs/optuna.db or $STUDYRUNNER_STORAGE).")]
-TrackingOpt = Annotated[str | None, typer.Option(
-    "--tracking-uri", help="MLflow tracking URI (default sqlite:///runs/mlflow.db or $MLFLOW_TRACKING_URI); none = off.")]
+StorageOpt = Annotated[
+    str | None, typer.Option("--storage", help="Optuna storage URL (default sqlite:///runs/optuna.db or $STUDYRUNNER_STORAGE).")
+]
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri", help="MLflow tracking URI (default sqlite:///runs/mlflow.db or $MLFLOW_TRACKING_URI); none = off."
+    ),
+]
 
 
 @app.command()
 @user_errors
-def validate(sweep: Annotated[Path, typer.Argument(help="Sweep YAML file.")],
-             set_: SetOpt = None, data_dir: DataDirOpt = None) -> None:
+def validate(
+    sweep: Annotated[Path, typer.Argument(help="Sweep YAML file.")], set_: SetOpt = None, data_dir: DataDirOpt = None
+) -> None:
     """Check a sweep file (keys, ranges, conditions, data path) without training; print its space."""
     from .config import parse_assignments
     from .data import resolve_root
@@ -146,15 +186,25 @@ def validate(sweep: Annotated[Path, typer.Argument(help="Sweep YAML file.")],
     spec = load_sweep(sweep)
     base = spec.base_config(parse_assignments(set_ or []))
     root = resolve_root(base.data, data_dir)
-    table = Table("parameter", "kind", "range / choices", "when", title=f"{spec.study}: {spec.objective.resolved_direction} "
-                  f"{spec.objective.metric}, {spec.budget.n_trials} trials, sampler {spec.sampler.name}, pruner {spec.pruner.name}")
+    table = Table(
+        "parameter",
+        "kind",
+        "range / choices",
+        "when",
+        title=f"{spec.study}: {spec.objective.resolved_direction} "
+        f"{spec.objective.metric}, {spec.budget.n_trials} trials, sampler {spec.sampler.name}, pruner {spec.pruner.name}",
+    )
     for key, p in spec.space.items():
-        rng = str(p.choices) if p.choices is not None else f"{p.low} .. {p.high}" + (" log" if p.log else "") + (
-            f" step {p.step}" if p.step else "")
+        rng = (
+            str(p.choices)
+            if p.choices is not None
+            else f"{p.low} .. {p.high}" + (" log" if p.log else "") + (f" step {p.step}" if p.step else "")
+        )
         table.add_row(key, p.kind(base, key), rng, str(p.when or ""))
     Console().print(table)
-    console.print(f"ok: {sweep} is valid; data root {root}; {base.epochs} epochs per trial, repeats {spec.repeats}",
-                  highlight=False)
+    console.print(
+        f"ok: {sweep} is valid; data root {root}; {base.epochs} epochs per trial, repeats {spec.repeats}", highlight=False
+    )
 
 
 @app.command()
@@ -238,8 +288,7 @@ def export(
 
 @app.command()
 @user_errors
-def ui(tracking_uri: TrackingOpt = None,
-       port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000) -> None:
+def ui(tracking_uri: TrackingOpt = None, port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000) -> None:
     """Start the MLflow UI on the tracking store (trials side by side under each study's run)."""
     import subprocess
     import sys
@@ -248,8 +297,10 @@ def ui(tracking_uri: TrackingOpt = None,
 
     uri = resolve_tracking_uri(tracking_uri)
     console.print(f"MLflow UI on http://127.0.0.1:{port} for {uri} (Ctrl-C stops it)")
-    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                    "--port", str(port)], check=False)
+    subprocess.run(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
+        check=False,
+    )
 
 
 def main() -> None:  # pragma: no cover

@@ -124,8 +124,15 @@ class _Ctx:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
-def train_one_epoch(ctx: _Ctx, data: ImageSet, cfg: TrainConfig, opt: torch.optim.Optimizer,
-                    schedule: Schedule, gen: torch.Generator, on_batch: OnBatch = None) -> tuple[float, float, float]:
+def train_one_epoch(
+    ctx: _Ctx,
+    data: ImageSet,
+    cfg: TrainConfig,
+    opt: torch.optim.Optimizer,
+    schedule: Schedule,
+    gen: torch.Generator,
+    on_batch: OnBatch = None,
+) -> tuple[float, float, float]:
     """One pass over ``data``; returns (mean loss, accuracy, images/s). Stops early on a non-finite loss."""
     ctx.model.train()
     loss_sum = torch.zeros((), device=ctx.device)
@@ -171,8 +178,16 @@ def evaluate(ctx: _Ctx, data: ImageSet, batch_size: int) -> tuple[float, float]:
 
 def _save(path: Path, model: nn.Module, cfg: TrainConfig, record: EpochRecord, classes: list[str]) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "config": config_to_dict(cfg), "epoch": record.epoch,
-                "metrics": asdict(record), "classes": classes}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "config": config_to_dict(cfg),
+            "epoch": record.epoch,
+            "metrics": asdict(record),
+            "classes": classes,
+        },
+        tmp,
+    )
     tmp.replace(path)
 
 
@@ -196,8 +211,12 @@ def _setup(cfg: TrainConfig, splits: Splits) -> tuple[_Ctx, FitResult]:
     mean = torch.tensor(splits.mean, device=device)
     std = torch.tensor(splits.std, device=device)
     ctx = _Ctx(model, device, dtype, mean, std, cfg.channels_last)
-    result = FitResult(device=str(device), precision=str(dtype or torch.float32).replace("torch.", ""),
-                       num_params=sum(p.numel() for p in model.parameters()), checkpoint_dir=cfg.out_dir)
+    result = FitResult(
+        device=str(device),
+        precision=str(dtype or torch.float32).replace("torch.", ""),
+        num_params=sum(p.numel() for p in model.parameters()),
+        checkpoint_dir=cfg.out_dir,
+    )
     return ctx, result
 
 
@@ -226,8 +245,7 @@ def fit(cfg: TrainConfig, splits: Splits, on_epoch: OnEpoch = None, on_batch: On
         val_loss = val_acc = None
         if splits.val is not None and math.isfinite(tr_loss):
             val_loss, val_acc = evaluate(ctx, splits.val, cfg.eval_batch_size)
-        record = EpochRecord(epoch, tr_loss, tr_acc, val_loss, val_acc, lr,
-                             time.perf_counter() - start, tr_speed)
+        record = EpochRecord(epoch, tr_loss, tr_acc, val_loss, val_acc, lr, time.perf_counter() - start, tr_speed)
         result.history.append(record)
         reason = _divergence(tr_loss, limit)
         if reason:

@@ -24,8 +24,14 @@ def _params(p: dict[str, Any]) -> str:
 class LiveStudy(StudyEvents):
     def __init__(self, console: Console, spec: SweepSpec) -> None:
         self.console, self.spec = console, spec
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 console=console, transient=True)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
         self.epoch_task = self.progress.add_task("waiting for data", total=None)
         self.batch_task = self.progress.add_task("batches", total=None, visible=False)
 
@@ -46,8 +52,9 @@ class LiveStudy(StudyEvents):
 
     def epoch_done(self, number: int, record: EpochRecord, epochs: int) -> None:
         val = "-" if record.val_acc is None else f"{100 * record.val_acc:.1f}%"
-        self.progress.update(self.epoch_task, completed=record.epoch, total=epochs,
-                             description=f"trial {number} epochs (val acc {val})")
+        self.progress.update(
+            self.epoch_task, completed=record.epoch, total=epochs, description=f"trial {number} epochs (val acc {val})"
+        )
 
     def batch_done(self, done: int, total: int) -> None:
         self.progress.update(self.batch_task, completed=done, total=total)
@@ -68,22 +75,35 @@ class LiveStudy(StudyEvents):
         self.progress.console.print(
             f"trial {trial.number} {state}{value}{' - ' + why if why and state != 'COMPLETE' else ''}\n"
             f"  finished {done}: complete {counts.get('COMPLETE', 0)}, pruned {counts.get('PRUNED', 0)}, "
-            f"diverged {counts.get('DIVERGED', 0)}, failed {counts.get('FAIL', 0)} | {best}", highlight=False)
+            f"diverged {counts.get('DIVERGED', 0)}, failed {counts.get('FAIL', 0)} | {best}",
+            highlight=False,
+        )
         self.progress.update(self.batch_task, visible=False)
 
     def summary(self, outcome: StudyOutcome) -> None:
         study = outcome.study
         params = sorted({k for t in study.trials for k in t.params})
-        table = Table("trial", "state", "value", "test acc", "epochs", *params,
-                      title=f"study {study.study_name}: {sum(v for k, v in outcome.counts.items() if k != 'FAIL' and k != 'RUNNING')}"
-                      f"/{outcome.target} finished")
+        table = Table(
+            "trial",
+            "state",
+            "value",
+            "test acc",
+            "epochs",
+            *params,
+            title=f"study {study.study_name}: {sum(v for k, v in outcome.counts.items() if k != 'FAIL' and k != 'RUNNING')}"
+            f"/{outcome.target} finished",
+        )
         for t in study.trials:
             state = "DIVERGED" if t.user_attrs.get("outcome") == "diverged" else t.state.name
             test = t.user_attrs.get("test_acc")
-            table.add_row(str(t.number), state, "-" if t.value is None else f"{t.value:.4f}",
-                          "-" if test is None else f"{100 * test:.2f}%", str(len(t.intermediate_values)),
-                          *[(f"{t.params[k]:.3g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, "-")))
-                            for k in params])
+            table.add_row(
+                str(t.number),
+                state,
+                "-" if t.value is None else f"{t.value:.4f}",
+                "-" if test is None else f"{100 * test:.2f}%",
+                str(len(t.intermediate_values)),
+                *[(f"{t.params[k]:.3g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, "-"))) for k in params],
+            )
         Console().print(table)
         if outcome.stopped:
             self.console.print(f"stopped early: {outcome.stopped}", highlight=False)

@@ -32,22 +32,37 @@ class CifarAlexNet(nn.Module):
     bug and is left out: the network returns logits.
     """
 
-    def __init__(self, num_classes: int = 10, batchnorm: bool = False,
-                 dropout: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0), image_size: int = 32) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        batchnorm: bool = False,
+        dropout: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0),
+        image_size: int = 32,
+    ) -> None:
         super().__init__()
         p1, p2, p3, p4 = dropout
         self.features = nn.Sequential(
-            *_conv_block(3, 64, 3, batchnorm), nn.MaxPool2d(2, 2), nn.Dropout(p1),
-            *_conv_block(64, 128, 3, batchnorm), nn.MaxPool2d(3, 2), nn.Dropout(p2),
+            *_conv_block(3, 64, 3, batchnorm),
+            nn.MaxPool2d(2, 2),
+            nn.Dropout(p1),
+            *_conv_block(64, 128, 3, batchnorm),
+            nn.MaxPool2d(3, 2),
+            nn.Dropout(p2),
             *_conv_block(128, 256, 3, batchnorm),
-            *_conv_block(256, 64, 1, batchnorm), nn.Dropout(p3),
+            *_conv_block(256, 64, 1, batchnorm),
+            nn.Dropout(p3),
         )
         side = ((((image_size - 2) // 2) - 2) - 3) // 2 + 1 - 2  # 32 px -> 4
         if side < 1:
             raise ConfigError(f"cifar_alexnet needs data.image_size >= 20 pixels, got {image_size}")
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(64 * side * side, 384), nn.ReLU(inplace=True), nn.Dropout(p4),
-            nn.Linear(384, 192), nn.ReLU(inplace=True), nn.Linear(192, num_classes),
+            nn.Flatten(),
+            nn.Linear(64 * side * side, 384),
+            nn.ReLU(inplace=True),
+            nn.Dropout(p4),
+            nn.Linear(384, 192),
+            nn.ReLU(inplace=True),
+            nn.Linear(192, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

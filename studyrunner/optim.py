@@ -24,14 +24,18 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> t
     params = list(params)
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay, fused=fused)
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+            fused=fused,
+        )
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
-                                fused=fused)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, fused=fused)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
-                                 fused=fused)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, fused=fused)
     if cfg.name == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optim.name {cfg.name!r}; valid: sgd, adam, adamw, rmsprop")
@@ -73,9 +77,16 @@ def _build(opt: torch.optim.Optimizer, cfg: SchedConfig, epochs: int, steps: int
     if cfg.name == "multistep":
         return sched.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
     if cfg.name == "plateau":
-        return sched.ReduceLROnPlateau(opt, mode=cfg.mode, factor=cfg.factor, patience=cfg.patience,
-                                       threshold=cfg.threshold, threshold_mode=cfg.threshold_mode,
-                                       cooldown=cfg.cooldown, min_lr=cfg.min_lr)
+        return sched.ReduceLROnPlateau(
+            opt,
+            mode=cfg.mode,
+            factor=cfg.factor,
+            patience=cfg.patience,
+            threshold=cfg.threshold,
+            threshold_mode=cfg.threshold_mode,
+            cooldown=cfg.cooldown,
+            min_lr=cfg.min_lr,
+        )
     if cfg.name == "cosine":
         return sched.CosineAnnealingLR(opt, T_max=epochs, eta_min=cfg.min_lr)
     if cfg.name == "onecycle":

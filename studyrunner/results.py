@@ -35,8 +35,11 @@ def list_studies(storage: str) -> list[StudyRow]:
         for t in study.get_trials(deepcopy=False):
             counts[_state(t)] = counts.get(_state(t), 0) + 1
         best = s.best_trial
-        rows.append(StudyRow(s.study_name, s.direction.name.lower(), counts,
-                             best.value if best else None, dict(best.params) if best else {}))
+        rows.append(
+            StudyRow(
+                s.study_name, s.direction.name.lower(), counts, best.value if best else None, dict(best.params) if best else {}
+            )
+        )
     return rows
 
 
@@ -56,10 +59,17 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         history = ua.get("history") or []
         last = history[-1] if history else {}
         row: dict[str, Any] = {
-            "number": t.number, "state": _state(t), "value": t.value, "value_sd": ua.get("value_sd"),
-            "best_val_acc": ua.get("best_val_acc"), "test_acc": ua.get("test_acc"), "test_loss": ua.get("test_loss"),
-            "final_train_acc": last.get("train_acc"), "final_val_acc": last.get("val_acc"),
-            "best_epoch": ua.get("best_epoch"), "epochs": ua.get("epochs", len(t.intermediate_values)),
+            "number": t.number,
+            "state": _state(t),
+            "value": t.value,
+            "value_sd": ua.get("value_sd"),
+            "best_val_acc": ua.get("best_val_acc"),
+            "test_acc": ua.get("test_acc"),
+            "test_loss": ua.get("test_loss"),
+            "final_train_acc": last.get("train_acc"),
+            "final_val_acc": last.get("val_acc"),
+            "best_epoch": ua.get("best_epoch"),
+            "epochs": ua.get("epochs", len(t.intermediate_values)),
             "duration_s": t.duration.total_seconds() if t.duration else None,
             "reason": ua.get("reason") or ua.get("fail_reason") or "",
         }

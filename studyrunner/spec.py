@@ -19,8 +19,17 @@ from .config import ConfigError, TrainConfig, allowed_keys, apply_overrides, fla
 from .errors import StudyrunnerError
 
 __all__ = [
-    "SpecError", "Objective", "Budget", "SamplerSpec", "PrunerSpec", "ParamSpec", "SweepSpec",
-    "load_yaml", "load_sweep", "load_train_config", "METRICS",
+    "SpecError",
+    "Objective",
+    "Budget",
+    "SamplerSpec",
+    "PrunerSpec",
+    "ParamSpec",
+    "SweepSpec",
+    "load_yaml",
+    "load_sweep",
+    "load_train_config",
+    "METRICS",
 ]
 
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss")
@@ -208,8 +217,11 @@ def load_sweep(path: str | Path) -> SweepSpec:
             msg = f"unknown key; allowed here: {allowed}"
         elif err["type"] == "missing":
             msg = "required key is missing"
-        got = f" (got {err['input']!r})" if err["type"] not in ("missing", "extra_forbidden") and not isinstance(
-            err.get("input"), dict) else ""
+        got = (
+            f" (got {err['input']!r})"
+            if err["type"] not in ("missing", "extra_forbidden") and not isinstance(err.get("input"), dict)
+            else ""
+        )
         raise SpecError(f"{_where(p, node, loc)}: {key}: {msg}{got}") from None
     for problem, loc in _semantic_problems(spec):
         raise SpecError(f"{_where(p, node, loc)}: {problem}")
@@ -217,17 +229,16 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
 
 def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = SweepSpec
-    for key in loc:
-        if model is SweepSpec and key == "space":
-            return ["<config key>"]
-        if model is SweepSpec and len(loc) >= 2 and loc[0] == "space":
-            model = ParamSpec
-            break
-        ann = model.model_fields[str(key)].annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
-    return [f for f in model.model_fields if f not in ("source",)]
+    """Field names allowed at ``loc`` (the parent of an unknown key)."""
+    model: Any = SweepSpec
+    if loc and loc[0] == "space":
+        model = ParamSpec if len(loc) >= 2 else None
+    elif loc:
+        field = SweepSpec.model_fields.get(str(loc[0]))
+        model = field.annotation if field else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return ["<config key>"]
+    return [f for f in model.model_fields if f != "source"]
 
 
 def _semantic_problems(spec: SweepSpec) -> list[tuple[str, tuple[Any, ...]]]:
@@ -245,8 +256,12 @@ def _semantic_problems(spec: SweepSpec) -> list[tuple[str, tuple[Any, ...]]]:
             return [(f"space: unknown config key {name!r}; allowed: {', '.join(sorted(keys))}", loc)]
         for cond, want in (p.when or {}).items():
             if cond not in seen and cond not in spec.train:
-                return [(f"space.{name}.when: {cond!r} must be a parameter listed before {name!r} "
-                         f"or a fixed train key", (*loc, "when", cond))]
+                return [
+                    (
+                        f"space.{name}.when: {cond!r} must be a parameter listed before {name!r} or a fixed train key",
+                        (*loc, "when", cond),
+                    )
+                ]
             cp = spec.space.get(cond)
             wants = want if isinstance(want, list) else [want]
             if cp is not None and cp.choices is not None and not set(map(_label, wants)) <= set(map(_label, cp.choices)):
@@ -257,15 +272,15 @@ def _semantic_problems(spec: SweepSpec) -> list[tuple[str, tuple[Any, ...]]]:
                 apply_overrides(base, {name: _int_if_whole(v) if p.choices is None else v})
             except ConfigError as exc:
                 return [(f"space.{name}: value {v!r} is not allowed: {exc}", loc)]
-        if p.kind(base, name) == "int":
-            if not all(float(v).is_integer() for v in (p.low, p.high)):  # type: ignore[arg-type]
-                return [(f"space.{name}: int range needs whole-number bounds, got {p.low}..{p.high}", loc)]
+        if p.kind(base, name) == "int" and not all(float(v).is_integer() for v in (p.low, p.high)):  # type: ignore[arg-type]
+            return [(f"space.{name}: int range needs whole-number bounds, got {p.low}..{p.high}", loc)]
         if spec.sampler.name == "grid" and p.choices is None and p.step is None:
             return [(f"space.{name}: the grid sampler needs choices or a step for every parameter", loc)]
         seen.append(name)
     if spec.objective.metric.startswith("val_") and base.data.val_fraction == 0 and base.data.dataset == "cifar10":
-        problems.append((f"objective: {spec.objective.metric} needs a validation split; set train.data.val_fraction > 0",
-                         ("objective",)))
+        problems.append(
+            (f"objective: {spec.objective.metric} needs a validation split; set train.data.val_fraction > 0", ("objective",))
+        )
     if spec.pruner.name == "threshold" and spec.pruner.lower is None and spec.pruner.upper is None:
         problems.append(("pruner: the threshold pruner needs lower and/or upper", ("pruner",)))
     return problems

@@ -36,8 +36,17 @@ from .errors import StudyrunnerError
 from .space import grid_space, suggest
 from .spec import SweepSpec
 
-__all__ = ["StudyEvents", "RunOptions", "Objective", "run_study", "resolve_storage", "make_sampler", "make_pruner",
-           "finished_count", "DataSource"]
+__all__ = [
+    "StudyEvents",
+    "RunOptions",
+    "Objective",
+    "run_study",
+    "resolve_storage",
+    "make_sampler",
+    "make_pruner",
+    "finished_count",
+    "DataSource",
+]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -85,8 +94,12 @@ def open_storage(url: str, max_retries: int = 1) -> optuna.storages.BaseStorage:
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # wait for the lock instead of failing
     return optuna.storages.RDBStorage(
-        url, heartbeat_interval=10, grace_period=30,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries), **kwargs)
+        url,
+        heartbeat_interval=10,
+        grace_period=30,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries),
+        **kwargs,
+    )
 
 
 def make_sampler(spec: SweepSpec, base: TrainConfig, offset: int = 0) -> optuna.samplers.BaseSampler:
@@ -95,7 +108,7 @@ def make_sampler(spec: SweepSpec, base: TrainConfig, offset: int = 0) -> optuna.
     still give the same suggestions."""
     s = spec.sampler
     seed = None if s.seed is None else s.seed + offset
-    startup = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
+    startup: dict[str, Any] = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
     if s.name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, **startup)
     if s.name == "random":
@@ -114,19 +127,21 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     if p.name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs)
     if p.name == "percentile":
-        return optuna.pruners.PercentilePruner(p.percentile, n_startup_trials=p.startup_trials,
-                                               n_warmup_steps=p.warmup_epochs)
+        return optuna.pruners.PercentilePruner(p.percentile, n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs)
     if p.name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
     if p.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1 if p.min_resource == "auto" else p.min_resource,
-                                              reduction_factor=p.reduction_factor)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1 if p.min_resource == "auto" else p.min_resource, reduction_factor=p.reduction_factor
+        )
     if p.name == "threshold":
         return optuna.pruners.ThresholdPruner(lower=p.lower, upper=p.upper, n_warmup_steps=p.warmup_epochs)
     if p.name == "patient":
         return optuna.pruners.PatientPruner(
             optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs),
-            patience=p.patience, min_delta=p.min_delta)
+            patience=p.patience,
+            min_delta=p.min_delta,
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -168,12 +183,13 @@ class Objective:
     Works with any ``optuna.Trial`` including ``optuna.trial.FixedTrial``; ``tracker`` may be None.
     """
 
-    def __init__(self, spec: SweepSpec, base: TrainConfig, data: DataSource, tracker: Any = None,
-                 events: StudyEvents | None = None) -> None:
+    def __init__(
+        self, spec: SweepSpec, base: TrainConfig, data: DataSource, tracker: Any = None, events: StudyEvents | None = None
+    ) -> None:
         self.spec, self.base, self.data, self.tracker = spec, base, data, tracker
         self.events = events or StudyEvents()
         self.direction = spec.objective.resolved_direction
-        self._logged = 0  # epochs of the first seed already sent to the tracker
+        self._records: list[EpochRecord] = []  # the first seed's epochs seen so far (pruned trials too)
 
     def __call__(self, trial: optuna.Trial) -> float:
         sampled = suggest(trial, self.spec, self.base)
@@ -182,12 +198,16 @@ class Objective:
         number = getattr(trial, "number", 0)
         self.events.trial_started(number, sampled)
         run_id = self._start_run(trial, number, cfg, sampled)
-        self._logged = 0
+        self._records = []
         state, reason, values, results = "FAIL", "", [], []
         try:
             for r in range(self.spec.repeats):
-                result = fit(apply_overrides(cfg, {"seed": cfg.seed + r}), splits,
-                             on_epoch=self._on_epoch(trial, number, cfg, run_id, r), on_batch=self.events.batch_done)
+                result = fit(
+                    apply_overrides(cfg, {"seed": cfg.seed + r}),
+                    splits,
+                    on_epoch=self._on_epoch(trial, number, cfg, run_id, r),
+                    on_batch=self.events.batch_done,
+                )
                 results.append(result)
                 if result.outcome == "diverged":
                     state, reason = "DIVERGED", result.reason
@@ -213,15 +233,16 @@ class Objective:
         finally:
             self._end_run(run_id, state, reason, values, results)
 
-    def _on_epoch(self, trial: optuna.Trial, number: int, cfg: TrainConfig, run_id: str | None,
-                  repeat: int) -> Callable[[EpochRecord], None]:
+    def _on_epoch(
+        self, trial: optuna.Trial, number: int, cfg: TrainConfig, run_id: str | None, repeat: int
+    ) -> Callable[[EpochRecord], None]:
         metric = self.spec.objective.metric
 
         def on_epoch(record: EpochRecord) -> None:
             if run_id and self.tracker:
                 self.tracker.log_epoch(run_id, vars(record), prefix="" if repeat == 0 else f"seed{repeat}_")
             if repeat == 0:
-                self._logged = record.epoch
+                self._records.append(record)
             self.events.epoch_done(number, record, cfg.epochs)
             value = _intermediate(record, metric)
             if repeat == 0 and value is not None:  # the first seed drives pruning
@@ -247,31 +268,41 @@ class Objective:
         if self.tracker is None:
             return None
         device = resolve_device(cfg.device)
-        tags = {"seed": str(cfg.seed), "device": str(device),
-                "precision": str(resolve_precision(cfg.precision, device) or "float32").replace("torch.", ""),
-                "repeats": str(self.spec.repeats)}
+        tags = {
+            "seed": str(cfg.seed),
+            "device": str(device),
+            "precision": str(resolve_precision(cfg.precision, device) or "float32").replace("torch.", ""),
+            "repeats": str(self.spec.repeats),
+        }
         run_id: str = self.tracker.start_trial(number, cfg, sampled, tags)
         trial.set_user_attr("mlflow_run_id", run_id)
         return run_id
 
-    def _end_run(self, run_id: str | None, state: str, reason: str, values: list[float],
-                 results: list[FitResult]) -> None:
+    def _end_run(self, run_id: str | None, state: str, reason: str, values: list[float], results: list[FitResult]) -> None:
         if run_id is None or self.tracker is None:
             return
         from .plots import close, learning_curves
 
         first = results[0] if results else None
+        history = first.history if first else self._records
         if first:  # the epoch that diverged never reached on_epoch: log it now
-            for record in first.history[self._logged :]:
+            for record in first.history[len(self._records) :]:
                 self.tracker.log_epoch(run_id, vars(record))
         metrics: dict[str, float | None] = {}
         if values:
             metrics["value"] = statistics.fmean(values)
             metrics["value_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
         if first:
-            metrics.update(test_acc=first.test_acc, test_loss=first.test_loss, best_val_acc=first.best_val_acc,
-                           best_epoch=float(first.best_epoch), epochs_run=float(len(first.history)))
-        fig = learning_curves({"seed 0": [vars(r) for r in first.history]}) if first and first.history else None
+            metrics.update(
+                test_acc=first.test_acc,
+                test_loss=first.test_loss,
+                best_val_acc=first.best_val_acc,
+                best_epoch=float(first.best_epoch),
+                epochs_run=float(len(first.history)),
+            )
+        if history:
+            metrics["epochs_run"] = float(len(history))
+        fig = learning_curves({"seed 0": [vars(r) for r in history]}) if history else None
         try:
             self.tracker.end_trial(run_id, state, metrics, reason, fig)
         finally:
@@ -304,12 +335,19 @@ def run_study(spec: SweepSpec, opts: RunOptions, events: StudyEvents | None = No
     events = events or StudyEvents()
     base = spec.base_config(opts.overrides)
     storage = open_storage(resolve_storage(opts.storage), spec.max_retries)
-    study = optuna.create_study(study_name=spec.study, storage=storage, load_if_exists=True,
-                                direction=spec.objective.resolved_direction,
-                                sampler=make_sampler(spec, base), pruner=make_pruner(spec))
+    study = optuna.create_study(
+        study_name=spec.study,
+        storage=storage,
+        load_if_exists=True,
+        direction=spec.objective.resolved_direction,  # type: ignore[arg-type]
+        sampler=make_sampler(spec, base),
+        pruner=make_pruner(spec),
+    )
     if study.direction.name.lower() != spec.objective.resolved_direction:
-        raise StudyrunnerError(f"study {spec.study!r} exists with direction {study.direction.name.lower()}; "
-                               f"the sweep asks {spec.objective.resolved_direction}: use another study name")
+        raise StudyrunnerError(
+            f"study {spec.study!r} exists with direction {study.direction.name.lower()}; "
+            f"the sweep asks {spec.objective.resolved_direction}: use another study name"
+        )
     if study.trials:  # resumed: continue the sampler's stream instead of replaying it
         study.sampler = make_sampler(spec, base, offset=len(study.trials))
     study.set_user_attr("sweep", spec.model_dump(mode="json"))
@@ -332,8 +370,9 @@ def run_study(spec: SweepSpec, opts: RunOptions, events: StudyEvents | None = No
                 events.trial_finished(study, trial)
                 if tracker:
                     _update_parent(tracker, study)
-            if fails_in_row > spec.max_retries + 2:
-                outcome.stopped = f"{fails_in_row} trials in a row failed; last: {trial.user_attrs.get('fail_reason', '?')}"
+            if trial is not None and fails_in_row > spec.max_retries + 2:
+                last = trial.user_attrs.get("fail_reason", "?")
+                outcome.stopped = f"{fails_in_row} trials in a row failed; last: {last}"
                 break
     except KeyboardInterrupt:
         outcome.stopped = "interrupted"
@@ -354,8 +393,7 @@ def _after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: Swe
         return 0
     tries = int(trial.user_attrs.get("retry", 0))
     if tries < spec.max_retries and trial.params:
-        study.enqueue_trial(trial.params, user_attrs={"retry": tries + 1, "retry_of": trial.number},
-                            skip_if_exists=False)
+        study.enqueue_trial(trial.params, user_attrs={"retry": tries + 1, "retry_of": trial.number}, skip_if_exists=False)
     return fails_in_row + 1
 
 
@@ -364,9 +402,17 @@ def _tracker(spec: SweepSpec, opts: RunOptions) -> Any:
         return None
     from .tracking import Tracker, git_commit, resolve_tracking_uri
 
-    return Tracker(resolve_tracking_uri(opts.tracking_uri), spec.study, {
-        "sampler": spec.sampler.name, "pruner": spec.pruner.name, "git_commit": git_commit(),
-        "sweep_file": spec.source, "objective": f"{spec.objective.resolved_direction} {spec.objective.metric}"})
+    return Tracker(
+        resolve_tracking_uri(opts.tracking_uri),
+        spec.study,
+        {
+            "sampler": spec.sampler.name,
+            "pruner": spec.pruner.name,
+            "git_commit": git_commit(),
+            "sweep_file": spec.source,
+            "objective": f"{spec.objective.resolved_direction} {spec.objective.metric}",
+        },
+    )
 
 
 def _update_parent(tracker: Any, study: optuna.Study) -> None:
@@ -380,4 +426,5 @@ def _update_parent(tracker: Any, study: optuna.Study) -> None:
         params = best.params
     except ValueError:  # no COMPLETE trial yet
         pass
-    tracker.update_parent(metrics, params, {"n_trials_finished": str(counts["COMPLETE"] + counts["PRUNED"] + counts["DIVERGED"])})
+    finished = counts["COMPLETE"] + counts["PRUNED"] + counts["DIVERGED"]
+    tracker.update_parent(metrics, params, {"n_trials_finished": str(finished)})

@@ -65,29 +65,45 @@ class Tracker:
         self.study = study
         self.tags = dict(tags or {})
         exp = self.client.get_experiment_by_name(study)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            study, artifact_location=_artifact_root(tracking_uri))
+        self.experiment_id = (
+            exp.experiment_id if exp else self.client.create_experiment(study, artifact_location=_artifact_root(tracking_uri))
+        )
         self.parent_id = self._parent()
 
     def _parent(self) -> str:
         """The study's parent run: found again on resume (set RUNNING), else created."""
-        found = self.client.search_runs([self.experiment_id], f"tags.`{ROLE}` = 'parent' and tags.`{STUDY}` = '{self.study}'",
-                                        max_results=1, order_by=["attributes.start_time ASC"])
+        found = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{ROLE}` = 'parent' and tags.`{STUDY}` = '{self.study}'",
+            max_results=1,
+            order_by=["attributes.start_time ASC"],
+        )
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id
-        run = self.client.create_run(self.experiment_id, run_name=self.study,
-                                     tags={ROLE: "parent", STUDY: self.study, **self.tags})
+        run = self.client.create_run(
+            self.experiment_id, run_name=self.study, tags={ROLE: "parent", STUDY: self.study, **self.tags}
+        )
         return run.info.run_id
 
     def start_trial(self, number: int, config: TrainConfig, sampled: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         """A nested run for trial ``number`` with every resolved config value as a param."""
         from mlflow.entities import Param, RunTag
 
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags={
-            "mlflow.parentRunId": self.parent_id, ROLE: "trial", STUDY: self.study, "trial_number": str(number),
-            "state": "RUNNING", **self.tags, **tags})
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{number}",
+            tags={
+                "mlflow.parentRunId": self.parent_id,
+                ROLE: "trial",
+                STUDY: self.study,
+                "trial_number": str(number),
+                "state": "RUNNING",
+                **self.tags,
+                **tags,
+            },
+        )
         params = [Param(k, str(v)) for k, v in flatten(config_to_dict(config)).items()]
         sampled_tags = [RunTag(f"sampled.{k}", str(v)) for k, v in sampled.items()]
         for i in range(0, len(params), 100):
@@ -100,12 +116,16 @@ class Tracker:
         from mlflow.entities import Metric
 
         ts, step = _ms(), int(record["epoch"])
-        metrics = [Metric(f"{prefix}{k}", float(v), ts, step) for k, v in record.items()
-                   if k != "epoch" and isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
+        metrics = [
+            Metric(f"{prefix}{k}", float(v), ts, step)
+            for k, v in record.items()
+            if k != "epoch" and isinstance(v, (int, float)) and v == v and abs(v) != float("inf")
+        ]
         self.client.log_batch(run_id, metrics=metrics, synchronous=True)
 
-    def end_trial(self, run_id: str, state: str, metrics: Mapping[str, float | None], reason: str = "",
-                  curves: Any = None) -> None:
+    def end_trial(
+        self, run_id: str, state: str, metrics: Mapping[str, float | None], reason: str = "", curves: Any = None
+    ) -> None:
         """Final metrics, state tag, learning-curve PNG, and the run's terminal status."""
         from mlflow.entities import Metric, RunTag
 
@@ -122,8 +142,11 @@ class Tracker:
         from mlflow.entities import Metric, RunTag
 
         ts = _ms()
-        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
-                              tags=[RunTag(k, str(v)) for k, v in {**tags, **{f"best.{k}": v for k, v in params.items()}}.items()])
+        self.client.log_batch(
+            self.parent_id,
+            metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+            tags=[RunTag(k, str(v)) for k, v in {**tags, **{f"best.{k}": v for k, v in params.items()}}.items()],
+        )
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_id, status)

@@ -35,21 +35,35 @@ def tiny_splits() -> Splits:
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> TrainConfig:
     """A config that trains document 004's net on 20 px tiny_splits in about a second."""
-    return apply_overrides(TrainConfig(), {
-        "epochs": 4, "batch_size": 32, "data.image_size": 20, "optim.name": "adam", "optim.lr": 2e-3,
-        "model.batchnorm": True, "precision": "fp32", "data.cache_dir": str(tmp_path / "cache"),
-    })
+    return apply_overrides(
+        TrainConfig(),
+        {
+            "epochs": 4,
+            "batch_size": 32,
+            "data.image_size": 20,
+            "optim.name": "adam",
+            "optim.lr": 2e-3,
+            "model.batchnorm": True,
+            "precision": "fp32",
+            "data.cache_dir": str(tmp_path / "cache"),
+        },
+    )
 
 
 def write_image(path: Path, mode: str, size: tuple[int, int], value: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    colour: object = {"RGB": (value, value // 2, 255 - value), "L": value, "RGBA": (value, value, 0, 128),
-                      "P": value}[mode]
+    colour: object = {"RGB": (value, value // 2, 255 - value), "L": value, "RGBA": (value, value, 0, 128), "P": value}[mode]
     Image.new(mode, size, colour).save(path)  # type: ignore[arg-type]
 
 
-def make_folder(root: Path, classes: int = 3, per_class: int = 6, split: str | None = "train",
-                modes: tuple[str, ...] = ("RGB",), sizes: tuple[tuple[int, int], ...] = ((20, 20),)) -> Path:
+def make_folder(
+    root: Path,
+    classes: int = 3,
+    per_class: int = 6,
+    split: str | None = "train",
+    modes: tuple[str, ...] = ("RGB",),
+    sizes: tuple[tuple[int, int], ...] = ((20, 20),),
+) -> Path:
     """An image-folder tree ``root/<split>/c<k>/img<i>.png`` with the given modes and sizes."""
     base = root / split if split else root
     for c in range(classes):
@@ -66,3 +80,26 @@ def cifar_dir() -> Path:
     if not raw or not Path(raw).is_dir():
         pytest.skip("set STUDYRUNNER_DATA_DIR to the CIFAR-10 image folders to run real-data tests")
     return Path(raw)
+
+
+def write_sweep(tmp_path: Path, body: str, name: str = "sweep.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(body)
+    return path
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    """A 4-class own-data folder (train/ + val/ + test/) of 20 px solid-colour images."""
+    root = make_folder(tmp_path / "own", classes=4, per_class=32, split="train", sizes=((20, 20),))
+    make_folder(root, classes=4, per_class=4, split="val", sizes=((20, 20),))
+    return make_folder(root, classes=4, per_class=4, split="test", sizes=((20, 20),))
+
+
+@pytest.fixture
+def tiny_train(tiny_data: Path, tmp_path: Path) -> str:
+    """The ``train:`` section of a sweep that trains on tiny_data in well under a second per epoch."""
+    return (
+        f"train:\n  data: {{dataset: folder, path: '{tiny_data}', image_size: 20, cache_dir: '{tmp_path / 'cache'}'}}\n"
+        "  epochs: 3\n  batch_size: 16\n  precision: fp32\n  optim: {name: adam, lr: 0.003}\n"
+    )

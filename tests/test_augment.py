@@ -21,8 +21,12 @@ def test_crop_is_a_window_of_the_zero_padded_image():
     padded = torch.nn.functional.pad(x, (pad,) * 4)
     offsets = set()
     for i in range(len(x)):
-        hits = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
-                if torch.equal(padded[i, :, dy : dy + 8, dx : dx + 8], out[i])]
+        hits = [
+            (dy, dx)
+            for dy in range(2 * pad + 1)
+            for dx in range(2 * pad + 1)
+            if torch.equal(padded[i, :, dy : dy + 8, dx : dx + 8], out[i])
+        ]
         assert hits, f"image {i} is not a padded window"
         offsets.add(hits[0])
     assert len(offsets) > 3  # offsets differ between images

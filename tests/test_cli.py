@@ -9,6 +9,11 @@ from .conftest import make_folder
 runner = CliRunner()
 
 
+def flat(res) -> str:
+    """The output with rich's line wrapping undone."""
+    return " ".join(res.output.split())
+
+
 def _folder(tmp_path):
     root = make_folder(tmp_path / "own", classes=2, per_class=12, split="train")
     return make_folder(root, classes=2, per_class=4, split="val")
@@ -24,14 +29,30 @@ def test_help_lists_commands_and_options():
 def test_train_on_own_folder_writes_json(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDYRUNNER_CACHE_DIR", str(tmp_path / "cache"))
     root = _folder(tmp_path)
-    res = runner.invoke(app, ["train", "--set", "data.dataset=folder", "--set", f"data.path={root}",
-                              "--set", "data.image_size=20", "--set", "epochs=2", "--set", "precision=fp32",
-                              "--json", str(tmp_path / "r.json"), "--out", str(tmp_path / "ck")])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--set",
+            "data.dataset=folder",
+            "--set",
+            f"data.path={root}",
+            "--set",
+            "data.image_size=20",
+            "--set",
+            "epochs=2",
+            "--set",
+            "precision=fp32",
+            "--json",
+            str(tmp_path / "r.json"),
+            "--out",
+            str(tmp_path / "ck"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     result = json.loads((tmp_path / "r.json").read_text())
     assert len(result["history"]) == 2 and result["config"]["data"]["dataset"] == "folder"
-    assert {"train_acc", "val_acc", "train_loss", "val_loss", "lr", "epoch_seconds", "images_per_s"} <= set(
-        result["history"][0])
+    assert {"train_acc", "val_acc", "train_loss", "val_loss", "lr", "epoch_seconds", "images_per_s"} <= set(result["history"][0])
     assert "test_acc" in result and (tmp_path / "ck" / "last.pt").exists()
 
 
@@ -64,3 +85,41 @@ def test_bad_input_is_one_clean_message_and_exit_1(tmp_path):
         assert res.exit_code == 1, (args, res.output)
         assert expected in " ".join(res.output.split()), (args, res.output)
         assert "Traceback" not in res.output
+
+
+def test_validate_run_ls_show_export(tmp_path, tiny_train, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "cli_s.yaml"
+    sweep.write_text(
+        "study: cli_s\nbudget: {n_trials: 2}\n" + tiny_train + "space:\n  optim.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n"
+    )
+    res = runner.invoke(app, ["validate", str(sweep)])
+    assert res.exit_code == 0 and "is valid" in flat(res) and "optim.lr" in flat(res)
+    store = ["--storage", f"sqlite:///{tmp_path / 'o.db'}"]
+    res = runner.invoke(app, ["run", str(sweep), *store, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    assert res.exit_code == 0, res.output
+    assert "2/2 finished" in flat(res)
+    res = runner.invoke(app, ["ls", *store])
+    assert res.exit_code == 0 and "cli_s" in flat(res) and "COMPLETE 2" in flat(res)
+    res = runner.invoke(app, ["show", "cli_s", *store])
+    assert res.exit_code == 0 and "COMPLETE" in flat(res)
+    res = runner.invoke(app, ["export", "cli_s", "--format", "csv", "--out", str(tmp_path / "t.csv"), *store])
+    assert res.exit_code == 0
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "t.csv")
+    assert len(df) == 2 and {"value", "test_acc", "param.optim.lr", "state"} <= set(df.columns)
+    res = runner.invoke(app, ["export", "cli_s", "--format", "parquet", "--out", str(tmp_path / "t.parquet"), *store])
+    assert res.exit_code == 0 and len(pd.read_parquet(tmp_path / "t.parquet")) == 2
+    res = runner.invoke(app, ["show", "nope", *store])
+    assert res.exit_code == 1 and "no study named 'nope'" in flat(res) and "cli_s" in flat(res)
+    res = runner.invoke(app, ["export", "cli_s", "--format", "xlsx", *store])
+    assert res.exit_code == 1 and "allowed are csv, parquet" in flat(res)
+
+
+def test_run_refuses_a_bad_sweep_before_touching_stores(tmp_path):
+    sweep = tmp_path / "bad.yaml"
+    sweep.write_text("study: b\nspace:\n  optim.lr: {low: 0.1, high: 0.01}\n")
+    res = runner.invoke(app, ["run", str(sweep), "--storage", f"sqlite:///{tmp_path / 'o.db'}"])
+    assert res.exit_code == 1 and "bad.yaml, line 3" in flat(res) and "inverted range" in flat(res)
+    assert not (tmp_path / "o.db").exists()

@@ -22,8 +22,10 @@ def test_defaults_are_documents_values():
 
 
 def test_typed_and_string_overrides():
-    cfg = apply_overrides(TrainConfig(), {"optim.lr": "5e-4", "model.batchnorm": "true", "epochs": "7",
-                                          "sched.milestones": "[5, 80, 100]", "optim.name": "adam"})
+    cfg = apply_overrides(
+        TrainConfig(),
+        {"optim.lr": "5e-4", "model.batchnorm": "true", "epochs": "7", "sched.milestones": "[5, 80, 100]", "optim.name": "adam"},
+    )
     assert cfg.optim.lr == 5e-4 and cfg.model.batchnorm is True and cfg.epochs == 7
     assert cfg.sched.milestones == (5, 80, 100) and cfg.optim.name == "adam"
     nested = apply_overrides(TrainConfig(), {"optim": {"lr": 0.1}, "data": {"train_subset": 100}})
@@ -101,8 +103,28 @@ def test_model_names_match_registry():
 
 
 def test_allowed_keys_cover_the_required_ones():
-    required = {"seed", "epochs", "batch_size", "data.dataset", "data.path", "data.train_subset", "data.val_fraction",
-                "data.image_size", "model.name", "model.batchnorm", "model.dropout", "optim.name", "optim.lr",
-                "optim.momentum", "optim.weight_decay", "sched.name", "sched.patience", "sched.threshold_mode",
-                "augment.crop_padding", "augment.flip", "precision", "device"}
+    required = {
+        "seed",
+        "epochs",
+        "batch_size",
+        "data.dataset",
+        "data.path",
+        "data.train_subset",
+        "data.val_fraction",
+        "data.image_size",
+        "model.name",
+        "model.batchnorm",
+        "model.dropout",
+        "optim.name",
+        "optim.lr",
+        "optim.momentum",
+        "optim.weight_decay",
+        "sched.name",
+        "sched.patience",
+        "sched.threshold_mode",
+        "augment.crop_padding",
+        "augment.flip",
+        "precision",
+        "device",
+    }
     assert required <= set(allowed_keys())

@@ -42,8 +42,9 @@ def test_stratified_split_is_disjoint_and_per_class():
 
 
 def test_folder_of_mixed_modes_and_sizes(tmp_path):
-    root = make_folder(tmp_path / "d", classes=2, per_class=8, modes=("RGB", "L", "RGBA", "P"),
-                       sizes=((20, 20), (37, 23), (16, 50)))
+    root = make_folder(
+        tmp_path / "d", classes=2, per_class=8, modes=("RGB", "L", "RGBA", "P"), sizes=((20, 20), (37, 23), (16, 50))
+    )
     cfg = DataConfig(image_size=16, cache_dir=str(tmp_path / "cache"))
     s = read_folder(root / "train", cfg)
     assert s.images.shape == (16, 3, 16, 16) and s.images.dtype == torch.uint8

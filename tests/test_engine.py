@@ -18,8 +18,9 @@ def test_learns_a_small_problem(tiny_splits, tiny_config):
 
 
 def test_huge_lr_is_reported_as_diverged_not_raised(tiny_splits, tiny_config):
-    cfg = apply_overrides(tiny_config, {"optim.name": "sgd", "optim.lr": 1e6, "model.batchnorm": False,
-                                        "optim.momentum": 0.9, "epochs": 5})
+    cfg = apply_overrides(
+        tiny_config, {"optim.name": "sgd", "optim.lr": 1e6, "model.batchnorm": False, "optim.momentum": 0.9, "epochs": 5}
+    )
     result = fit(cfg, tiny_splits)
     assert result.outcome == "diverged" and "train loss" in result.reason
     assert len(result.history) < 5 or not math.isfinite(result.history[-1].train_loss)
@@ -27,8 +28,7 @@ def test_huge_lr_is_reported_as_diverged_not_raised(tiny_splits, tiny_config):
 
 
 def test_same_seed_same_metrics_other_seed_differs(tiny_splits, tiny_config):
-    cfg = apply_overrides(tiny_config, {"epochs": 2, "augment.crop_padding": 2, "augment.flip": True,
-                                        "model.dropout": 0.2})
+    cfg = apply_overrides(tiny_config, {"epochs": 2, "augment.crop_padding": 2, "augment.flip": True, "model.dropout": 0.2})
     strip = lambda r: [(e.train_loss, e.train_acc, e.val_loss, e.val_acc) for e in r.history]  # noqa: E731
     a, b = fit(cfg, tiny_splits), fit(cfg, tiny_splits)
     assert strip(a) == strip(b) and a.test_acc == b.test_acc
@@ -65,8 +65,9 @@ def test_checkpoints_hold_weights_and_resolved_config(tiny_splits, tiny_config, 
 
 
 def test_plateau_schedule_runs_in_fit(tiny_splits, tiny_config):
-    cfg = apply_overrides(tiny_config, {"sched.name": "plateau", "sched.patience": 0, "sched.threshold": 0.5,
-                                        "sched.threshold_mode": "abs"})
+    cfg = apply_overrides(
+        tiny_config, {"sched.name": "plateau", "sched.patience": 0, "sched.threshold": 0.5, "sched.threshold_mode": "abs"}
+    )
     lrs = [r.lr for r in fit(cfg, tiny_splits).history]
     assert lrs[0] == 2e-3 and lrs[-1] < lrs[0]
 

@@ -51,17 +51,29 @@ def _torchs(make, per_batch=False, plateau=False):
     ("cfg", "make", "kw"),
     [
         (SchedConfig(name="step", step_size=10, gamma=0.1), lambda o: lr_scheduler.StepLR(o, 10, 0.1), {}),
-        (SchedConfig(name="multistep", milestones=(5, 25, 30), gamma=0.5),
-         lambda o: lr_scheduler.MultiStepLR(o, [5, 25, 30], 0.5), {}),
-        (SchedConfig(name="plateau", mode="max", factor=0.5, patience=5, threshold=1e-3, threshold_mode="abs"),
-         lambda o: lr_scheduler.ReduceLROnPlateau(o, "max", 0.5, 5, 1e-3, "abs"), {"plateau": True}),
-        (SchedConfig(name="plateau", mode="max", factor=0.5, patience=3, threshold=1e-4, threshold_mode="rel",
-                     cooldown=2, min_lr=0.01),
-         lambda o: lr_scheduler.ReduceLROnPlateau(o, "max", 0.5, 3, 1e-4, "rel", cooldown=2, min_lr=0.01),
-         {"plateau": True}),
+        (
+            SchedConfig(name="multistep", milestones=(5, 25, 30), gamma=0.5),
+            lambda o: lr_scheduler.MultiStepLR(o, [5, 25, 30], 0.5),
+            {},
+        ),
+        (
+            SchedConfig(name="plateau", mode="max", factor=0.5, patience=5, threshold=1e-3, threshold_mode="abs"),
+            lambda o: lr_scheduler.ReduceLROnPlateau(o, "max", 0.5, 5, 1e-3, "abs"),
+            {"plateau": True},
+        ),
+        (
+            SchedConfig(
+                name="plateau", mode="max", factor=0.5, patience=3, threshold=1e-4, threshold_mode="rel", cooldown=2, min_lr=0.01
+            ),
+            lambda o: lr_scheduler.ReduceLROnPlateau(o, "max", 0.5, 3, 1e-4, "rel", cooldown=2, min_lr=0.01),
+            {"plateau": True},
+        ),
         (SchedConfig(name="cosine"), lambda o: lr_scheduler.CosineAnnealingLR(o, EPOCHS), {}),
-        (SchedConfig(name="onecycle"),
-         lambda o: lr_scheduler.OneCycleLR(o, 0.1, epochs=EPOCHS, steps_per_epoch=STEPS), {"per_batch": True}),
+        (
+            SchedConfig(name="onecycle"),
+            lambda o: lr_scheduler.OneCycleLR(o, 0.1, epochs=EPOCHS, steps_per_epoch=STEPS),
+            {"per_batch": True},
+        ),
     ],
     ids=["step", "multistep", "plateau-abs", "plateau-rel-cooldown", "cosine", "onecycle"],
 )
@@ -80,8 +92,10 @@ def test_no_schedule_keeps_lr():
     assert set(_ours(SchedConfig())) == {0.1}
 
 
-@pytest.mark.parametrize(("name", "cls"), [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
-                                           ("adamw", torch.optim.AdamW), ("rmsprop", torch.optim.RMSprop)])
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("rmsprop", torch.optim.RMSprop)],
+)
 def test_optimizers_take_their_hyperparameters(name, cls):
     cfg = OptimConfig(name=name, lr=0.003, momentum=0.8, weight_decay=1e-4, nesterov=True)
     opt = build_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg)

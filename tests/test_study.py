@@ -1,0 +1,110 @@
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from studyrunner.spec import load_sweep
+from studyrunner.study import DataSource, Objective, RunOptions, finished_count, run_study
+
+from .conftest import write_sweep
+
+
+def _spec(tmp_path, tiny_train, head="", space=None, name="s"):
+    space = space or ("space:\n  optim.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n  model.batchnorm: {choices: [true, false]}\n")
+    return load_sweep(write_sweep(tmp_path, f"study: {name}\n{head}{tiny_train}{space}", f"{name}.yaml"))
+
+
+def _opts(tmp_path, **kw):
+    return RunOptions(storage=f"sqlite:///{tmp_path / 'optuna.db'}", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", **kw)
+
+
+def test_objective_with_fixed_trial_trains_and_returns_best_val_acc(tmp_path, tiny_train):
+    spec = _spec(tmp_path, tiny_train)
+    objective = Objective(spec, spec.base_config(), DataSource(None))
+    trial = optuna.trial.FixedTrial({"optim.lr": 3e-3, "model.batchnorm": True})
+    value = objective(trial)
+    assert 0.9 <= value <= 1.0  # 4 solid-colour classes: learnt (chance is 0.25)
+    assert trial.user_attrs["outcome"] == "completed" and len(trial.user_attrs["history"]) == 3
+    assert value == max(r["val_acc"] for r in trial.user_attrs["history"])
+
+
+def test_repeats_average_seeds_and_keep_the_spread(tmp_path, tiny_train):
+    spec = _spec(tmp_path, tiny_train, head="repeats: 2\n")
+    trial = optuna.trial.FixedTrial({"optim.lr": 3e-3, "model.batchnorm": False})
+    value = Objective(spec, spec.base_config(), DataSource(None))(trial)
+    values = trial.user_attrs["values"]
+    assert len(values) == 2 and value == pytest.approx(sum(values) / 2)
+    assert trial.user_attrs["value_sd"] >= 0
+
+
+def test_study_resumes_to_n_trials_and_mlflow_nests_every_trial(tmp_path, tiny_train):
+    spec = _spec(tmp_path, tiny_train, head="budget: {n_trials: 2}\n")
+    first = run_study(spec, _opts(tmp_path))
+    assert finished_count(first.study) == 2
+    again = run_study(spec, _opts(tmp_path, n_trials=3))
+    assert finished_count(again.study) == 3 and len(again.study.trials) == 3
+    params = [tuple(sorted(t.params.items())) for t in again.study.trials]
+    assert len(set(params)) == 3  # resuming continues the sampler, it does not replay trial 0
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("s")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("studyrunner.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.metrics["n_complete"] == 3
+    assert "best.optim.lr" in parent.data.tags
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED" and child.data.tags["state"] == "COMPLETE"
+        assert child.data.params["optim.name"] == "adam" and "augment.flip" in child.data.params
+        assert child.data.tags["git_commit"] and child.data.tags["sampler"] == "tpe"
+        history = client.get_metric_history(child.info.run_id, "val_acc")
+        assert [m.step for m in history] == [1, 2, 3]
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"config.yaml", "learning_curves.png"} <= artifacts
+
+
+def test_diverged_trial_is_pruned_with_reason_and_its_run_failed(tmp_path, tiny_train):
+    space = "space:\n  optim.lr: {choices: [1.0e+6]}\n  optim.name: {choices: [sgd]}\n"
+    spec = _spec(tmp_path, tiny_train, head="budget: {n_trials: 1}\n", space=space, name="div")
+    out = run_study(spec, _opts(tmp_path))
+    t = out.study.trials[0]
+    assert t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["outcome"] == "diverged"
+    assert "train loss" in t.user_attrs["reason"] and out.counts["DIVERGED"] == 1
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("div").experiment_id], "tags.`studyrunner.role` = 'trial'")[0]
+    assert run.info.status == "FAILED" and run.data.tags["state"] == "DIVERGED" and "reason" in run.data.tags
+
+
+def test_pruner_prunes_and_mlflow_shows_which(tmp_path, tiny_train):
+    head = "budget: {n_trials: 4}\npruner: {name: threshold, lower: 0.99}\n"
+    spec = _spec(tmp_path, tiny_train.replace("epochs: 3", "epochs: 4"), head=head, name="pr")
+    out = run_study(spec, _opts(tmp_path))
+    pruned = [t for t in out.study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, "a 0.99 threshold on epoch-1 val acc must prune something"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("pr").experiment_id], "tags.state = 'PRUNED'")
+    assert {r.data.tags["trial_number"] for r in runs} == {str(t.number) for t in pruned}
+    assert all(r.info.status == "KILLED" for r in runs)
+
+
+def test_failing_trial_is_retried_then_recorded_fail(tmp_path, tiny_train, monkeypatch):
+    import studyrunner.study as study_mod
+
+    calls = []
+
+    def broken_fit(*a, **k):
+        calls.append(1)
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(study_mod, "fit", broken_fit)
+    spec = _spec(tmp_path, tiny_train, head="budget: {n_trials: 1}\nmax_retries: 1\n", name="f")
+    out = run_study(spec, _opts(tmp_path))
+    fails = [t for t in out.study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(fails) >= 2 and fails[1].params == fails[0].params and fails[1].user_attrs["retry"] == 1
+    assert "out of memory" in fails[0].user_attrs["fail_reason"] and "failed" in out.stopped
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("f").experiment_id], "tags.`studyrunner.role` = 'trial'")
+    assert runs and all(r.info.status == "FAILED" for r in runs)
+    assert len(calls) == len(fails)  # every try really ran, none was skipped
