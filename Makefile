@@ -9,7 +9,7 @@ DATA     ?= .data
 export STUDYRUNNER_DATA_DIR  ?= $(abspath $(DATA))/cifar10-jpg
 export STUDYRUNNER_CACHE_DIR ?= $(abspath $(DATA))/cache
 
-.PHONY: install data run test lint bench clean
+.PHONY: install data run train test lint bench clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -25,10 +25,15 @@ $(DATA)/cifar10-jpg/.unpacked:
 	tar xzf $(ARCHIVE) -C $(DATA)
 	touch $@
 
-# The main job: document 004's BatchNorm step on 10,000 CIFAR-10 images, 10 epochs.
+# The main job: document 004's first question (optimizer x learning rate) as an Optuna study,
+# CPU-sized; trials land in runs/optuna.db and runs/mlflow.db (see them with `studyrunner ui`).
 run: install data
+	$(BIN)/studyrunner run sweeps/cifar_lr.yaml --n-trials 12 --set data.train_subset=3000 --set epochs=8
+
+# One configuration: document 004's BatchNorm step on 10,000 CIFAR-10 images, 10 epochs.
+train: install data
 	$(BIN)/studyrunner train --set data.train_subset=10000 --set epochs=10 --set model.batchnorm=true \
-	    --set optim.name=adam --set optim.lr=0.0005 --json runs/main.json
+	    --set optim.name=adam --set optim.lr=0.0005 --json runs/train.json
 
 test: install data
 	$(BIN)/python -m pytest -q

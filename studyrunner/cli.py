@@ -210,22 +210,33 @@ def validate(
 @app.command()
 @user_errors
 def run(
-    sweep: Annotated[Path, typer.Argument(help="Sweep YAML file (see sweeps/).")],
+    sweep: Annotated[Path, typer.Argument(help="Sweep YAML (sweeps/) or narrative study YAML (studies/).")],
     n_trials: Annotated[int | None, typer.Option("--n-trials", help="Finished trials the study should hold in total.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Stop starting new trials after this many seconds.")] = None,
+    scale: Annotated[str, typer.Option(help="Narrative studies: full (the document's scale) or reduced (CPU).")] = "reduced",
     set_: SetOpt = None,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Run (or resume) the sweep's Optuna study; every trial is a nested MLflow run."""
+    """Run (or resume) a sweep's Optuna study, or every step of a narrative study; every trial is
+    a nested MLflow run."""
     from .config import parse_assignments
     from .live import LiveStudy
-    from .spec import load_sweep
-    from .study import RunOptions, run_study
+    from .spec import is_narrative, load_narrative, load_sweep
+    from .study import RunOptions, run_narrative, run_study
 
-    spec = load_sweep(sweep)
     opts = RunOptions(n_trials, timeout, dict(parse_assignments(set_ or [])), storage, tracking_uri, data_dir)
+    if is_narrative(sweep):
+        story = load_narrative(sweep)
+        for step in story.steps:  # refuse bad --set values before opening any store
+            story.step_config(step, scale, opts.overrides)
+        with LiveStudy(console, story.step_sweep(story.steps[0], scale)) as live:
+            outcomes = run_narrative(story, scale, opts, live, announce=lambda m: live.progress.console.print(m))
+        for outcome in outcomes:
+            live.summary(outcome)
+        return
+    spec = load_sweep(sweep)
     spec.base_config(opts.overrides)  # refuse bad --set values before opening any store
     with LiveStudy(console, spec) as live:
         try:

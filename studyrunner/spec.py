@@ -201,40 +201,44 @@ def _where(p: Path, node: yaml.Node | None, loc: tuple[Any, ...]) -> str:
     return f"{p}{f', line {line}' if line else ''}"
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
-    """Parse and fully validate a sweep file (space, train overrides, conditions, values)."""
-    p = Path(path)
-    data, node = _load_with_nodes(p)
+def _parse(cls: type[Any], data: dict[str, Any], p: Path, node: yaml.Node | None) -> Any:
+    """``cls(**data)``; a pydantic error becomes a SpecError naming file, line, key and what is allowed."""
     try:
-        spec = SweepSpec(**{**data, "source": str(p)})
+        return cls(**data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()  # a misspelt key also reports the key it should have been: name the misspelling
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith(("function-", "literal["))))
         key = ".".join(str(x) for x in loc) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            allowed = ", ".join(_allowed_fields(loc[:-1]))
-            msg = f"unknown key; allowed here: {allowed}"
+            msg = f"unknown key; allowed here: {', '.join(_allowed_fields(loc[:-1], cls))}"
         elif err["type"] == "missing":
             msg = "required key is missing"
-        got = (
-            f" (got {err['input']!r})"
-            if err["type"] not in ("missing", "extra_forbidden") and not isinstance(err.get("input"), dict)
-            else ""
-        )
+        shown = err["type"] not in ("missing", "extra_forbidden") and not isinstance(err.get("input"), dict)
+        got = f" (got {err['input']!r})" if shown else ""
         raise SpecError(f"{_where(p, node, loc)}: {key}: {msg}{got}") from None
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Parse and fully validate a sweep file (space, train overrides, conditions, values)."""
+    p = Path(path)
+    data, node = _load_with_nodes(p)
+    spec: SweepSpec = _parse(SweepSpec, {**data, "source": str(p)}, p, node)
     for problem, loc in _semantic_problems(spec):
         raise SpecError(f"{_where(p, node, loc)}: {problem}")
     return spec
 
 
-def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
+def _allowed_fields(loc: tuple[Any, ...], root: Any = None) -> list[str]:
     """Field names allowed at ``loc`` (the parent of an unknown key)."""
-    model: Any = SweepSpec
+    model: Any = root or SweepSpec
     if loc and loc[0] == "space":
         model = ParamSpec if len(loc) >= 2 else None
+    elif loc and loc[0] in ("steps", "claims") and len(loc) >= 2:
+        model = Step if loc[0] == "steps" else Claim
     elif loc:
-        field = SweepSpec.model_fields.get(str(loc[0]))
+        field = model.model_fields.get(str(loc[0]))
         model = field.annotation if field else None
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         return ["<config key>"]
@@ -321,3 +325,123 @@ def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None 
 
 def is_finite_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# --------------------------------------------------------------------------- narrative studies
+
+Metric = str  # best_val_acc | final_val_acc | final_train_acc | test_acc | final_gap | train_acc@N | val_acc@N
+_METRIC_RE = r"^(best_val_acc|final_val_acc|final_train_acc|test_acc|final_gap|(train|val)_acc@[0-9]+)$"
+
+
+class Step(_Strict):
+    """One step of a narrative: a fixed configuration run with ``repeats`` seeds."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    title: str
+    setup: str = ""  # the document's setup in words
+    train: dict[str, Any] = Field(default_factory=dict)  # on top of the narrative's base
+    full: dict[str, Any] = Field(default_factory=dict)  # extra overrides at the full (document's) scale
+    reduced: dict[str, Any] = Field(default_factory=dict)  # extra overrides at the reduced scale
+    document: dict[str, float | int | str] = Field(default_factory=dict)  # the document's figures
+    claim: str = ""  # what the document concludes from this step
+
+    @field_validator("train", "full", "reduced", mode="before")
+    @classmethod
+    def _flat(cls, v: Any) -> Any:
+        return flatten(v) if isinstance(v, dict) else v
+
+
+class Claim(_Strict):
+    """A documented conclusion turned into a check on our runs.
+
+    ``better``: step ``a`` beats step ``b`` on ``metric`` by more than ``margin`` and more than
+    twice the standard error of the difference (reproduced), loses by that much (not
+    reproduced), or neither (inconclusive). ``above``: step ``a``'s mean ``metric`` exceeds
+    ``threshold`` by more than twice its standard error.
+    """
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    text: str
+    kind: Literal["better", "above"] = "better"
+    a: str
+    b: str | None = None
+    metric: Metric = Field(pattern=_METRIC_RE)
+    margin: float = Field(0.0, ge=0)
+    threshold: float | None = None
+    scale_note: str = ""  # what the reduced scale can and cannot show for this claim
+
+    @model_validator(mode="after")
+    def _check(self) -> Claim:
+        if self.kind == "better" and not self.b:
+            raise ValueError("a 'better' claim needs b (the step it is compared with)")
+        if self.kind == "above" and self.threshold is None:
+            raise ValueError("an 'above' claim needs threshold")
+        return self
+
+
+class NarrativeSpec(_Strict):
+    study: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")
+    description: str = ""
+    source_document: str = ""
+    objective: Objective = Objective()
+    repeats: int = Field(2, ge=2)  # seeds per step; report shows mean +- sd
+    scales: dict[Literal["full", "reduced"], dict[str, Any]] = Field(default_factory=dict)
+    base: dict[str, Any] = Field(default_factory=dict)  # shared by every step
+    steps: list[Step] = Field(min_length=1)
+    claims: list[Claim] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)  # where our setup differs from the document's
+    source: str = ""
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _flat(cls, v: Any) -> Any:
+        return flatten(v) if isinstance(v, dict) else v
+
+    def step(self, name: str) -> Step:
+        return next(s for s in self.steps if s.name == name)
+
+    def step_config(self, step: Step, scale: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        cfg = apply_overrides(TrainConfig(), self.base)
+        cfg = apply_overrides(cfg, flatten(self.scales.get(scale, {})))  # type: ignore[call-overload]
+        cfg = apply_overrides(cfg, step.train)
+        cfg = apply_overrides(cfg, step.reduced if scale == "reduced" else step.full)
+        return apply_overrides(cfg, overrides or {})
+
+    def step_sweep(self, step: Step, scale: str) -> SweepSpec:
+        """The step as a sweep: a grid over ``repeats`` seeds, one trial per seed."""
+        cfg = self.step_config(step, scale)
+        from .config import config_to_dict
+
+        return SweepSpec.model_validate({
+            "study": f"{self.study}.{scale}.{step.name}", "description": step.title,
+            "objective": self.objective.model_dump(), "budget": {"n_trials": self.repeats},
+            "sampler": {"name": "grid", "seed": 0}, "pruner": {"name": "none"},
+            "train": {k: v for k, v in flatten(config_to_dict(cfg)).items() if k != "seed"},
+            "space": {"seed": {"choices": list(range(self.repeats))}}, "source": self.source,
+        })
+
+
+def is_narrative(path: str | Path) -> bool:
+    """True for a narrative study file (it has ``steps:``), False for a sweep."""
+    return "steps" in load_yaml(path)
+
+
+def load_narrative(path: str | Path) -> NarrativeSpec:
+    """Parse and validate a narrative study: every step's config at every scale, every claim's steps."""
+    p = Path(path)
+    data, node = _load_with_nodes(p)
+    spec: NarrativeSpec = _parse(NarrativeSpec, {**data, "source": str(p)}, p, node)
+    names = [s.name for s in spec.steps]
+    if len(set(names)) != len(names):
+        raise SpecError(f"{_where(p, node, ('steps',))}: step names must be unique, got {names}")
+    for i, step in enumerate(spec.steps):
+        for scale in spec.scales or {"full": {}}:
+            try:
+                spec.step_config(step, scale)
+            except ConfigError as exc:
+                raise SpecError(f"{_where(p, node, ('steps', i, 'train'))}: step {step.name} ({scale} scale): {exc}") from None
+    for i, claim in enumerate(spec.claims):
+        for ref in filter(None, (claim.a, claim.b)):
+            if ref not in names:
+                raise SpecError(f"{_where(p, node, ('claims', i))}: claim {claim.id}: no step named {ref!r}; steps: {', '.join(names)}")
+    return spec

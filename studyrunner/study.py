@@ -231,6 +231,9 @@ class Objective:
             trial.set_user_attr("fail_reason", reason[:2000])
             raise
         finally:
+            history = results[0].history if results else self._records
+            if state != "COMPLETE" and history:  # pruned, diverged and failed curves are kept too
+                trial.set_user_attr("history", [vars(r) for r in history])
             self._end_run(run_id, state, reason, values, results)
 
     def _on_epoch(
@@ -330,8 +333,11 @@ class StudyOutcome:
     stopped: str = ""  # why the invocation ended before the target, if it did
 
 
-def run_study(spec: SweepSpec, opts: RunOptions, events: StudyEvents | None = None) -> StudyOutcome:
-    """Create or resume ``spec.study`` and run trials until it holds ``n_trials`` finished ones."""
+def run_study(spec: SweepSpec, opts: RunOptions, events: StudyEvents | None = None,
+              data: DataSource | None = None) -> StudyOutcome:
+    """Create or resume ``spec.study`` and run trials until it holds ``n_trials`` finished ones.
+
+    ``data`` shares loaded datasets between studies run by one process."""
     events = events or StudyEvents()
     base = spec.base_config(opts.overrides)
     storage = open_storage(resolve_storage(opts.storage), spec.max_retries)
@@ -353,7 +359,7 @@ def run_study(spec: SweepSpec, opts: RunOptions, events: StudyEvents | None = No
     study.set_user_attr("sweep", spec.model_dump(mode="json"))
     study.set_user_attr("base_config", config_to_dict(base))
     tracker = _tracker(spec, opts)
-    objective = Objective(spec, base, DataSource(opts.data_dir, events.data_progress), tracker, events)
+    objective = Objective(spec, base, data or DataSource(opts.data_dir, events.data_progress), tracker, events)
     target = opts.n_trials or spec.budget.n_trials
     timeout = opts.timeout or spec.budget.timeout
     outcome = StudyOutcome(study, _counts(study), target)
@@ -428,3 +434,24 @@ def _update_parent(tracker: Any, study: optuna.Study) -> None:
         pass
     finished = counts["COMPLETE"] + counts["PRUNED"] + counts["DIVERGED"]
     tracker.update_parent(metrics, params, {"n_trials_finished": str(finished)})
+
+
+def run_narrative(spec: Any, scale: str, opts: RunOptions, events: StudyEvents | None = None,
+                  announce: Callable[[str], None] | None = None) -> list[StudyOutcome]:
+    """Run every step of a narrative study in order, one Optuna study per step (a grid over seeds).
+
+    Resumable: a step whose study already holds its trials runs nothing; the dataset is loaded
+    once for all steps.
+    """
+    if spec.scales and scale not in spec.scales:
+        raise StudyrunnerError(f"{spec.source}: no scale {scale!r}; scales: {', '.join(spec.scales)}")
+    events = events or StudyEvents()
+    data = DataSource(opts.data_dir, events.data_progress)
+    outcomes = []
+    for i, step in enumerate(spec.steps, 1):
+        sweep = spec.step_sweep(step, scale)
+        if announce:
+            announce(f"step {i}/{len(spec.steps)}: {step.title} [{sweep.study}]")
+        outcomes.append(run_study(sweep, RunOptions(None, opts.timeout, opts.overrides, opts.storage,
+                                                    opts.tracking_uri, opts.data_dir), events, data))
+    return outcomes

@@ -1,0 +1,82 @@
+import pytest
+
+from studyrunner.spec import SpecError, load_narrative
+from studyrunner.study import RunOptions, run_narrative
+
+from .conftest import write_sweep
+
+STORY = """\
+study: story
+repeats: 2
+scales:
+  full: {epochs: 5}
+  reduced: {epochs: 2}
+base:
+  optim: {name: adam, lr: 0.003}
+steps:
+  - name: plain
+    title: 1 plain
+    train: {model: {batchnorm: false}}
+    document: {train_acc: 0.9}
+  - name: bn
+    title: 2 batchnorm
+    train: {model: {batchnorm: true}}
+    full: {epochs: 7}
+claims:
+  - {id: bn_faster, text: BN is faster, a: bn, b: plain, metric: train_acc@1}
+"""
+
+
+def _story(tmp_path, tiny_train, text=STORY):
+    train = tiny_train.replace("train:\n", "").replace("  epochs: 3\n", "")
+    return write_sweep(tmp_path, text.replace("base:\n", "base:\n" + train), "story.yaml")
+
+
+def test_steps_resolve_per_scale(tmp_path, tiny_train):
+    spec = load_narrative(_story(tmp_path, tiny_train))
+    assert [spec.step_config(s, "reduced").epochs for s in spec.steps] == [2, 2]
+    assert [spec.step_config(s, "full").epochs for s in spec.steps] == [5, 7]
+    sweep = spec.step_sweep(spec.steps[1], "reduced")
+    assert sweep.study == "story.reduced.bn" and sweep.budget.n_trials == 2 and sweep.sampler.name == "grid"
+    assert sweep.space["seed"].choices == [0, 1] and sweep.base_config().model.batchnorm is True
+
+
+def test_run_every_step_with_seeds_then_resume_runs_nothing(tmp_path, tiny_train):
+    spec = load_narrative(_story(tmp_path, tiny_train))
+    opts = RunOptions(storage=f"sqlite:///{tmp_path / 'o.db'}", tracking_uri="none")
+    outcomes = run_narrative(spec, "reduced", opts)
+    assert [o.study.study_name for o in outcomes] == ["story.reduced.plain", "story.reduced.bn"]
+    for o in outcomes:
+        assert sorted(t.params["seed"] for t in o.study.trials) == [0, 1]
+        assert all(len(t.user_attrs["history"]) == 2 for t in o.study.trials)
+    again = run_narrative(spec, "reduced", opts)
+    assert [len(o.study.trials) for o in again] == [2, 2]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "fragment"),
+    [
+        ("a: bn, b: plain", "a: bn, b: nope", "no step named 'nope'"),
+        ("metric: train_acc@1", "metric: accuracy", "claims.0.metric"),
+        ("repeats: 2", "repeats: 1", "repeats"),
+        ("name: bn\n", "name: plain\n", "step names must be unique"),
+        ("model: {batchnorm: true}", "model: {batchnorm: maybe}", "step bn"),
+        ("title: 1 plain", "titel: 1 plain", "unknown key"),
+    ],
+)
+def test_narrative_errors(tmp_path, tiny_train, old, new, fragment):
+    assert old in STORY
+    with pytest.raises(SpecError, match=fragment):
+        load_narrative(_story(tmp_path, tiny_train, STORY.replace(old, new, 1)))
+
+
+def test_shipped_narrative_is_valid_at_both_scales():
+    from pathlib import Path
+
+    spec = load_narrative(Path(__file__).parent.parent / "studies" / "cifar10_tuning.yaml")
+    assert len(spec.steps) == 10 and len(spec.claims) >= 5 and spec.repeats >= 2
+    assert {s.name for s in spec.steps} >= {"baseline", "multistep", "adam_multistep", "plateau_abs", "plateau_rel",
+                                             "batchnorm", "dropout_heavy", "dropout_light", "augment"}
+    for step in spec.steps:
+        assert spec.step_config(step, "reduced").epochs == 30
+        assert spec.step_config(step, "full").data.train_subset == 0
