@@ -299,6 +299,42 @@ def export(
 
 @app.command()
 @user_errors
+def report(
+    targets: Annotated[list[str], typer.Argument(help="A narrative study file, or sweep files / study names to compare.")],
+    scale: Annotated[str, typer.Option(help="Narrative studies: the scale whose runs to report.")] = "reduced",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default reports/<study>).")] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Write a markdown report (README.md + PNG plots): summaries, leaderboards, parameter effects and
+    importances; for a narrative study, the document's figures beside ours and a verdict per claim."""
+    from .report import render_narrative, render_sweep_report, write
+    from .results import load_study, narrative_result, study_result
+    from .spec import is_narrative, load_narrative, load_sweep
+    from .study import resolve_storage
+
+    url = resolve_storage(storage)
+    store = f" --storage {storage}" if storage else ""
+    if len(targets) == 1 and Path(targets[0]).is_file() and is_narrative(targets[0]):
+        story = load_narrative(targets[0])
+        folder = out or Path("reports") / story.study
+        folder.mkdir(parents=True, exist_ok=True)
+        command = (
+            f"studyrunner run {targets[0]} --scale {scale}{store}\n"
+            f"studyrunner report {targets[0]} --scale {scale}{store}" + (f" --out {out}" if out else "")
+        )
+        path = write(render_narrative(narrative_result(story, scale, url), folder, command), folder)
+    else:
+        names = [load_sweep(t).study if Path(t).is_file() else t for t in targets]
+        results = [study_result(load_study(n, url)) for n in names]
+        folder = out or Path("reports") / (names[0] if len(names) == 1 else "comparison")
+        folder.mkdir(parents=True, exist_ok=True)
+        command = f"studyrunner report {' '.join(targets)}{store}" + (f" --out {out}" if out else "")
+        path = write(render_sweep_report(results, folder, command), folder)
+    console.print(f"wrote {path} and its plots")
+
+
+@app.command()
+@user_errors
 def ui(tracking_uri: TrackingOpt = None, port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000) -> None:
     """Start the MLflow UI on the tracking store (trials side by side under each study's run)."""
     import subprocess

@@ -76,3 +76,233 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row.update({f"param.{k}": v for k, v in t.params.items()})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- report data (plain)
+
+
+@dataclass
+class TrialResult:
+    number: int
+    state: str  # COMPLETE, PRUNED, DIVERGED, FAIL, RUNNING
+    value: float | None
+    params: dict[str, Any]
+    history: list[dict[str, Any]]  # per-epoch records (first seed)
+    test_acc: float | None = None
+    duration_s: float | None = None
+    reason: str = ""
+
+    def metric(self, name: str) -> float | None:
+        """best_val_acc, final_val_acc, final_train_acc, test_acc, final_gap, train_acc@N, val_acc@N."""
+        h = self.history
+        if name == "test_acc":
+            return self.test_acc
+        if not h:
+            return None
+        if "@" in name:
+            key, _, n = name.partition("@")
+            return h[int(n) - 1].get(key) if len(h) >= int(n) else None
+        vals = [r["val_acc"] for r in h if r.get("val_acc") is not None]
+        last = h[-1]
+        if name == "best_val_acc":
+            return max(vals) if vals else None
+        if name == "final_val_acc":
+            return last.get("val_acc")
+        if name == "final_train_acc":
+            return last.get("train_acc")
+        if name == "final_gap":
+            return None if last.get("val_acc") is None else last["train_acc"] - last["val_acc"]
+        if name == "best_epoch":
+            return float(1 + max(range(len(h)), key=lambda i: h[i].get("val_acc") or -1.0)) if vals else None
+        raise KeyError(name)
+
+
+@dataclass
+class StudyResult:
+    name: str
+    direction: str
+    metric: str
+    sampler: str
+    pruner: str
+    trials: list[TrialResult]
+    importances: dict[str, float]  # parameter -> importance (fANOVA, seeded), empty when not computable
+    distributions: dict[str, str]  # parameter -> categorical | int | float | log-float
+
+    @property
+    def complete(self) -> list[TrialResult]:
+        return [t for t in self.trials if t.state == "COMPLETE" and t.value is not None]
+
+    def ranked(self) -> list[TrialResult]:
+        return sorted(self.complete, key=lambda t: t.value if self.direction == "minimize" else -t.value)  # type: ignore[operator]
+
+
+def _trial_result(t: optuna.trial.FrozenTrial) -> TrialResult:
+    ua = t.user_attrs
+    return TrialResult(
+        t.number,
+        _state(t),
+        t.value,
+        dict(t.params),
+        list(ua.get("history") or []),
+        ua.get("test_acc"),
+        t.duration.total_seconds() if t.duration else None,
+        ua.get("reason") or ua.get("fail_reason") or "",
+    )
+
+
+def _kind(d: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return "categorical"
+    if isinstance(d, optuna.distributions.IntDistribution):
+        return "int"
+    return "log-float" if getattr(d, "log", False) else "float"
+
+
+def study_result(study: optuna.Study) -> StudyResult:
+    """Everything a report needs from one study, as plain data."""
+    sweep = study.user_attrs.get("sweep", {})
+    trials = [_trial_result(t) for t in study.get_trials(deepcopy=False)]
+    dists: dict[str, str] = {}
+    for t in study.get_trials(deepcopy=False):
+        for k, d in t.distributions.items():
+            dists.setdefault(k, _kind(d))
+    return StudyResult(
+        study.study_name,
+        study.direction.name.lower(),
+        sweep.get("objective", {}).get("metric", "value"),
+        sweep.get("sampler", {}).get("name", "?"),
+        sweep.get("pruner", {}).get("name", "?"),
+        trials,
+        importances(study),
+        dists,
+    )
+
+
+def importances(study: optuna.Study) -> dict[str, float]:
+    """fANOVA importances, with a fixed seed (same study, same numbers), of the parameters every
+    complete trial has (conditional ones are left out); {} when Optuna cannot compute them (fewer
+    than two complete trials, or no such parameter that varies)."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return {}
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        found = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        return {k: round(float(v), 6) for k, v in found.items()}
+    except (RuntimeError, ValueError):
+        return {}
+
+
+# --------------------------------------------------------------------------- narrative data
+
+
+@dataclass
+class StepResult:
+    name: str
+    title: str
+    setup: str
+    claim: str
+    document: dict[str, Any]
+    runs: list[TrialResult]  # one per seed (complete or not)
+    config: dict[str, Any]  # the resolved config of the step at this scale
+
+    def values(self, metric: str) -> list[float]:
+        return [v for v in (r.metric(metric) for r in self.runs if r.state == "COMPLETE") if v is not None]
+
+
+@dataclass
+class Verdict:
+    id: str
+    text: str
+    metric: str
+    a: str
+    b: str | None
+    a_values: list[float]
+    b_values: list[float]
+    difference: float | None  # mean(a) - mean(b), or mean(a) - threshold
+    noise: float | None  # twice the standard error of the difference (floored)
+    verdict: str  # reproduced | not reproduced | inconclusive
+    note: str = ""
+
+
+NOISE_FLOOR = 0.005  # a standard error below half a point is not trusted from two seeds
+
+
+def _se(values: list[float]) -> float:
+    if len(values) < 2:
+        return float("inf")
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return max(sd / len(values) ** 0.5, NOISE_FLOOR)
+
+
+def judge(claim: Any, steps: dict[str, StepResult]) -> Verdict:
+    """Reproduced when the claimed effect exceeds its margin by more than twice the standard
+    error, not reproduced when it falls short of it by that much, inconclusive otherwise."""
+    a = steps[claim.a].values(claim.metric)
+    b = steps[claim.b].values(claim.metric) if claim.b else []
+    if not a or (claim.b and not b):
+        return Verdict(
+            claim.id, claim.text, claim.metric, claim.a, claim.b, a, b, None, None, "inconclusive", "not enough finished runs"
+        )
+    mean_a = sum(a) / len(a)
+    if claim.kind == "above":
+        diff, se = mean_a - claim.threshold, _se(a)
+        margin = 0.0
+    else:
+        diff, se = mean_a - sum(b) / len(b), (_se(a) ** 2 + _se(b) ** 2) ** 0.5
+        margin = claim.margin
+    noise = 2 * se
+    verdict = "reproduced" if diff > margin + noise else "not reproduced" if diff < margin - noise else "inconclusive"
+    return Verdict(claim.id, claim.text, claim.metric, claim.a, claim.b, a, b, diff, noise, verdict, claim.scale_note)
+
+
+@dataclass
+class NarrativeResult:
+    study: str
+    description: str
+    scale: str
+    scale_config: dict[str, Any]
+    steps: list[StepResult]
+    verdicts: list[Verdict]
+    notes: list[str]
+    source: str
+
+
+def narrative_result(spec: Any, scale: str, storage: str) -> NarrativeResult:
+    """The stored runs of every step of a narrative study, and a verdict per claim."""
+    from .config import config_to_dict
+
+    steps: list[StepResult] = []
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    for step in spec.steps:
+        study_name = spec.step_sweep(step, scale).study
+        runs: list[TrialResult] = []
+        if study_name in names:
+            runs = sorted(
+                (_trial_result(t) for t in optuna.load_study(study_name=study_name, storage=storage).trials),
+                key=lambda r: (r.params.get("seed", 0), r.number),
+            )
+        steps.append(
+            StepResult(
+                step.name,
+                step.title,
+                step.setup,
+                step.claim,
+                dict(step.document),
+                runs,
+                config_to_dict(spec.step_config(step, scale)),
+            )
+        )
+    by_name = {s.name: s for s in steps}
+    verdicts = [judge(c, by_name) for c in spec.claims]
+    return NarrativeResult(
+        spec.study,
+        spec.description.strip(),
+        scale,
+        dict(spec.scales.get(scale, {})),
+        steps,
+        verdicts,
+        list(spec.notes),
+        spec.source,
+    )

@@ -412,13 +412,19 @@ class NarrativeSpec(_Strict):
         cfg = self.step_config(step, scale)
         from .config import config_to_dict
 
-        return SweepSpec.model_validate({
-            "study": f"{self.study}.{scale}.{step.name}", "description": step.title,
-            "objective": self.objective.model_dump(), "budget": {"n_trials": self.repeats},
-            "sampler": {"name": "grid", "seed": 0}, "pruner": {"name": "none"},
-            "train": {k: v for k, v in flatten(config_to_dict(cfg)).items() if k != "seed"},
-            "space": {"seed": {"choices": list(range(self.repeats))}}, "source": self.source,
-        })
+        return SweepSpec.model_validate(
+            {
+                "study": f"{self.study}.{scale}.{step.name}",
+                "description": step.title,
+                "objective": self.objective.model_dump(),
+                "budget": {"n_trials": self.repeats},
+                "sampler": {"name": "grid", "seed": 0},
+                "pruner": {"name": "none"},
+                "train": {k: v for k, v in flatten(config_to_dict(cfg)).items() if k != "seed"},
+                "space": {"seed": {"choices": list(range(self.repeats))}},
+                "source": self.source,
+            }
+        )
 
 
 def is_narrative(path: str | Path) -> bool:
@@ -443,5 +449,7 @@ def load_narrative(path: str | Path) -> NarrativeSpec:
     for i, claim in enumerate(spec.claims):
         for ref in filter(None, (claim.a, claim.b)):
             if ref not in names:
-                raise SpecError(f"{_where(p, node, ('claims', i))}: claim {claim.id}: no step named {ref!r}; steps: {', '.join(names)}")
+                raise SpecError(
+                    f"{_where(p, node, ('claims', i))}: claim {claim.id}: no step named {ref!r}; steps: {', '.join(names)}"
+                )
     return spec

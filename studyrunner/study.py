@@ -333,8 +333,9 @@ class StudyOutcome:
     stopped: str = ""  # why the invocation ended before the target, if it did
 
 
-def run_study(spec: SweepSpec, opts: RunOptions, events: StudyEvents | None = None,
-              data: DataSource | None = None) -> StudyOutcome:
+def run_study(
+    spec: SweepSpec, opts: RunOptions, events: StudyEvents | None = None, data: DataSource | None = None
+) -> StudyOutcome:
     """Create or resume ``spec.study`` and run trials until it holds ``n_trials`` finished ones.
 
     ``data`` shares loaded datasets between studies run by one process."""
@@ -436,8 +437,9 @@ def _update_parent(tracker: Any, study: optuna.Study) -> None:
     tracker.update_parent(metrics, params, {"n_trials_finished": str(finished)})
 
 
-def run_narrative(spec: Any, scale: str, opts: RunOptions, events: StudyEvents | None = None,
-                  announce: Callable[[str], None] | None = None) -> list[StudyOutcome]:
+def run_narrative(
+    spec: Any, scale: str, opts: RunOptions, events: StudyEvents | None = None, announce: Callable[[str], None] | None = None
+) -> list[StudyOutcome]:
     """Run every step of a narrative study in order, one Optuna study per step (a grid over seeds).
 
     Resumable: a step whose study already holds its trials runs nothing; the dataset is loaded
@@ -452,6 +454,12 @@ def run_narrative(spec: Any, scale: str, opts: RunOptions, events: StudyEvents |
         sweep = spec.step_sweep(step, scale)
         if announce:
             announce(f"step {i}/{len(spec.steps)}: {step.title} [{sweep.study}]")
-        outcomes.append(run_study(sweep, RunOptions(None, opts.timeout, opts.overrides, opts.storage,
-                                                    opts.tracking_uri, opts.data_dir), events, data))
+        outcomes.append(
+            run_study(
+                sweep,
+                RunOptions(None, opts.timeout, opts.overrides, opts.storage, opts.tracking_uri, opts.data_dir),
+                events,
+                data,
+            )
+        )
     return outcomes

@@ -75,8 +75,17 @@ def test_shipped_narrative_is_valid_at_both_scales():
 
     spec = load_narrative(Path(__file__).parent.parent / "studies" / "cifar10_tuning.yaml")
     assert len(spec.steps) == 10 and len(spec.claims) >= 5 and spec.repeats >= 2
-    assert {s.name for s in spec.steps} >= {"baseline", "multistep", "adam_multistep", "plateau_abs", "plateau_rel",
-                                             "batchnorm", "dropout_heavy", "dropout_light", "augment"}
+    assert {s.name for s in spec.steps} >= {
+        "baseline",
+        "multistep",
+        "adam_multistep",
+        "plateau_abs",
+        "plateau_rel",
+        "batchnorm",
+        "dropout_heavy",
+        "dropout_light",
+        "augment",
+    }
     for step in spec.steps:
         assert spec.step_config(step, "reduced").epochs == 30
         assert spec.step_config(step, "full").data.train_subset == 0

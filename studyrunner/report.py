@@ -1,0 +1,405 @@
+"""Markdown reports (and PNG plots beside them) rendered from plain results.
+
+Imports neither optuna nor mlflow: ``results.py`` extracts, this module renders, so a report is
+a pure function of the stored studies and the same results always give the same markdown.
+Each plot has a pure "info" function (the numbers) and a thin matplotlib renderer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .results import NarrativeResult, StepResult, StudyResult, TrialResult, Verdict
+
+__all__ = ["md_table", "effects", "render_sweep_report", "render_narrative", "history_info", "EFFECT_BINS"]
+
+EFFECT_BINS = 4  # numeric parameters: at most this many quantile bins (decades for log ranges)
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; None becomes '-'."""
+    cell = lambda v: "-" if v is None else str(v).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pct(v: float | None, digits: int = 1) -> str | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.{digits}f}%"
+
+
+def mean_sd(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+    """'mean ± sd' in points (accuracies x 100); one value has no spread; none is '-'."""
+    if not values:
+        return "-"
+    m = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{scale * m:.{digits}f}"
+    sd = (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{scale * m:.{digits}f} ± {scale * sd:.{digits}f}"
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def _params(p: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_num(v)}" for k, v in sorted(p.items())) or "-"
+
+
+# --------------------------------------------------------------------------- sweep studies
+
+
+def summary_rows(r: StudyResult) -> list[list[Any]]:
+    counts: dict[str, int] = {}
+    for t in r.trials:
+        counts[t.state] = counts.get(t.state, 0) + 1
+    best = r.ranked()[0] if r.complete else None
+    return [
+        [
+            r.name,
+            len(r.trials),
+            ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+            sum(len(t.history) for t in r.trials),
+            f"{sum(t.duration_s or 0 for t in r.trials) / 60:.1f}",
+            None if best is None else f"{best.value:.4f}",
+            None if best is None else _params(best.params),
+        ]
+    ]
+
+
+SUMMARY_HEADERS = ["study", "trials", "by state", "epochs", "wall min", "best value", "best parameters"]
+
+
+def leaderboard(r: StudyResult, top: int = 10) -> str:
+    rows = []
+    for t in r.ranked()[:top]:
+        train, val = t.metric("final_train_acc"), t.metric("final_val_acc")
+        rows.append(
+            [
+                t.number,
+                _params(t.params),
+                f"{t.value:.4f}",
+                pct(t.metric("best_val_acc")),
+                pct(val),
+                pct(train),
+                None if train is None or val is None else f"{100 * (train - val):.1f}",
+                _num(t.metric("best_epoch")),
+                pct(t.test_acc),
+            ]
+        )
+    return md_table(
+        [
+            "trial",
+            "parameters",
+            "value",
+            "best val acc",
+            "final val acc",
+            "final train acc",
+            "gap (pts)",
+            "best epoch",
+            "test acc",
+        ],
+        rows,
+    )
+
+
+def _bins(values: pd.Series, kind: str) -> pd.Series:
+    if kind == "log-float":
+        decade = values.map(lambda v: math.floor(math.log10(v)))
+        return decade.map(lambda d: f"[1e{d}, 1e{d + 1})")
+    if values.nunique() <= EFFECT_BINS:
+        return values.map(_num)
+    cut = pd.qcut(values, EFFECT_BINS, duplicates="drop")
+    return cut.map(lambda iv: f"[{_num(iv.left)}, {_num(iv.right)}]").astype(str)
+
+
+def effects(r: StudyResult) -> dict[str, pd.DataFrame]:
+    """Per parameter: trials, finished, diverged, mean / best value of complete trials, per choice
+    or numeric bin (decades for log ranges)."""
+    rows = [{"state": t.state, "value": t.value, **t.params} for t in r.trials if t.state != "RUNNING"]
+    df = pd.DataFrame(rows)
+    out: dict[str, pd.DataFrame] = {}
+    best = "min" if r.direction == "minimize" else "max"
+    for param, kind in sorted(r.distributions.items()):
+        if param not in df:
+            continue
+        sub = df[df[param].notna()].copy()
+        sub["group"] = sub[param].map(_num) if kind == "categorical" else _bins(sub[param].astype(float), kind)
+        sub["order"] = sub[param] if kind != "categorical" else sub[param].map(str)
+        done = sub[sub.state == "COMPLETE"]
+        table = (
+            pd.DataFrame(
+                {
+                    "trials": sub.groupby("group").size(),
+                    "complete": done.groupby("group").size(),
+                    "pruned": sub[sub.state == "PRUNED"].groupby("group").size(),
+                    "diverged": sub[sub.state == "DIVERGED"].groupby("group").size(),
+                    "mean value": done.groupby("group")["value"].mean(),
+                    "best value": done.groupby("group")["value"].agg(best),
+                    "order": sub.groupby("group")["order"].min(),
+                }
+            )
+            .sort_values("order")
+            .drop(columns="order")
+        )
+        out[param] = table.fillna({"complete": 0, "pruned": 0, "diverged": 0})
+    return out
+
+
+def _effect_md(table: pd.DataFrame, param: str) -> str:
+    rows = [
+        [
+            g,
+            int(r["trials"]),
+            int(r["complete"]),
+            int(r["pruned"]),
+            int(r["diverged"]),
+            None if pd.isna(r["mean value"]) else f"{r['mean value']:.4f}",
+            None if pd.isna(r["best value"]) else f"{r['best value']:.4f}",
+        ]
+        for g, r in table.iterrows()
+    ]
+    return md_table([param, "trials", "complete", "pruned", "diverged", "mean value", "best value"], rows)
+
+
+def history_info(r: StudyResult) -> dict[str, list[float]]:
+    """Optimisation history: each finished trial's value and the best so far."""
+    xs, ys, best = [], [], []
+    better = min if r.direction == "minimize" else max
+    for t in sorted(r.complete, key=lambda t: t.number):
+        xs.append(float(t.number))
+        ys.append(float(t.value))  # type: ignore[arg-type]
+        best.append(ys[-1] if not best else better(best[-1], ys[-1]))
+    return {"trial": xs, "value": ys, "best": best}
+
+
+def curves_info(r: StudyResult, top: int = 3) -> dict[str, list[dict[str, Any]]]:
+    """Learning curves of the top trials and of every diverged trial."""
+    chosen = {f"trial {t.number} (top)": t.history for t in r.ranked()[:top] if t.history}
+    chosen.update({f"trial {t.number} (diverged)": t.history for t in r.trials if t.state == "DIVERGED" and t.history})
+    return chosen
+
+
+def _plot_history(info: dict[str, list[float]], title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.plot(info["trial"], info["value"], "o", alpha=0.6, label="trial value")
+    ax.step(info["trial"], info["best"], where="post", color="C3", label="best so far")
+    ax.set(xlabel="trial", ylabel="objective", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_params(r: StudyResult, path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    params = sorted(r.distributions)
+    done = r.complete
+    if not params or not done:
+        return False
+    fig, axes = plt.subplots(1, len(params), figsize=(3.6 * len(params), 3.2), squeeze=False)
+    for ax, p in zip(axes[0], params, strict=True):
+        pts = [(t.params[p], t.value) for t in done if p in t.params]
+        if r.distributions[p] == "categorical":
+            labels = sorted({_num(x) for x, _ in pts})
+            ax.plot([labels.index(_num(x)) for x, _ in pts], [y for _, y in pts], "o", alpha=0.7)
+            ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
+        else:
+            ax.plot([x for x, _ in pts], [y for _, y in pts], "o", alpha=0.7)
+            if r.distributions[p] == "log-float":
+                ax.set_xscale("log")
+        ax.set(xlabel=p, ylabel="objective")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _save_curves(histories: dict[str, list[dict[str, Any]]], title: str, path: Path) -> bool:
+    if not histories:
+        return False
+    from .plots import close, learning_curves
+
+    fig = learning_curves(histories, title)
+    fig.savefig(path, dpi=110)
+    close(fig)
+    return True
+
+
+def render_study(r: StudyResult, out: Path | None) -> str:
+    """One study's section: summary, leaderboard, effects, importances, plots."""
+    parts = [
+        f"## {r.name}",
+        "",
+        f"Objective: {r.direction} `{r.metric}`; sampler `{r.sampler}`, pruner `{r.pruner}`.",
+        "",
+        md_table(SUMMARY_HEADERS, summary_rows(r)),
+        "",
+        "### Leaderboard",
+        "",
+        leaderboard(r),
+        "",
+    ]
+    tables = effects(r)
+    if tables:
+        parts += ["### Parameter effects", ""]
+        for param, table in tables.items():
+            parts += [_effect_md(table, param), ""]
+    if r.importances:
+        parts += [
+            "### Parameter importances (fANOVA)",
+            "",
+            md_table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in r.importances.items()]),
+            "",
+        ]
+    if out is not None:
+        plots = []
+        info = history_info(r)
+        if info["trial"]:
+            _plot_history(info, f"{r.name}: optimisation history", out / f"{r.name}_history.png")
+            plots.append(f"![optimisation history]({r.name}_history.png)")
+        if _save_curves(curves_info(r), f"{r.name}: top and diverged trials", out / f"{r.name}_curves.png"):
+            plots.append(f"![learning curves]({r.name}_curves.png)")
+        if _plot_params(r, out / f"{r.name}_params.png"):
+            plots.append(f"![parameter vs objective]({r.name}_params.png)")
+        if plots:
+            parts += ["### Plots", ""] + [p + "\n" for p in plots]
+    return "\n".join(parts)
+
+
+def render_sweep_report(results: Sequence[StudyResult], out: Path | None, command: str) -> str:
+    """Several studies side by side (one row each), then one section per study."""
+    rows = [row for r in results for row in summary_rows(r)]
+    parts = ["# Study report", ""]
+    if len(results) > 1:
+        parts += ["Studies side by side, one row each.", "", md_table(SUMMARY_HEADERS, rows), ""]
+    parts += [render_study(r, out) for r in results]
+    parts += ["## Reproduce", "", "```bash", command, "```", ""]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- narrative
+
+
+def _doc_figures(doc: dict[str, Any]) -> str:
+    keys = [("epochs", "epochs"), ("train_acc", "train"), ("val_acc", "val"), ("test_acc", "test")]
+    return ", ".join(f"{label} {pct(doc[k], 1) if k != 'epochs' else doc[k]}" for k, label in keys if k in doc) or "-"
+
+
+def _ours(step: StepResult) -> list[str]:
+    return [mean_sd(step.values(m)) for m in ("final_train_acc", "best_val_acc", "final_val_acc", "test_acc", "final_gap")]
+
+
+def _verdict_row(v: Verdict) -> list[Any]:
+    def side(name: str | None, vals: list[float]) -> str:
+        return f"{name}: {mean_sd(vals)}" if name else "-"
+
+    diff = None if v.difference is None else f"{100 * v.difference:+.1f} ± {100 * (v.noise or 0):.1f}"
+    target = side(v.b, v.b_values) if v.b else "threshold"
+    return [v.text, f"`{v.metric}`", side(v.a, v.a_values), target, diff, f"**{v.verdict}**", v.note or ""]
+
+
+def narrative_curves_info(step: StepResult) -> dict[str, list[dict[str, Any]]]:
+    return {f"seed {r.params.get('seed', i)}": r.history for i, r in enumerate(step.runs) if r.history}
+
+
+def render_narrative(n: NarrativeResult, out: Path | None, command: str) -> str:
+    """The document's steps with its figures beside ours, learning curves, one verdict per claim."""
+    seeds = max((len(s.runs) for s in n.steps), default=0)
+    sc = n.scale_config
+    data = sc.get("data", {})
+    parts = [
+        f"# {n.study}: document 004's CIFAR-10 tuning narrative, reproduced ({n.scale} scale)",
+        "",
+        n.description,
+        "",
+        f"Scale `{n.scale}`: {sc.get('epochs', '?')} epochs, "
+        f"{data.get('train_subset') or 'all'} training images, validation fraction {data.get('val_fraction', '?')}, "
+        f"{seeds} seeds per step; the whole test set, evaluated once per run. Figures are mean ± sd over seeds, in % "
+        "(gap = final train accuracy - final validation accuracy, in points). The document's figures come "
+        "from its own, longer runs on all 50,000 images.",
+        "",
+        "## Steps: the document's figures beside ours",
+        "",
+        md_table(
+            ["step", "document", "ours: final train", "best val", "final val", "test", "gap", "runs"],
+            [
+                [s.title, _doc_figures(s.document), *_ours(s), f"{sum(r.state == 'COMPLETE' for r in s.runs)}/{len(s.runs)}"]
+                for s in n.steps
+            ],
+        ),
+        "",
+        "## Verdicts",
+        "",
+        "Reproduced when the claimed difference beats its margin by more than twice its standard "
+        "error (floored at 0.5 points: two seeds cannot resolve less), not reproduced when it falls short by as "
+        "much, inconclusive otherwise.",
+        "",
+        md_table(
+            ["claim", "metric", "a", "b", "difference (pts)", "verdict", "what the scale can show"],
+            [_verdict_row(v) for v in n.verdicts],
+        ),
+        "",
+    ]
+    counts = {k: sum(v.verdict == k for v in n.verdicts) for k in ("reproduced", "not reproduced", "inconclusive")}
+    parts += [
+        f"{counts['reproduced']} reproduced, {counts['not reproduced']} not reproduced, {counts['inconclusive']} inconclusive.",
+        "",
+    ]
+    if n.notes:
+        parts += ["## Where our setup differs from the document's", ""] + [f"- {note}" for note in n.notes] + [""]
+    parts += ["## Step by step", ""]
+    for s in n.steps:
+        parts += [
+            f"### {s.title}",
+            "",
+            f"Document: {s.setup}. Reported: {_doc_figures(s.document)}.",
+            "",
+            f"Its claim: {s.claim}.",
+            "",
+        ]
+        rows = []
+        for r in s.runs:
+            rows.append(
+                [
+                    r.params.get("seed", "-"),
+                    r.state,
+                    len(r.history),
+                    pct(r.metric("final_train_acc")),
+                    pct(r.metric("best_val_acc")),
+                    pct(r.metric("final_val_acc")),
+                    pct(r.test_acc),
+                    None if not r.history else f"{r.history[-1]['lr']:.2e}",
+                    r.reason or "",
+                ]
+            )
+        parts += [
+            md_table(["seed", "state", "epochs", "final train", "best val", "final val", "test", "final lr", "note"], rows),
+            "",
+        ]
+        if out is not None and _save_curves(narrative_curves_info(s), s.title, out / f"{s.name}.png"):
+            parts += [f"![{s.title}]({s.name}.png)", ""]
+    parts += ["## Reproduce", "", "```bash", command, "```", ""]
+    return "\n".join(parts)
+
+
+def write(markdown: str, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "README.md"
+    path.write_text(markdown)
+    return path
+
+
+def trial_table(trials: Sequence[TrialResult]) -> list[list[Any]]:
+    return [[t.number, t.state, None if t.value is None else f"{t.value:.4f}", _params(t.params)] for t in trials]
