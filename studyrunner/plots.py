@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 __all__ = ["learning_curves"]
 
@@ -30,6 +31,8 @@ def learning_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], title:
     acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy (train dashed, val solid)")
     loss.set(xlabel="epoch", ylabel="loss", title="loss (train dashed, val solid)")
     acc.legend(fontsize=7, loc="lower right")
+    for ax in (acc, loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     fig.tight_layout()

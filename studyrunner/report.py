@@ -172,7 +172,9 @@ def _effect_md(table: pd.DataFrame, param: str) -> str:
 
 def history_info(r: StudyResult) -> dict[str, list[float]]:
     """Optimisation history: each finished trial's value and the best so far."""
-    xs, ys, best = [], [], []
+    xs: list[float] = []
+    ys: list[float] = []
+    best: list[float] = []
     better = min if r.direction == "minimize" else max
     for t in sorted(r.complete, key=lambda t: t.number):
         xs.append(float(t.number))

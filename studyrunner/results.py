@@ -133,7 +133,8 @@ class StudyResult:
         return [t for t in self.trials if t.state == "COMPLETE" and t.value is not None]
 
     def ranked(self) -> list[TrialResult]:
-        return sorted(self.complete, key=lambda t: t.value if self.direction == "minimize" else -t.value)  # type: ignore[operator]
+        sign = 1.0 if self.direction == "minimize" else -1.0
+        return sorted(self.complete, key=lambda t: sign * float(t.value or 0.0))
 
 
 def _trial_result(t: optuna.trial.FrozenTrial) -> TrialResult:
