@@ -214,14 +214,20 @@ def run(
     n_trials: Annotated[int | None, typer.Option("--n-trials", help="Finished trials the study should hold in total.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Stop starting new trials after this many seconds.")] = None,
     scale: Annotated[str, typer.Option(help="Narrative studies: full (the document's scale) or reduced (CPU).")] = "reduced",
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Local worker processes on the same study.")] = 1,
     set_: SetOpt = None,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Run (or resume) a sweep's Optuna study, or every step of a narrative study; every trial is
-    a nested MLflow run."""
+    a nested MLflow run. Every process started on the same --storage is a worker of the study."""
     from .config import parse_assignments
+
+    if jobs > 1:
+        from .workers import run_workers
+
+        raise typer.Exit(run_workers(sweep, jobs, n_trials, timeout, scale, set_ or [], storage, tracking_uri, data_dir, console))
     from .live import LiveStudy
     from .spec import is_narrative, load_narrative, load_sweep
     from .study import RunOptions, run_narrative, run_study

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .engine import EpochRecord
+from .results import trial_state
 from .spec import SweepSpec
 from .study import StudyEvents, StudyOutcome
 
@@ -62,9 +63,8 @@ class LiveStudy(StudyEvents):
     def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         counts: dict[str, int] = {}
         for t in study.get_trials(deepcopy=False):
-            key = "DIVERGED" if t.user_attrs.get("outcome") == "diverged" else t.state.name
-            counts[key] = counts.get(key, 0) + 1
-        state = "DIVERGED" if trial.user_attrs.get("outcome") == "diverged" else trial.state.name
+            counts[trial_state(t)] = counts.get(trial_state(t), 0) + 1
+        state = trial_state(trial)
         value = "" if trial.value is None else f" value {trial.value:.4f}"
         why = trial.user_attrs.get("reason") or trial.user_attrs.get("fail_reason") or ""
         try:
@@ -94,7 +94,7 @@ class LiveStudy(StudyEvents):
             f"/{outcome.target} finished",
         )
         for t in study.trials:
-            state = "DIVERGED" if t.user_attrs.get("outcome") == "diverged" else t.state.name
+            state = trial_state(t)
             test = t.user_attrs.get("test_acc")
             table.add_row(
                 str(t.number),

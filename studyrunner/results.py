@@ -22,8 +22,17 @@ class StudyRow:
     best_params: dict[str, Any]
 
 
-def _state(t: optuna.trial.FrozenTrial) -> str:
-    return "DIVERGED" if t.user_attrs.get("outcome") == "diverged" else t.state.name
+def trial_state(t: optuna.trial.FrozenTrial) -> str:
+    """COMPLETE, PRUNED, DIVERGED (pruned: the loss blew up), FAIL, CANCELLED (a parallel worker's
+    surplus trial, stopped before it trained), RUNNING or WAITING."""
+    if t.user_attrs.get("outcome") == "diverged":
+        return "DIVERGED"
+    if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("surplus"):
+        return "CANCELLED"
+    return t.state.name
+
+
+_state = trial_state
 
 
 def list_studies(storage: str) -> list[StudyRow]:

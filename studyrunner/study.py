@@ -33,6 +33,7 @@ from .config import DataConfig, TrainConfig, apply_overrides, config_to_dict
 from .data import Splits, load_splits
 from .engine import EpochRecord, FitResult, fit, resolve_device, resolve_precision
 from .errors import StudyrunnerError
+from .results import trial_state
 from .space import grid_space, suggest
 from .spec import SweepSpec
 
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial failures are reported by studyrunner itself
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
@@ -93,10 +94,12 @@ def open_storage(url: str, max_retries: int = 1) -> optuna.storages.BaseStorage:
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # wait for the lock instead of failing
+    beat = int(os.environ.get("STUDYRUNNER_HEARTBEAT_S", "10"))  # seconds between a running trial's heartbeats
+    grace = int(os.environ.get("STUDYRUNNER_GRACE_S", str(3 * beat)))  # silence after which its worker is dead
     return optuna.storages.RDBStorage(
         url,
-        heartbeat_interval=10,
-        grace_period=30,
+        heartbeat_interval=beat,
+        grace_period=grace,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries),
         **kwargs,
     )
@@ -184,14 +187,24 @@ class Objective:
     """
 
     def __init__(
-        self, spec: SweepSpec, base: TrainConfig, data: DataSource, tracker: Any = None, events: StudyEvents | None = None
+        self,
+        spec: SweepSpec,
+        base: TrainConfig,
+        data: DataSource,
+        tracker: Any = None,
+        events: StudyEvents | None = None,
+        target: int | None = None,
     ) -> None:
-        self.spec, self.base, self.data, self.tracker = spec, base, data, tracker
+        self.spec, self.base, self.data, self.tracker, self.target = spec, base, data, tracker, target
         self.events = events or StudyEvents()
         self.direction = spec.objective.resolved_direction
         self._records: list[EpochRecord] = []  # the first seed's epochs seen so far (pruned trials too)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if self.target is not None and _surplus(trial, self.target):
+            trial.set_user_attr("surplus", True)  # another worker took the last slot first
+            raise SurplusTrial(f"the study already holds or runs {self.target} trials")
+        trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
         sampled = suggest(trial, self.spec, self.base)
         cfg = apply_overrides(self.base, sampled)
         splits = self.data(cfg.data)
@@ -224,6 +237,10 @@ class Objective:
         except optuna.TrialPruned as exc:
             state = "DIVERGED" if state == "DIVERGED" else "PRUNED"
             reason = reason or str(exc) or "pruned"
+            raise
+        except KeyboardInterrupt:
+            state, reason = "INTERRUPTED", "interrupted (Ctrl-C)"
+            trial.set_user_attr("fail_reason", reason)
             raise
         except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised for Optuna to mark FAIL
             reason = f"{type(exc).__name__}: {exc}"
@@ -313,15 +330,34 @@ class Objective:
                 close(fig)
 
 
+class SurplusTrial(StudyrunnerError):
+    """Raised at the start of a trial that would take a study past its n_trials (parallel workers)."""
+
+
+def _surplus(trial: optuna.Trial, target: int) -> bool:
+    """True when ``target`` trials numbered before this one already finished, run or wait to run."""
+    study = getattr(trial, "study", None)
+    if study is None:
+        return False
+    live = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+    ahead = [t for t in study.get_trials(deepcopy=False, states=live) if t.number < trial.number]
+    return len(ahead) >= target
+
+
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _busy(study: optuna.Study) -> tuple[int, int]:
+    """(running, waiting) trials, here or in other workers."""
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return running, len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def _counts(study: optuna.Study) -> dict[str, int]:
     counts = {"COMPLETE": 0, "PRUNED": 0, "DIVERGED": 0, "FAIL": 0, "RUNNING": 0}
     for t in study.get_trials(deepcopy=False):
-        key = "DIVERGED" if t.user_attrs.get("outcome") == "diverged" else t.state.name
-        counts[key] = counts.get(key, 0) + 1
+        counts[trial_state(t)] = counts.get(trial_state(t), 0) + 1
     return counts
 
 
@@ -355,35 +391,49 @@ def run_study(
             f"study {spec.study!r} exists with direction {study.direction.name.lower()}; "
             f"the sweep asks {spec.objective.resolved_direction}: use another study name"
         )
-    if study.trials:  # resumed: continue the sampler's stream instead of replaying it
-        study.sampler = make_sampler(spec, base, offset=len(study.trials))
+    worker = int(os.environ.get("STUDYRUNNER_WORKER", "0"))
+    if study.trials or worker:  # resumed or parallel: continue or split the sampler's stream, never replay it
+        study.sampler = make_sampler(spec, base, offset=len(study.trials) + 7919 * worker)
     study.set_user_attr("sweep", spec.model_dump(mode="json"))
     study.set_user_attr("base_config", config_to_dict(base))
     tracker = _tracker(spec, opts)
     objective = Objective(spec, base, data or DataSource(opts.data_dir, events.data_progress), tracker, events)
     target = opts.n_trials or spec.budget.n_trials
     timeout = opts.timeout or spec.budget.timeout
+    objective.target = target
     outcome = StudyOutcome(study, _counts(study), target)
-    start, fails_in_row = time.monotonic(), 0
+    heartbeat = getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
+    start, fails_in_row, reaped = time.monotonic(), 0, set()
     try:
-        while finished_count(study) < target:
+        while True:
+            if heartbeat:  # trials of killed workers: FAIL, re-queued with their parameters, MLflow run ended
+                optuna.storages.fail_stale_trials(study)
+                _reap_dead_runs(study, tracker, reaped)
+            if finished_count(study) >= target:
+                break
             if timeout and time.monotonic() - start > timeout:
                 outcome.stopped = f"timeout of {timeout:.0f} s reached"
                 break
+            running, waiting = _busy(study)
+            if heartbeat and not waiting and finished_count(study) + running >= target:
+                time.sleep(POLL_S)  # the last trials run elsewhere: wait for them to finish, fail or go stale
+                continue
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
             trial = study.trials[-1] if study.trials else None
-            if trial is not None:
-                fails_in_row = _after_trial(study, trial, spec, fails_in_row)
-                events.trial_finished(study, trial)
-                if tracker:
-                    _update_parent(tracker, study)
-            if trial is not None and fails_in_row > spec.max_retries + 2:
+            if trial is None or trial.user_attrs.get("surplus"):
+                continue
+            fails_in_row = _after_trial(study, trial, spec, fails_in_row)
+            events.trial_finished(study, trial)
+            if tracker:
+                _update_parent(tracker, study)
+            if fails_in_row > spec.max_retries + 2:
                 last = trial.user_attrs.get("fail_reason", "?")
                 outcome.stopped = f"{fails_in_row} trials in a row failed; last: {last}"
                 break
     except KeyboardInterrupt:
         outcome.stopped = "interrupted"
         if tracker:
+            _update_parent(tracker, study)
             tracker.close("KILLED")
         outcome.counts = _counts(study)
         raise
@@ -392,6 +442,21 @@ def run_study(
         tracker.close("FINISHED" if finished_count(study) >= target else "KILLED")
     outcome.counts = _counts(study)
     return outcome
+
+
+POLL_S = 2.0  # seconds between looks at a study whose last trials run in other workers
+
+
+def _reap_dead_runs(study: optuna.Study, tracker: Any, reaped: set[int]) -> None:
+    """End the MLflow run of every FAILed trial whose run was left RUNNING (its worker died)."""
+    if tracker is None:
+        return
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if t.number in reaped or not run_id:
+            continue
+        reaped.add(t.number)
+        tracker.reap(run_id, f"worker {t.user_attrs.get('worker', '?')} stopped sending heartbeats; trial re-queued")
 
 
 def _after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: SweepSpec, fails_in_row: int) -> int:

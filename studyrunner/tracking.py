@@ -19,7 +19,7 @@ from .config import TrainConfig, config_to_dict, flatten
 
 __all__ = ["Tracker", "RUN_STATUS", "resolve_tracking_uri"]
 
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "DIVERGED": "FAILED", "FAIL": "FAILED"}
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "DIVERGED": "FAILED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
 ROLE, STUDY = "studyrunner.role", "studyrunner.study"
 
 
@@ -64,28 +64,42 @@ class Tracker:
         self.client = MlflowClient(tracking_uri)
         self.study = study
         self.tags = dict(tags or {})
-        exp = self.client.get_experiment_by_name(study)
-        self.experiment_id = (
-            exp.experiment_id if exp else self.client.create_experiment(study, artifact_location=_artifact_root(tracking_uri))
-        )
+        self.experiment_id = self._experiment()
         self.parent_id = self._parent()
 
+    def _experiment(self) -> str:
+        """The study's experiment; two workers creating it at once both end up with the same one."""
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(self.study)
+        if exp:
+            return str(exp.experiment_id)
+        try:
+            return str(self.client.create_experiment(self.study, artifact_location=_artifact_root(self.uri)))
+        except MlflowException:  # created by another worker in the meantime
+            exp = self.client.get_experiment_by_name(self.study)
+            if exp is None:
+                raise
+            return str(exp.experiment_id)
+
+    def _find_parents(self) -> list[Any]:
+        query = f"tags.`{ROLE}` = 'parent' and tags.`{STUDY}` = '{self.study}'"
+        return list(self.client.search_runs([self.experiment_id], query, order_by=["attributes.start_time ASC"]))
+
     def _parent(self) -> str:
-        """The study's parent run: found again on resume (set RUNNING), else created."""
-        found = self.client.search_runs(
-            [self.experiment_id],
-            f"tags.`{ROLE}` = 'parent' and tags.`{STUDY}` = '{self.study}'",
-            max_results=1,
-            order_by=["attributes.start_time ASC"],
-        )
-        if found:
-            run_id = found[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-            return run_id
-        run = self.client.create_run(
-            self.experiment_id, run_name=self.study, tags={ROLE: "parent", STUDY: self.study, **self.tags}
-        )
-        return run.info.run_id
+        """The study's parent run: found again on resume (set RUNNING), else created. When workers
+        race to create it, the earliest run wins and the others delete theirs."""
+        found = self._find_parents()
+        if not found:
+            run = self.client.create_run(
+                self.experiment_id, run_name=self.study, tags={ROLE: "parent", STUDY: self.study, **self.tags}
+            )
+            found = self._find_parents()
+            if found and found[0].info.run_id != run.info.run_id:
+                self.client.delete_run(run.info.run_id)
+        run_id = str(found[0].info.run_id)
+        self.client.update_run(run_id, status="RUNNING")
+        return run_id
 
     def start_trial(self, number: int, config: TrainConfig, sampled: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         """A nested run for trial ``number`` with every resolved config value as a param."""
@@ -136,6 +150,15 @@ class Tracker:
         if curves is not None:
             self.client.log_figure(run_id, curves, "learning_curves.png")
         self.client.set_terminated(run_id, RUN_STATUS.get(state, "FAILED"))
+
+    def reap(self, run_id: str, reason: str) -> None:
+        """End a run left RUNNING by a dead worker: KILLED, tagged state FAIL with the reason."""
+        from mlflow.entities import RunTag
+
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            return
+        self.client.log_batch(run_id, tags=[RunTag("state", "FAIL"), RunTag("reason", reason)])
+        self.client.set_terminated(run_id, "KILLED")
 
     def update_parent(self, metrics: Mapping[str, float], params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
         """Best value, best parameters (as tags, they change as the study goes) and counts by state."""

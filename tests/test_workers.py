@@ -1,0 +1,200 @@
+"""Many workers on one study: SQLite on one machine, a real PostgreSQL server, a SIGKILLed worker."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from studyrunner.results import trial_state
+
+FAST_HEARTBEAT = {"STUDYRUNNER_HEARTBEAT_S": "1", "STUDYRUNNER_GRACE_S": "4"}
+
+
+def _pg_bin() -> Path | None:
+    found = shutil.which("initdb")
+    candidates = ([found] if found else []) + sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
+    return Path(candidates[0]).parent if candidates else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    """A PostgreSQL server of our own on loopback (trust auth), stopped after the module."""
+    pg = _pg_bin()
+    if pg is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL server binaries missing: .ci/run installs the distribution's postgresql package")
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not installed")
+    home = Path(tempfile.mkdtemp(prefix="studyrunner-pg-"))  # outside pytest's root-only tmp tree
+    data = home / "data"
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        home.chmod(0o777)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    subprocess.run(
+        [*as_user, str(pg / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"], check=True, capture_output=True
+    )
+    subprocess.run(
+        [
+            *as_user,
+            str(pg / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(data.parent / "log"),
+            "-w",
+            "start",
+            "-o",
+            f"-p {port} -h 127.0.0.1 -k {data} -c max_connections=200",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _sweep(tmp_path: Path, tiny_train: str, n_trials: int, epochs: int = 3, name: str = "w") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        f"study: {name}\nbudget: {{n_trials: {n_trials}}}\n"
+        + tiny_train.replace("epochs: 3", f"epochs: {epochs}")
+        + "space:\n  optim.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n  seed: {low: 0, high: 1000}\n"
+    )
+    return path
+
+
+def _run(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None, timeout: int = 300):
+    env = {**os.environ, **(extra_env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "studyrunner", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _no_mlflow_run_left_running(tracking: str, study: str) -> list:
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name(study).experiment_id])
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    return runs
+
+
+def test_two_local_workers_share_the_embedded_sqlite_store(tmp_path, tiny_train):
+    sweep = _sweep(tmp_path, tiny_train, n_trials=6)
+    res = _run(["run", str(sweep), "--jobs", "2"], cwd=tmp_path)  # default storage: runs/optuna.db, runs/mlflow.db
+    logs = "".join(p.read_text() for p in (tmp_path / "runs" / "workers").glob("w-w*.log"))
+    assert res.returncode == 0, res.stdout + res.stderr + logs
+    assert "database is locked" not in logs + res.stderr
+    study = optuna.load_study(study_name="w", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}")
+    states = [trial_state(t) for t in study.trials]
+    assert states.count("COMPLETE") == 6 and "FAIL" not in states
+    assert len({t.user_attrs["worker"] for t in study.trials if trial_state(t) == "COMPLETE"}) == 2
+    runs = _no_mlflow_run_left_running(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "w")
+    assert len([r for r in runs if r.data.tags.get("state") == "COMPLETE"]) == 6
+
+
+@pytest.mark.postgres
+def test_three_workers_on_postgres_finish_exactly_n_trials(tmp_path, tiny_train, pg_url):
+    sweep = _sweep(tmp_path, tiny_train, n_trials=7, name="pg3")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = _run(["run", str(sweep), "--jobs", "3", "--storage", pg_url, "--tracking-uri", tracking], cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    study = optuna.load_study(study_name="pg3", storage=pg_url)
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 7
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    assert {trial_state(t) for t in study.trials} <= {"COMPLETE", "PRUNED", "DIVERGED", "CANCELLED"}
+    assert len({t.user_attrs["worker"] for t in finished}) == 3
+    _no_mlflow_run_left_running(tracking, "pg3")
+
+
+@pytest.mark.postgres
+def test_sigkilled_worker_trial_is_failed_retried_and_its_run_ended(tmp_path, tiny_train, pg_url):
+    sweep = _sweep(tmp_path, tiny_train, n_trials=4, epochs=40, name="kill")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [sys.executable, "-m", "studyrunner", "run", str(sweep), "--storage", pg_url, "--tracking-uri", tracking]
+    env = {**os.environ, **FAST_HEARTBEAT}
+    victim = subprocess.Popen(
+        args, cwd=tmp_path, env={**env, "STUDYRUNNER_WORKER": "0"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    killed = None
+    while time.monotonic() < deadline and killed is None:
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name="kill", storage=pg_url)
+        except KeyError:
+            continue
+        for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+            if t.user_attrs.get("worker", "").endswith(f":{victim.pid}") and len(t.intermediate_values) >= 2:
+                os.kill(victim.pid, signal.SIGKILL)
+                killed = t
+    assert killed is not None, "the victim never got mid-trial"
+    victim.wait()
+    survivor = _run(
+        ["run", str(sweep), "--storage", pg_url, "--tracking-uri", tracking],
+        cwd=tmp_path,
+        extra_env={**FAST_HEARTBEAT, "STUDYRUNNER_WORKER": "1"},
+        timeout=240,
+    )
+    assert survivor.returncode == 0, survivor.stdout + survivor.stderr
+    study = optuna.load_study(study_name="kill", storage=pg_url)
+    dead = study.trials[killed.number]
+    assert dead.state == optuna.trial.TrialState.FAIL
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert retries and retries[0].params == killed.params and retries[0].state == optuna.trial.TrialState.COMPLETE
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 4
+    runs = _no_mlflow_run_left_running(tracking, "kill")
+    dead_run = [r for r in runs if r.info.run_id == dead.user_attrs["mlflow_run_id"]][0]
+    assert dead_run.info.status == "KILLED" and dead_run.data.tags["state"] == "FAIL"
+    assert "heartbeats" in dead_run.data.tags["reason"]
+
+
+def test_ctrl_c_marks_the_trial_ends_its_run_and_the_study_resumes(tmp_path, tiny_train):
+    sweep = _sweep(tmp_path, tiny_train, n_trials=2, epochs=60, name="intr")
+    storage, tracking = f"sqlite:///{tmp_path / 'o.db'}", f"sqlite:///{tmp_path / 'm.db'}"
+    args = [sys.executable, "-m", "studyrunner", "run", str(sweep), "--storage", storage, "--tracking-uri", tracking]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            running = optuna.load_study(study_name="intr", storage=storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        except KeyError:
+            continue
+        if running and len(running[0].intermediate_values) >= 2:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "run again to resume" in " ".join(out.split())
+    assert "Traceback" not in out
+    trial = optuna.load_study(study_name="intr", storage=storage).trials[-1]
+    assert trial.state == optuna.trial.TrialState.FAIL and "interrupted" in trial.user_attrs["fail_reason"]
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name("intr").experiment_id])
+    statuses = {r.data.tags.get("studyrunner.role"): r.info.status for r in runs}
+    assert statuses == {"parent": "KILLED", "trial": "KILLED"}
+    again = _run(["run", str(sweep), "--storage", storage, "--tracking-uri", tracking, "--n-trials", "1"], cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    study = optuna.load_study(study_name="intr", storage=storage)
+    assert [trial_state(t) for t in study.trials] == ["FAIL", "COMPLETE"]
