@@ -403,7 +403,7 @@ def run_study(
     objective.target = target
     outcome = StudyOutcome(study, _counts(study), target)
     heartbeat = getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
-    start, fails_in_row, reaped = time.monotonic(), 0, set()
+    start, fails_in_row, reaped = time.monotonic(), 0, set[int]()
     try:
         while True:
             if heartbeat:  # trials of killed workers: FAIL, re-queued with their parameters, MLflow run ended
