@@ -90,6 +90,12 @@ def train(
     overrides: dict[str, Any] = dict(parse_assignments(set_ or []))
     overrides.setdefault("out_dir", out or f"runs/train/{time.strftime('%Y%m%d-%H%M%S')}")
     cfg = load_train_config(config, overrides)
+    if cfg.model.init.startswith("study:"):
+        from .config import apply_overrides
+        from .results import best_checkpoint
+        from .study import resolve_storage
+
+        cfg = apply_overrides(cfg, {"model.init": best_checkpoint(cfg.model.init.removeprefix("study:"), resolve_storage(None))})
     with _progress() as bar:
         task = bar.add_task("loading data", total=None)
         splits = load_splits(

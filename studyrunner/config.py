@@ -54,6 +54,8 @@ class DataConfig:
     split_seed: int = 0  # seed of the val split and the subset (fixed across training seeds)
     image_size: int = 32  # pixels; images are resized (shorter side) and centre-cropped to this
     cache_dir: str = ""  # decoded-image cache; "" = $STUDYRUNNER_CACHE_DIR or ~/.cache/studyrunner
+    classes: tuple[str, ...] = ()  # keep only these class names (relabelled in source order); () = all
+    val_from: Literal["train", "test"] = "train"  # test: the test (or val) folder is the validation set, no test set
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,11 @@ class ModelConfig:
     # cifar_alexnet: dropout probability after pool1, pool2, conv4, fc1 (document 004 step 6)
     dropout: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     cifar_stem: bool = True  # resnets: 3x3 stride-1 first conv and no max-pool (for 32 px inputs)
+    # scratch | imagenet (torchvision weights) | path to a state dict or checkpoint | study:NAME
+    # (the best checkpoint of an earlier study); the classifier head is always fresh
+    init: str = "scratch"
+    freeze: Literal["none", "backbone"] = "none"  # backbone = train the classifier head only
+    unfreeze_epoch: int = 0  # with freeze=backbone: train the whole net from this epoch on (0 = never)
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ class OptimConfig:
     weight_decay: float = 0.0  # L2 penalty (decoupled for adamw)
     beta1: float = 0.9  # adam/adamw first-moment decay
     beta2: float = 0.999  # adam/adamw second-moment decay
+    backbone_lr_mult: float = 1.0  # backbone LR = lr x this (the head always gets lr)
 
 
 @dataclass(frozen=True)
@@ -294,6 +302,10 @@ def validate(config: TrainConfig) -> None:
         (config.augment.crop_padding >= 0, "augment.crop_padding must be >= 0 pixels"),
         (0.0 <= config.augment.hue <= 0.5, "augment.hue must be in [0, 0.5]"),
         (config.diverge_factor > 1.0, "diverge_factor must be > 1"),
+        (config.optim.backbone_lr_mult > 0, "optim.backbone_lr_mult must be > 0"),
+        (config.model.unfreeze_epoch >= 0, "model.unfreeze_epoch must be >= 0 (0 = never)"),
+        (config.model.unfreeze_epoch == 0 or config.model.freeze == "backbone",
+         "model.unfreeze_epoch needs model.freeze=backbone"),
     ]
     for name in ("brightness", "contrast", "saturation"):
         checks.append((0.0 <= getattr(config.augment, name) <= 1.0, f"augment.{name} must be in [0, 1]"))

@@ -293,6 +293,18 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, float, float], tup
     return tuple(mean.tolist()), tuple(std.tolist())  # type: ignore[return-value]
 
 
+def select_classes(images: ImageSet, names: tuple[str, ...], root: Path) -> ImageSet:
+    """Only the images of the named classes, relabelled 0..k-1 in the source's class order."""
+    missing = [n for n in names if n not in images.classes]
+    if missing:
+        raise DataError(f"data.classes: {missing} not found under {root}; classes there: {', '.join(images.classes)}")
+    keep = [i for i, c in enumerate(images.classes) if c in names]
+    remap = torch.full((len(images.classes),), -1, dtype=torch.int64)
+    remap[keep] = torch.arange(len(keep))
+    mask = remap[images.labels] >= 0
+    return ImageSet(images.images[mask], remap[images.labels[mask]], [images.classes[i] for i in keep])
+
+
 def load_splits(cfg: DataConfig, data_dir: str | None = None, progress: Progress = None) -> Splits:
     """Train/val/test splits for ``cfg``: val held out from train (stratified, ``split_seed``),
     the training subset drawn after that, normalisation statistics from what remains."""
@@ -303,6 +315,13 @@ def load_splits(cfg: DataConfig, data_dir: str | None = None, progress: Progress
         train, test = _cifar_sources(root, cfg, progress)
     else:
         train, val, test = _own_sources(root, cfg, progress)
+    if cfg.classes:
+        train, val, test = (None if s is None else select_classes(s, cfg.classes, root) for s in (train, val, test))
+        assert train is not None
+    if cfg.val_from == "test":  # the held-out folder validates; nothing is left to test on
+        val, test = (val or test), None
+        if val is None:
+            raise DataError(f"data.val_from=test, but {root} has neither a val/ nor a test/ folder")
     if val is None and cfg.val_fraction > 0:
         keep, held = stratified_split(train.labels, cfg.val_fraction, cfg.split_seed)
         train, val = train.subset(keep), train.subset(held)

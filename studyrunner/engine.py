@@ -24,7 +24,16 @@ from torch import nn
 from .augment import augment_batch, normalize
 from .config import TrainConfig, config_to_dict
 from .data import ImageSet, Splits, batches
-from .models import build_model
+from .models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    backbone_parameters,
+    build_model,
+    freeze_backbone_norms,
+    head_parameters,
+    load_init,
+    set_backbone_trainable,
+)
 from .optim import Schedule, build_optimizer
 
 __all__ = ["EpochRecord", "FitResult", "fit", "evaluate", "resolve_device", "resolve_precision"]
@@ -59,6 +68,13 @@ class FitResult:
     precision: str = ""
     num_params: int = 0
     checkpoint_dir: str = ""
+    init: str = "scratch"  # what the weights started from (model.init, summarised)
+    classes: list[str] = field(default_factory=list)
+    val_confusion: list[list[int]] = field(default_factory=list)  # [true][predicted], best weights, val set
+
+    @property
+    def per_class_val_acc(self) -> dict[str, float]:
+        return {c: row[i] / max(1, sum(row)) for i, (c, row) in enumerate(zip(self.classes, self.val_confusion))}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,6 +135,7 @@ class _Ctx:
     mean: torch.Tensor
     std: torch.Tensor
     channels_last: bool
+    frozen: bool = False  # backbone frozen: its BatchNorm statistics stay fixed too
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -135,6 +152,8 @@ def train_one_epoch(
 ) -> tuple[float, float, float]:
     """One pass over ``data``; returns (mean loss, accuracy, images/s). Stops early on a non-finite loss."""
     ctx.model.train()
+    if ctx.frozen:
+        freeze_backbone_norms(ctx.model)
     loss_sum = torch.zeros((), device=ctx.device)
     correct = torch.zeros((), device=ctx.device, dtype=torch.int64)
     seen, start = 0, time.perf_counter()
@@ -162,18 +181,30 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(ctx: _Ctx, data: ImageSet, batch_size: int) -> tuple[float, float]:
-    """(mean loss, accuracy) of ``ctx.model`` on ``data``, un-augmented."""
+def predict(ctx: _Ctx, data: ImageSet, batch_size: int) -> tuple[float, torch.Tensor]:
+    """(summed loss, predicted labels) of ``ctx.model`` on ``data``, un-augmented."""
     ctx.model.eval()
-    loss_sum, correct = 0.0, 0
+    loss_sum, preds = 0.0, []
     for start in range(0, len(data), batch_size):
         x = ctx.prepare(normalize(data.images[start : start + batch_size], ctx.mean, ctx.std))
         y = data.labels[start : start + batch_size]
         with _autocast(ctx.device, ctx.dtype):
             logits = ctx.model(x)
         loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-    return loss_sum / len(data), correct / len(data)
+        preds.append(logits.argmax(1))
+    return loss_sum, torch.cat(preds)
+
+
+def evaluate(ctx: _Ctx, data: ImageSet, batch_size: int) -> tuple[float, float]:
+    """(mean loss, accuracy) of ``ctx.model`` on ``data``, un-augmented."""
+    loss_sum, pred = predict(ctx, data, batch_size)
+    return loss_sum / len(data), float((pred == data.labels).float().mean())
+
+
+def confusion(ctx: _Ctx, data: ImageSet, batch_size: int, classes: int) -> torch.Tensor:
+    """Counts [true, predicted] on ``data``."""
+    _, pred = predict(ctx, data, batch_size)
+    return torch.bincount(data.labels * classes + pred, minlength=classes * classes).view(classes, classes).cpu()
 
 
 def _save(path: Path, model: nn.Module, cfg: TrainConfig, record: EpochRecord, classes: list[str]) -> None:
@@ -204,20 +235,35 @@ def _setup(cfg: TrainConfig, splits: Splits) -> tuple[_Ctx, FitResult]:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(splits.classes), cfg.data.image_size).to(device)
+    model = build_model(cfg.model, len(splits.classes), cfg.data.image_size)
+    init = load_init(model, cfg.model)
+    model = model.to(device)
+    if cfg.model.freeze == "backbone":
+        set_backbone_trainable(model, False)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     dtype = resolve_precision(cfg.precision, device)
-    mean = torch.tensor(splits.mean, device=device)
-    std = torch.tensor(splits.std, device=device)
-    ctx = _Ctx(model, device, dtype, mean, std, cfg.channels_last)
+    pretrained_on_imagenet = cfg.model.init == "imagenet"  # inputs normalised as in its pretraining
+    mean = torch.tensor(IMAGENET_MEAN if pretrained_on_imagenet else splits.mean, device=device)
+    std = torch.tensor(IMAGENET_STD if pretrained_on_imagenet else splits.std, device=device)
+    ctx = _Ctx(model, device, dtype, mean, std, cfg.channels_last, cfg.model.freeze == "backbone")
     result = FitResult(
         device=str(device),
         precision=str(dtype or torch.float32).replace("torch.", ""),
         num_params=sum(p.numel() for p in model.parameters()),
         checkpoint_dir=cfg.out_dir,
+        init=init,
+        classes=list(splits.classes),
     )
     return ctx, result
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Head at optim.lr, backbone at optim.lr x optim.backbone_lr_mult (one group when equal)."""
+    if cfg.optim.backbone_lr_mult == 1.0:
+        return [{"params": list(model.parameters())}]
+    return [{"params": backbone_parameters(model), "lr": cfg.optim.lr * cfg.optim.backbone_lr_mult},
+            {"params": head_parameters(model)}]
 
 
 def fit(cfg: TrainConfig, splits: Splits, on_epoch: OnEpoch = None, on_batch: OnBatch = None) -> FitResult:
@@ -231,7 +277,7 @@ def fit(cfg: TrainConfig, splits: Splits, on_epoch: OnEpoch = None, on_batch: On
     splits = splits.to(ctx.device)
     gen = torch.Generator(device=ctx.device).manual_seed(cfg.seed)
     steps = math.ceil(len(splits.train) / cfg.batch_size)
-    opt = build_optimizer(ctx.model.parameters(), cfg.optim)
+    opt = build_optimizer(_param_groups(ctx.model, cfg), cfg.optim)  # type: ignore[arg-type]
     schedule = Schedule(opt, cfg.sched, cfg.epochs, steps)
     limit = cfg.diverge_factor * math.log(max(2, len(splits.classes)))
     out = Path(cfg.out_dir) if cfg.out_dir else None
@@ -239,6 +285,9 @@ def fit(cfg: TrainConfig, splits: Splits, on_epoch: OnEpoch = None, on_batch: On
         out.mkdir(parents=True, exist_ok=True)
     best_state: dict[str, torch.Tensor] | None = None
     for epoch in range(1, cfg.epochs + 1):
+        if ctx.frozen and epoch == cfg.model.unfreeze_epoch:  # fine-tune the whole net from here on
+            set_backbone_trainable(ctx.model, True)
+            ctx.frozen = False
         start = time.perf_counter()
         tr_loss, tr_acc, tr_speed = train_one_epoch(ctx, splits.train, cfg, opt, schedule, gen, on_batch)
         lr = schedule.lr
@@ -263,7 +312,11 @@ def fit(cfg: TrainConfig, splits: Splits, on_epoch: OnEpoch = None, on_batch: On
             break
     if out and result.history:
         _save(out / "last.pt", ctx.model, cfg, result.history[-1], splits.classes)
-    if result.outcome != "diverged" and splits.test is not None and best_state is not None:
+    if result.outcome != "diverged" and best_state is not None:
         ctx.model.load_state_dict(best_state)
-        result.test_loss, result.test_acc = evaluate(ctx, splits.test, cfg.eval_batch_size)
+        if splits.val is not None:
+            cm = confusion(ctx, splits.val, cfg.eval_batch_size, len(splits.classes))
+            result.val_confusion = cm.tolist()
+        if splits.test is not None:
+            result.test_loss, result.test_acc = evaluate(ctx, splits.test, cfg.eval_batch_size)
     return result

@@ -112,3 +112,81 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
         return list(model.fc.parameters())
     last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     return list(last.parameters())
+
+
+# --------------------------------------------------------------------------- initialisation and freezing
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
+            "alexnet": "AlexNet_Weights"}
+
+
+def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter that is not in the classifier head."""
+    head = {id(p) for p in head_parameters(model)}
+    return [p for p in model.parameters() if id(p) not in head]
+
+
+def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+    for p in backbone_parameters(model):
+        p.requires_grad_(trainable)
+
+
+def freeze_backbone_norms(model: nn.Module) -> None:
+    """Keep BatchNorm statistics of a frozen backbone fixed (call after ``model.train()``)."""
+    head = {id(p) for p in head_parameters(model)}
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(id(p) in head for p in m.parameters()):
+            m.eval()
+
+
+def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
+    if name not in _WEIGHTS:
+        raise ConfigError(f"model.init=imagenet: torchvision has no ImageNet weights for {name!r}; "
+                          f"models with them: {', '.join(_WEIGHTS)}")
+    weights = getattr(tvm, _WEIGHTS[name]).DEFAULT
+    try:
+        return dict(weights.get_state_dict(progress=False))
+    except Exception as exc:  # offline: URLError, socket errors, ...
+        filename = weights.url.rsplit("/", 1)[-1]
+        raise ConfigError(
+            f"model.init=imagenet: the ImageNet weights of {name} could not be downloaded ({type(exc).__name__}: "
+            f"{exc}). On a machine with internet, download {weights.url} and either put {filename} in "
+            f"$TORCH_HOME/hub/checkpoints/ (default ~/.cache/torch/hub/checkpoints/) here, or set "
+            f"model.init=/path/to/{filename}."
+        ) from None
+
+
+def _file_state(path: str) -> dict[str, torch.Tensor]:
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"model.init: {path!r} is neither scratch, imagenet, study:NAME nor an existing file")
+    try:
+        blob = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"model.init: cannot read {p} as a PyTorch state dict or checkpoint: {exc}") from None
+    state = blob.get("model", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"model.init: {p} holds no state dict (a dict of tensors, or a checkpoint with 'model')")
+    return state
+
+
+def load_init(model: nn.Module, cfg: ModelConfig) -> str:
+    """Load ``cfg.init`` weights into ``model`` except the classifier head (and any other tensor
+    whose shape differs, like a 7x7 ImageNet stem under a CIFAR stem). Returns a one-line summary."""
+    if cfg.init == "scratch":
+        return "scratch"
+    if cfg.init.startswith("study:"):
+        raise ConfigError(f"model.init={cfg.init}: resolve it to the study's best checkpoint before training")
+    state = _imagenet_state(cfg.name) if cfg.init == "imagenet" else _file_state(cfg.init)
+    own = model.state_dict()
+    head = {n for n, p in model.named_parameters() if any(p is h for h in head_parameters(model))}
+    usable = {k: v for k, v in state.items() if k in own and k not in head and own[k].shape == v.shape}
+    if not usable:
+        raise ConfigError(f"model.init={cfg.init}: no tensor matches model {cfg.name} (is it a {cfg.name} checkpoint?)")
+    model.load_state_dict(usable, strict=False)
+    skipped = len([k for k in own if k not in usable and k not in head])
+    return f"{cfg.init}: loaded {len(usable)} tensors, head fresh" + (f", {skipped} others fresh" if skipped else "")

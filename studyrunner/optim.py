@@ -7,6 +7,7 @@ others once per epoch (ReduceLROnPlateau with the monitored validation metric).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch.optim import lr_scheduler as sched
@@ -16,13 +17,14 @@ from .config import OptimConfig, SchedConfig
 __all__ = ["build_optimizer", "Schedule"]
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(params: Iterable[Any], cfg: OptimConfig) -> torch.optim.Optimizer:
     """SGD (momentum, nesterov), Adam, AdamW or RMSprop, from ``cfg``.
 
     SGD, Adam and AdamW use torch's fused kernels (one kernel for all parameters; same maths).
     """
     params = list(params)
-    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    tensors = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
+    fused = all(p.device.type in ("cpu", "cuda") for p in tensors)
     if cfg.name == "sgd":
         return torch.optim.SGD(
             params,
@@ -66,7 +68,8 @@ class Schedule:
 
     @property
     def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+        """The head's learning rate (the last parameter group)."""
+        return float(self.optimizer.param_groups[-1]["lr"])
 
 
 def _build(opt: torch.optim.Optimizer, cfg: SchedConfig, epochs: int, steps: int) -> object | None:

@@ -39,5 +39,22 @@ def learning_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], title:
     return fig
 
 
+def confusion_figure(classes: Sequence[str], matrix: Sequence[Sequence[int]]) -> Figure:
+    """A confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * n, 1.0 + 0.5 * n))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(n), classes, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true")
+    top = max(max(row) for row in matrix) or 1
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=6,
+                    color="white" if matrix[i][j] > top / 2 else "black")
+    fig.tight_layout()
+    return fig
+
+
 def close(fig: Figure) -> None:
     plt.close(fig)

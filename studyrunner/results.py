@@ -270,6 +270,7 @@ def judge(claim: Any, steps: dict[str, StepResult]) -> Verdict:
 @dataclass
 class NarrativeResult:
     study: str
+    title: str
     description: str
     scale: str
     scale_config: dict[str, Any]
@@ -308,6 +309,7 @@ def narrative_result(spec: Any, scale: str, storage: str) -> NarrativeResult:
     verdicts = [judge(c, by_name) for c in spec.claims]
     return NarrativeResult(
         spec.study,
+        spec.title,
         spec.description.strip(),
         scale,
         dict(spec.scales.get(scale, {})),
@@ -316,3 +318,19 @@ def narrative_result(spec: Any, scale: str, storage: str) -> NarrativeResult:
         list(spec.notes),
         spec.source,
     )
+
+
+def best_checkpoint(study_name: str, storage: str) -> str:
+    """The best-validation checkpoint of ``study_name``'s best trial (for model.init=study:NAME)."""
+    from pathlib import Path
+
+    study = load_study(study_name, storage)
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise StudyrunnerError(f"model.init=study:{study_name}: the study has no completed trial yet") from None
+    path = best.user_attrs.get("checkpoint")
+    if not path or not Path(path).is_file():
+        raise StudyrunnerError(f"model.init=study:{study_name}: best trial {best.number} has no checkpoint file "
+                               f"({path or 'none recorded'})")
+    return str(path)

@@ -344,6 +344,7 @@ class Step(_Strict):
     reduced: dict[str, Any] = Field(default_factory=dict)  # extra overrides at the reduced scale
     document: dict[str, float | int | str] = Field(default_factory=dict)  # the document's figures
     claim: str = ""  # what the document concludes from this step
+    repeats: int | None = Field(None, ge=1)  # seeds of this step (default: the study's repeats)
 
     @field_validator("train", "full", "reduced", mode="before")
     @classmethod
@@ -381,6 +382,7 @@ class Claim(_Strict):
 
 class NarrativeSpec(_Strict):
     study: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")
+    title: str = ""  # the report's heading
     description: str = ""
     source_document: str = ""
     objective: Objective = Objective()
@@ -417,11 +419,11 @@ class NarrativeSpec(_Strict):
                 "study": f"{self.study}.{scale}.{step.name}",
                 "description": step.title,
                 "objective": self.objective.model_dump(),
-                "budget": {"n_trials": self.repeats},
+                "budget": {"n_trials": step.repeats or self.repeats},
                 "sampler": {"name": "grid", "seed": 0},
                 "pruner": {"name": "none"},
                 "train": {k: v for k, v in flatten(config_to_dict(cfg)).items() if k != "seed"},
-                "space": {"seed": {"choices": list(range(self.repeats))}},
+                "space": {"seed": {"choices": list(range(step.repeats or self.repeats))}},
                 "source": self.source,
             }
         )

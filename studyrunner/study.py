@@ -206,9 +206,10 @@ class Objective:
             raise SurplusTrial(f"the study already holds or runs {self.target} trials")
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
         sampled = suggest(trial, self.spec, self.base)
-        cfg = apply_overrides(self.base, sampled)
-        splits = self.data(cfg.data)
         number = getattr(trial, "number", 0)
+        cfg = self._resolve(apply_overrides(self.base, sampled), number)
+        trial.set_user_attr("checkpoint", str(Path(cfg.out_dir) / "best.pt"))
+        splits = self.data(cfg.data)
         self.events.trial_started(number, sampled)
         run_id = self._start_run(trial, number, cfg, sampled)
         self._records = []
@@ -277,12 +278,28 @@ class Objective:
         trial.set_user_attr("outcome", "completed")
         trial.set_user_attr("values", values)
         trial.set_user_attr("value_sd", statistics.stdev(values) if len(values) > 1 else 0.0)
+        trial.set_user_attr("classes", best.classes)
+        if best.val_confusion:
+            trial.set_user_attr("val_confusion", best.val_confusion)
         for key in ("test_acc", "test_loss", "best_epoch", "best_val_acc"):
             vals = [getattr(r, key) for r in results if getattr(r, key) is not None]
             if vals:
                 trial.set_user_attr(key, statistics.fmean(vals))
         trial.set_user_attr("epochs", len(best.history))
         trial.set_user_attr("history", [vars(r) for r in best.history])
+
+    storage_url: str | None = None  # where model.init=study:NAME finds the earlier study
+
+    def _resolve(self, cfg: TrainConfig, number: int) -> TrainConfig:
+        """Per-trial checkpoint folder; model.init=study:NAME -> that study's best checkpoint."""
+        over: dict[str, Any] = {}
+        if not cfg.out_dir:
+            over["out_dir"] = str(Path("runs/checkpoints").resolve() / self.spec.study / f"trial-{number}")
+        if cfg.model.init.startswith("study:"):
+            from .results import best_checkpoint
+
+            over["model.init"] = best_checkpoint(cfg.model.init.removeprefix("study:"), self.storage_url or resolve_storage(None))
+        return apply_overrides(cfg, over)
 
     def _start_run(self, trial: optuna.Trial, number: int, cfg: TrainConfig, sampled: dict[str, Any]) -> str | None:
         if self.tracker is None:
@@ -322,9 +339,13 @@ class Objective:
             )
         if history:
             metrics["epochs_run"] = float(len(history))
+        if first and first.val_confusion:
+            metrics.update({f"val_acc_{c}": a for c, a in first.per_class_val_acc.items()})
         fig = learning_curves({"seed 0": [vars(r) for r in history]}) if history else None
         try:
             self.tracker.end_trial(run_id, state, metrics, reason, fig)
+            if first and first.val_confusion:
+                self.tracker.log_confusion(run_id, first.classes, first.val_confusion)
         finally:
             if fig is not None:
                 close(fig)
@@ -401,6 +422,7 @@ def run_study(
     target = opts.n_trials or spec.budget.n_trials
     timeout = opts.timeout or spec.budget.timeout
     objective.target = target
+    objective.storage_url = resolve_storage(opts.storage)
     outcome = StudyOutcome(study, _counts(study), target)
     heartbeat = getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
     start, fails_in_row, reaped = time.monotonic(), 0, set[int]()

@@ -151,6 +151,20 @@ class Tracker:
             self.client.log_figure(run_id, curves, "learning_curves.png")
         self.client.set_terminated(run_id, RUN_STATUS.get(state, "FAILED"))
 
+    def log_confusion(self, run_id: str, classes: list[str], matrix: list[list[int]]) -> None:
+        """Class names, the validation confusion matrix (JSON, [true][predicted]) and its PNG."""
+        import json
+
+        from .plots import close, confusion_figure
+
+        self.client.log_text(run_id, json.dumps(classes), "classes.json")
+        self.client.log_text(run_id, json.dumps({"classes": classes, "matrix": matrix}), "confusion_matrix.json")
+        fig = confusion_figure(classes, matrix)
+        try:
+            self.client.log_figure(run_id, fig, "confusion_matrix.png")
+        finally:
+            close(fig)
+
     def reap(self, run_id: str, reason: str) -> None:
         """End a run left RUNNING by a dead worker: KILLED, tagged state FAIL with the reason."""
         from mlflow.entities import RunTag
