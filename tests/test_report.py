@@ -137,6 +137,7 @@ def test_narrative_report_golden():
     by = {s.name: s for s in steps}
     n = NarrativeResult(
         "story",
+        "A story, reproduced",
         "A story.",
         "reduced",
         {"epochs": 2, "data": {"train_subset": 100, "val_fraction": 0.1}},
