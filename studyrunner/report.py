@@ -322,7 +322,7 @@ def render_narrative(n: NarrativeResult, out: Path | None, command: str) -> str:
     sc = n.scale_config
     data = sc.get("data", {})
     parts = [
-        f"# {n.study}: document 004's CIFAR-10 tuning narrative, reproduced ({n.scale} scale)",
+        f"# {n.title or n.study} ({n.scale} scale)",
         "",
         n.description,
         "",
