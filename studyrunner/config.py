@@ -304,8 +304,10 @@ def validate(config: TrainConfig) -> None:
         (config.diverge_factor > 1.0, "diverge_factor must be > 1"),
         (config.optim.backbone_lr_mult > 0, "optim.backbone_lr_mult must be > 0"),
         (config.model.unfreeze_epoch >= 0, "model.unfreeze_epoch must be >= 0 (0 = never)"),
-        (config.model.unfreeze_epoch == 0 or config.model.freeze == "backbone",
-         "model.unfreeze_epoch needs model.freeze=backbone"),
+        (
+            config.model.unfreeze_epoch == 0 or config.model.freeze == "backbone",
+            "model.unfreeze_epoch needs model.freeze=backbone",
+        ),
     ]
     for name in ("brightness", "contrast", "saturation"):
         checks.append((0.0 <= getattr(config.augment, name) <= 1.0, f"augment.{name} must be in [0, 1]"))

@@ -262,8 +262,10 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Head at optim.lr, backbone at optim.lr x optim.backbone_lr_mult (one group when equal)."""
     if cfg.optim.backbone_lr_mult == 1.0:
         return [{"params": list(model.parameters())}]
-    return [{"params": backbone_parameters(model), "lr": cfg.optim.lr * cfg.optim.backbone_lr_mult},
-            {"params": head_parameters(model)}]
+    return [
+        {"params": backbone_parameters(model), "lr": cfg.optim.lr * cfg.optim.backbone_lr_mult},
+        {"params": head_parameters(model)},
+    ]
 
 
 def fit(cfg: TrainConfig, splits: Splits, on_epoch: OnEpoch = None, on_batch: OnBatch = None) -> FitResult:

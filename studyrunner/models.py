@@ -118,8 +118,12 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
-            "alexnet": "AlexNet_Weights"}
+_WEIGHTS = {
+    "resnet18": "ResNet18_Weights",
+    "resnet34": "ResNet34_Weights",
+    "resnet50": "ResNet50_Weights",
+    "alexnet": "AlexNet_Weights",
+}
 
 
 def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -143,8 +147,9 @@ def freeze_backbone_norms(model: nn.Module) -> None:
 
 def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
     if name not in _WEIGHTS:
-        raise ConfigError(f"model.init=imagenet: torchvision has no ImageNet weights for {name!r}; "
-                          f"models with them: {', '.join(_WEIGHTS)}")
+        raise ConfigError(
+            f"model.init=imagenet: torchvision has no ImageNet weights for {name!r}; models with them: {', '.join(_WEIGHTS)}"
+        )
     weights = getattr(tvm, _WEIGHTS[name]).DEFAULT
     try:
         return dict(weights.get_state_dict(progress=False))

@@ -50,8 +50,15 @@ def confusion_figure(classes: Sequence[str], matrix: Sequence[Sequence[int]]) ->
     top = max(max(row) for row in matrix) or 1
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=6,
-                    color="white" if matrix[i][j] > top / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(matrix[i][j]),
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if matrix[i][j] > top / 2 else "black",
+            )
     fig.tight_layout()
     return fig
 

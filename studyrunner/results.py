@@ -331,6 +331,7 @@ def best_checkpoint(study_name: str, storage: str) -> str:
         raise StudyrunnerError(f"model.init=study:{study_name}: the study has no completed trial yet") from None
     path = best.user_attrs.get("checkpoint")
     if not path or not Path(path).is_file():
-        raise StudyrunnerError(f"model.init=study:{study_name}: best trial {best.number} has no checkpoint file "
-                               f"({path or 'none recorded'})")
+        raise StudyrunnerError(
+            f"model.init=study:{study_name}: best trial {best.number} has no checkpoint file ({path or 'none recorded'})"
+        )
     return str(path)

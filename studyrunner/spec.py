@@ -407,7 +407,10 @@ class NarrativeSpec(_Strict):
         cfg = apply_overrides(cfg, flatten(self.scales.get(scale, {})))  # type: ignore[call-overload]
         cfg = apply_overrides(cfg, step.train)
         cfg = apply_overrides(cfg, step.reduced if scale == "reduced" else step.full)
-        return apply_overrides(cfg, overrides or {})
+        cfg = apply_overrides(cfg, overrides or {})
+        if cfg.model.init.startswith("step:"):  # an earlier step's best checkpoint, at the same scale
+            cfg = apply_overrides(cfg, {"model.init": f"study:{self.study}.{scale}.{cfg.model.init.removeprefix('step:')}"})
+        return cfg
 
     def step_sweep(self, step: Step, scale: str) -> SweepSpec:
         """The step as a sweep: a grid over ``repeats`` seeds, one trial per seed."""
@@ -448,6 +451,13 @@ def load_narrative(path: str | Path) -> NarrativeSpec:
                 spec.step_config(step, scale)
             except ConfigError as exc:
                 raise SpecError(f"{_where(p, node, ('steps', i, 'train'))}: step {step.name} ({scale} scale): {exc}") from None
+    for i, step in enumerate(spec.steps):
+        init = flatten(step.train).get("model.init", "")
+        if isinstance(init, str) and init.startswith("step:") and init.removeprefix("step:") not in names[:i]:
+            raise SpecError(
+                f"{_where(p, node, ('steps', i, 'train'))}: step {step.name}: model.init={init} must name an "
+                f"earlier step; earlier steps: {', '.join(names[:i]) or 'none'}"
+            )
     for i, claim in enumerate(spec.claims):
         for ref in filter(None, (claim.a, claim.b)):
             if ref not in names:
