@@ -316,8 +316,9 @@ def load_splits(cfg: DataConfig, data_dir: str | None = None, progress: Progress
     else:
         train, val, test = _own_sources(root, cfg, progress)
     if cfg.classes:
-        train, val, test = (None if s is None else select_classes(s, cfg.classes, root) for s in (train, val, test))
-        assert train is not None
+        train = select_classes(train, cfg.classes, root)
+        val = None if val is None else select_classes(val, cfg.classes, root)
+        test = None if test is None else select_classes(test, cfg.classes, root)
     if cfg.val_from == "test":  # the held-out folder validates; nothing is left to test on
         val, test = (val or test), None
         if val is None:

@@ -74,7 +74,7 @@ class FitResult:
 
     @property
     def per_class_val_acc(self) -> dict[str, float]:
-        return {c: row[i] / max(1, sum(row)) for i, (c, row) in enumerate(zip(self.classes, self.val_confusion))}
+        return {c: row[i] / max(1, sum(row)) for i, (c, row) in enumerate(zip(self.classes, self.val_confusion, strict=True))}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
