@@ -315,7 +315,9 @@ def report(
     targets: Annotated[list[str], typer.Argument(help="A narrative study file, or sweep files / study names to compare.")],
     scale: Annotated[str, typer.Option(help="Narrative studies: the scale whose runs to report.")] = "reduced",
     out: Annotated[Path | None, typer.Option(help="Output folder (default reports/<study>).")] = None,
+    gallery: Annotated[bool, typer.Option(help="Narratives: a grid of validation predictions per step.")] = False,
     storage: StorageOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Write a markdown report (README.md + PNG plots): summaries, leaderboards, parameter effects and
     importances; for a narrative study, the document's figures beside ours and a verdict per claim."""
@@ -330,11 +332,22 @@ def report(
         story = load_narrative(targets[0])
         folder = out or Path("reports") / story.study
         folder.mkdir(parents=True, exist_ok=True)
+        flags = (" --gallery" if gallery else "") + (f" --out {out}" if out else "")
         command = (
             f"studyrunner run {targets[0]} --scale {scale}{store}\n"
-            f"studyrunner report {targets[0]} --scale {scale}{store}" + (f" --out {out}" if out else "")
+            f"studyrunner report {targets[0]} --scale {scale}{store}{flags}"
         )
-        path = write(render_narrative(narrative_result(story, scale, url), folder, command), folder)
+
+        def grid(step: Any, png: Path) -> bool:
+            if not step.checkpoint or not Path(step.checkpoint).is_file():
+                return False
+            from .gallery import prediction_grid
+
+            prediction_grid(step.checkpoint, png, data_dir=data_dir)
+            return True
+
+        result = narrative_result(story, scale, url)
+        path = write(render_narrative(result, folder, command, grid if gallery else None), folder)
     else:
         names = [load_sweep(t).study if Path(t).is_file() else t for t in targets]
         results = [study_result(load_study(n, url)) for n in names]

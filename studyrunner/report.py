@@ -8,7 +8,7 @@ Each plot has a pure "info" function (the numbers) and a thin matplotlib rendere
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -316,7 +316,9 @@ def narrative_curves_info(step: StepResult) -> dict[str, list[dict[str, Any]]]:
     return {f"seed {r.params.get('seed', i)}": r.history for i, r in enumerate(step.runs) if r.history}
 
 
-def render_narrative(n: NarrativeResult, out: Path | None, command: str) -> str:
+def render_narrative(
+    n: NarrativeResult, out: Path | None, command: str, gallery: Callable[[StepResult, Path], bool] | None = None
+) -> str:
     """The document's steps with its figures beside ours, learning curves, one verdict per claim."""
     seeds = max((len(s.runs) for s in n.steps), default=0)
     sc = n.scale_config
@@ -392,6 +394,9 @@ def render_narrative(n: NarrativeResult, out: Path | None, command: str) -> str:
         ]
         if out is not None and _save_curves(narrative_curves_info(s), s.title, out / f"{s.name}.png"):
             parts += [f"![{s.title}]({s.name}.png)", ""]
+        if out is not None and gallery is not None and gallery(s, out / f"{s.name}_predictions.png"):
+            parts += ["Validation images, predicted (true), best run's best checkpoint:", "",
+                      f"![{s.title}: predictions]({s.name}_predictions.png)", ""]
     parts += ["## Reproduce", "", "```bash", command, "```", ""]
     return "\n".join(parts)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,6 +216,7 @@ class StepResult:
     document: dict[str, Any]
     runs: list[TrialResult]  # one per seed (complete or not)
     config: dict[str, Any]  # the resolved config of the step at this scale
+    checkpoint: str = ""  # best-validation checkpoint of the step's best run, when one was saved
 
     def values(self, metric: str) -> list[float]:
         return [v for v in (r.metric(metric) for r in self.runs if r.state == "COMPLETE") if v is not None]
@@ -289,11 +291,12 @@ def narrative_result(spec: Any, scale: str, storage: str) -> NarrativeResult:
     for step in spec.steps:
         study_name = spec.step_sweep(step, scale).study
         runs: list[TrialResult] = []
+        checkpoint = ""
         if study_name in names:
-            runs = sorted(
-                (_trial_result(t) for t in optuna.load_study(study_name=study_name, storage=storage).trials),
-                key=lambda r: (r.params.get("seed", 0), r.number),
-            )
+            study = optuna.load_study(study_name=study_name, storage=storage)
+            runs = sorted((_trial_result(t) for t in study.trials), key=lambda r: (r.params.get("seed", 0), r.number))
+            with contextlib.suppress(ValueError):  # no complete trial: no checkpoint to show
+                checkpoint = str(study.best_trial.user_attrs.get("checkpoint", ""))
         steps.append(
             StepResult(
                 step.name,
@@ -303,6 +306,7 @@ def narrative_result(spec: Any, scale: str, storage: str) -> NarrativeResult:
                 dict(step.document),
                 runs,
                 config_to_dict(spec.step_config(step, scale)),
+                checkpoint,
             )
         )
     by_name = {s.name: s for s in steps}
