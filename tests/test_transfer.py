@@ -187,3 +187,16 @@ def test_own_folder_of_mixed_sizes_and_modes_trains_a_resnet(tmp_path):
     )
     result = fit(cfg, load_splits(cfg.data))
     assert result.outcome == "completed" and len(result.history) == 1 and result.classes == ["c0", "c1"]
+
+
+def test_prediction_grid_from_a_checkpoint(tmp_path):
+    from studyrunner.gallery import prediction_grid
+
+    root = make_folder(tmp_path / "own", classes=3, per_class=8, split="train", sizes=((20, 20),))
+    make_folder(root, classes=3, per_class=4, split="val", sizes=((20, 20),))
+    cfg = apply_overrides(TrainConfig(), {"data.dataset": "folder", "data.path": str(root), "data.image_size": 20,
+                                          "epochs": 1, "precision": "fp32", "out_dir": str(tmp_path / "ck"),
+                                          "data.cache_dir": str(tmp_path / "c")})
+    fit(cfg, load_splits(cfg.data))
+    png = prediction_grid(tmp_path / "ck" / "best.pt", tmp_path / "grid.png", n=12)
+    assert png.stat().st_size > 5000
