@@ -98,7 +98,7 @@ def _no_mlflow_run_left_running(tracking: str, study: str) -> list:
 
 
 def test_two_local_workers_share_the_embedded_sqlite_store(tmp_path, tiny_train):
-    sweep = _sweep(tmp_path, tiny_train, n_trials=6)
+    sweep = _sweep(tmp_path, tiny_train, n_trials=6, epochs=8)  # trials long enough for both workers to get some
     res = _run(["run", str(sweep), "--jobs", "2"], cwd=tmp_path)  # default storage: runs/optuna.db, runs/mlflow.db
     logs = "".join(p.read_text() for p in (tmp_path / "runs" / "workers").glob("w-w*.log"))
     assert res.returncode == 0, res.stdout + res.stderr + logs
@@ -113,7 +113,7 @@ def test_two_local_workers_share_the_embedded_sqlite_store(tmp_path, tiny_train)
 
 @pytest.mark.postgres
 def test_three_workers_on_postgres_finish_exactly_n_trials(tmp_path, tiny_train, pg_url):
-    sweep = _sweep(tmp_path, tiny_train, n_trials=7, name="pg3")
+    sweep = _sweep(tmp_path, tiny_train, n_trials=7, epochs=8, name="pg3")
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     res = _run(["run", str(sweep), "--jobs", "3", "--storage", pg_url, "--tracking-uri", tracking], cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
