@@ -334,6 +334,7 @@ def report(
         folder.mkdir(parents=True, exist_ok=True)
         flags = (" --gallery" if gallery else "") + (f" --out {out}" if out else "")
         command = (
+            "export STUDYRUNNER_DATA_DIR=/path/to/cifar10-jpg   # train/<class>/*.jpg and test/<class>/*.jpg\n"
             f"studyrunner run {targets[0]} --scale {scale}{store}\n"
             f"studyrunner report {targets[0]} --scale {scale}{store}{flags}"
         )

@@ -294,6 +294,17 @@ def render_sweep_report(results: Sequence[StudyResult], out: Path | None, comman
 # --------------------------------------------------------------------------- narrative
 
 
+def _scale_words(sc: dict[str, Any]) -> str:
+    """'30 epochs, 8000 training images, validation fraction 0.04; ' from a scale's overrides."""
+    data = sc.get("data", {})
+    words = [f"{sc['epochs']} epochs"] if "epochs" in sc else []
+    if "train_subset" in data:
+        words.append(f"{data['train_subset'] or 'all'} training images")
+    if "val_fraction" in data:
+        words.append(f"validation fraction {data['val_fraction']}")
+    return (", ".join(words) + "; ") if words else "each step's own settings (see its setup); "
+
+
 def _doc_figures(doc: dict[str, Any]) -> str:
     keys = [("epochs", "epochs"), ("train_acc", "train"), ("val_acc", "val"), ("test_acc", "test")]
     return ", ".join(f"{label} {pct(doc[k], 1) if k != 'epochs' else doc[k]}" for k, label in keys if k in doc) or "-"
@@ -322,17 +333,14 @@ def render_narrative(
     """The document's steps with its figures beside ours, learning curves, one verdict per claim."""
     seeds = max((len(s.runs) for s in n.steps), default=0)
     sc = n.scale_config
-    data = sc.get("data", {})
     parts = [
         f"# {n.title or n.study} ({n.scale} scale)",
         "",
         n.description,
         "",
-        f"Scale `{n.scale}`: {sc.get('epochs', '?')} epochs, "
-        f"{data.get('train_subset') or 'all'} training images, validation fraction {data.get('val_fraction', '?')}, "
-        f"{seeds} seeds per step; the whole test set, evaluated once per run. Figures are mean ± sd over seeds, in % "
-        "(gap = final train accuracy - final validation accuracy, in points). The document's figures come "
-        "from its own, longer runs on all 50,000 images.",
+        f"Scale `{n.scale}`: {_scale_words(sc)}up to {seeds} seeds per step; test sets are evaluated once per run. "
+        "Figures are mean ± sd over seeds, in % (gap = final train accuracy - final validation accuracy, in "
+        "points). The document's figures come from its own runs, at its own scale.",
         "",
         "## Steps: the document's figures beside ours",
         "",

@@ -415,6 +415,7 @@ def run_study(
     worker = int(os.environ.get("STUDYRUNNER_WORKER", "0"))
     if study.trials or worker:  # resumed or parallel: continue or split the sampler's stream, never replay it
         study.sampler = make_sampler(spec, base, offset=len(study.trials) + 7919 * worker)
+    _check_same_config(study, base)
     study.set_user_attr("sweep", spec.model_dump(mode="json"))
     study.set_user_attr("base_config", config_to_dict(base))
     tracker = _tracker(spec, opts)
@@ -479,6 +480,28 @@ def _reap_dead_runs(study: optuna.Study, tracker: Any, reaped: set[int]) -> None
             continue
         reaped.add(t.number)
         tracker.reap(run_id, f"worker {t.user_attrs.get('worker', '?')} stopped sending heartbeats; trial re-queued")
+
+
+# keys that say where or how fast a study runs, not what it trains: they may differ between runs
+_ENVIRONMENT_KEYS = {"out_dir", "threads", "device", "data.path", "data.cache_dir", "eval_batch_size"}
+
+
+def _check_same_config(study: optuna.Study, base: TrainConfig) -> None:
+    """Refuse to add trials of another fixed configuration to an existing study: its trials
+    would no longer be comparable (resume with the same --set values, or use a new study name)."""
+    from .config import flatten
+
+    stored = study.user_attrs.get("base_config")
+    if not stored or not study.trials:
+        return
+    old, new = flatten(stored), flatten(config_to_dict(base))
+    changed = sorted(k for k in set(old) | set(new) if k not in _ENVIRONMENT_KEYS and old.get(k) != new.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        raise StudyrunnerError(
+            f"study {study.study_name!r} already holds {len(study.trials)} trials of another fixed configuration "
+            f"({diffs}); resume it with the same train values and --set options, or give the sweep a new study name"
+        )
 
 
 def _after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: SweepSpec, fails_in_row: int) -> int:

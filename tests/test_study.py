@@ -108,3 +108,12 @@ def test_failing_trial_is_retried_then_recorded_fail(tmp_path, tiny_train, monke
     runs = client.search_runs([client.get_experiment_by_name("f").experiment_id], "tags.`studyrunner.role` = 'trial'")
     assert runs and all(r.info.status == "FAILED" for r in runs)
     assert len(calls) == len(fails)  # every try really ran, none was skipped
+
+
+def test_resuming_with_another_fixed_config_is_refused(tmp_path, tiny_train):
+    spec = _spec(tmp_path, tiny_train, head="budget: {n_trials: 1}\n", name="cfg")
+    run_study(spec, _opts(tmp_path, overrides={"epochs": 1}))
+    with pytest.raises(Exception, match=r"another fixed configuration \(epochs: 1 -> 2\)"):
+        run_study(spec, _opts(tmp_path, n_trials=2, overrides={"epochs": 2}))
+    again = run_study(spec, _opts(tmp_path, n_trials=2, overrides={"epochs": 1, "threads": 1}))
+    assert finished_count(again.study) == 2
