@@ -32,7 +32,7 @@ def prediction_grid(checkpoint: str | Path, out: Path, n: int = 16, data_dir: st
     _, pred = predict(ctx, pick, n)
     cols = 8
     rows = (len(pick) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.75 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 2.0 * rows), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= len(pick):
