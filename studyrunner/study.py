@@ -36,6 +36,7 @@ from .errors import StudyrunnerError
 from .results import trial_state
 from .space import grid_space, suggest
 from .spec import SweepSpec
+from .stores import resolve_storage
 
 __all__ = [
     "StudyEvents",
@@ -72,16 +73,6 @@ class RunOptions:
     storage: str | None = None  # Optuna storage URL; default SQLite runs/optuna.db
     tracking_uri: str | None = None  # MLflow; default SQLite runs/mlflow.db; "none" switches tracking off
     data_dir: str | None = None
-
-
-def resolve_storage(url: str | None) -> str:
-    """``--storage``, else $STUDYRUNNER_STORAGE, else an SQLite file runs/optuna.db."""
-    if url:
-        return url
-    if os.environ.get("STUDYRUNNER_STORAGE"):
-        return os.environ["STUDYRUNNER_STORAGE"]
-    Path("runs").mkdir(exist_ok=True)
-    return f"sqlite:///{Path('runs/optuna.db').resolve()}"
 
 
 def open_storage(url: str, max_retries: int = 1) -> optuna.storages.BaseStorage:

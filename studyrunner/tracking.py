@@ -16,23 +16,12 @@ from typing import Any
 import yaml
 
 from .config import TrainConfig, config_to_dict, flatten
+from .stores import resolve_tracking_uri
 
 __all__ = ["Tracker", "RUN_STATUS", "resolve_tracking_uri"]
 
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "DIVERGED": "FAILED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
 ROLE, STUDY = "studyrunner.role", "studyrunner.study"
-
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """``--tracking-uri``, else $MLFLOW_TRACKING_URI, else an SQLite file runs/mlflow.db."""
-    import os
-
-    if uri:
-        return uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    Path("runs").mkdir(exist_ok=True)
-    return f"sqlite:///{Path('runs/mlflow.db').resolve()}"
 
 
 def _artifact_root(uri: str) -> str | None:
