@@ -374,7 +374,3 @@ def ui(tracking_uri: TrackingOpt = None, port: Annotated[int, typer.Option(help=
         [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
         check=False,
     )
-
-
-def main() -> None:  # pragma: no cover
-    app()

@@ -39,8 +39,9 @@ def prediction_grid(checkpoint: str | Path, out: Path, n: int = 16, data_dir: st
             continue
         ax.imshow(pick.images[i].permute(1, 2, 0).numpy())
         ok = int(pred[i]) == int(pick.labels[i])
-        ax.set_title(f"{splits.classes[int(pred[i])]}\n({splits.classes[int(pick.labels[i])]})", fontsize=7,
-                     color="green" if ok else "red")
+        ax.set_title(
+            f"{splits.classes[int(pred[i])]}\n({splits.classes[int(pick.labels[i])]})", fontsize=7, color="green" if ok else "red"
+        )
     fig.suptitle("predicted (true) on validation images", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .engine import EpochRecord
-from .results import trial_state
+from .results import count_states, trial_state
 from .spec import SweepSpec
 from .study import StudyEvents, StudyOutcome
 
@@ -61,9 +61,7 @@ class LiveStudy(StudyEvents):
         self.progress.update(self.batch_task, completed=done, total=total)
 
     def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        counts: dict[str, int] = {}
-        for t in study.get_trials(deepcopy=False):
-            counts[trial_state(t)] = counts.get(trial_state(t), 0) + 1
+        counts = count_states(study.get_trials(deepcopy=False))
         state = trial_state(trial)
         value = "" if trial.value is None else f" value {trial.value:.4f}"
         why = trial.user_attrs.get("reason") or trial.user_attrs.get("fail_reason") or ""

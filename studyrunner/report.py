@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from .results import NarrativeResult, StepResult, StudyResult, TrialResult, Verdict
+from .results import NarrativeResult, StepResult, StudyResult, Verdict
 
 __all__ = ["md_table", "effects", "render_sweep_report", "render_narrative", "history_info", "EFFECT_BINS"]
 
@@ -403,8 +403,12 @@ def render_narrative(
         if out is not None and _save_curves(narrative_curves_info(s), s.title, out / f"{s.name}.png"):
             parts += [f"![{s.title}]({s.name}.png)", ""]
         if out is not None and gallery is not None and gallery(s, out / f"{s.name}_predictions.png"):
-            parts += ["Validation images, predicted (true), best run's best checkpoint:", "",
-                      f"![{s.title}: predictions]({s.name}_predictions.png)", ""]
+            parts += [
+                "Validation images, predicted (true), best run's best checkpoint:",
+                "",
+                f"![{s.title}: predictions]({s.name}_predictions.png)",
+                "",
+            ]
     parts += ["## Reproduce", "", "```bash", command, "```", ""]
     return "\n".join(parts)
 
@@ -414,7 +418,3 @@ def write(markdown: str, out: Path) -> Path:
     path = out / "README.md"
     path.write_text(markdown)
     return path
-
-
-def trial_table(trials: Sequence[TrialResult]) -> list[list[Any]]:
-    return [[t.number, t.state, None if t.value is None else f"{t.value:.4f}", _params(t.params)] for t in trials]

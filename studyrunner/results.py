@@ -33,7 +33,12 @@ def trial_state(t: optuna.trial.FrozenTrial) -> str:
     return t.state.name
 
 
-_state = trial_state
+def count_states(trials: Any) -> dict[str, int]:
+    """Trials by studyrunner state (see trial_state)."""
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[trial_state(t)] = counts.get(trial_state(t), 0) + 1
+    return counts
 
 
 def list_studies(storage: str) -> list[StudyRow]:
@@ -41,9 +46,7 @@ def list_studies(storage: str) -> list[StudyRow]:
     rows = []
     for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
         study = optuna.load_study(study_name=s.study_name, storage=storage)
-        counts: dict[str, int] = {}
-        for t in study.get_trials(deepcopy=False):
-            counts[_state(t)] = counts.get(_state(t), 0) + 1
+        counts = count_states(study.get_trials(deepcopy=False))
         best = s.best_trial
         rows.append(
             StudyRow(
@@ -70,7 +73,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         last = history[-1] if history else {}
         row: dict[str, Any] = {
             "number": t.number,
-            "state": _state(t),
+            "state": trial_state(t),
             "value": t.value,
             "value_sd": ua.get("value_sd"),
             "best_val_acc": ua.get("best_val_acc"),
@@ -151,7 +154,7 @@ def _trial_result(t: optuna.trial.FrozenTrial) -> TrialResult:
     ua = t.user_attrs
     return TrialResult(
         t.number,
-        _state(t),
+        trial_state(t),
         t.value,
         dict(t.params),
         list(ua.get("history") or []),

@@ -8,7 +8,6 @@ categorical ``choices`` and conditional parameters with ``when``). See README, "
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -321,10 +320,6 @@ def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None 
         except ConfigError as exc:
             raise SpecError(f"{path}: {exc}") from None
     return apply_overrides(cfg, overrides or {})
-
-
-def is_finite_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # --------------------------------------------------------------------------- narrative studies

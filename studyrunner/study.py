@@ -33,7 +33,7 @@ from .config import DataConfig, TrainConfig, apply_overrides, config_to_dict
 from .data import Splits, load_splits
 from .engine import EpochRecord, FitResult, fit, resolve_device, resolve_precision
 from .errors import StudyrunnerError
-from .results import trial_state
+from .results import count_states
 from .space import grid_space, suggest
 from .spec import SweepSpec
 from .stores import resolve_storage
@@ -367,10 +367,7 @@ def _busy(study: optuna.Study) -> tuple[int, int]:
 
 
 def _counts(study: optuna.Study) -> dict[str, int]:
-    counts = {"COMPLETE": 0, "PRUNED": 0, "DIVERGED": 0, "FAIL": 0, "RUNNING": 0}
-    for t in study.get_trials(deepcopy=False):
-        counts[trial_state(t)] = counts.get(trial_state(t), 0) + 1
-    return counts
+    return {"COMPLETE": 0, "PRUNED": 0, "DIVERGED": 0, "FAIL": 0, "RUNNING": 0, **count_states(study.get_trials(deepcopy=False))}
 
 
 @dataclass

@@ -69,8 +69,6 @@ def run_workers(
     console: Console,
 ) -> int:
     """Start ``jobs`` workers, report progress until they end; the exit code is the worst of theirs."""
-    import optuna
-
     if storage and storage.startswith("sqlite:///:memory:"):
         raise StudyrunnerError("--jobs needs a storage the workers share; an in-memory SQLite database is not")
     name = load_narrative(sweep).study if is_narrative(sweep) else load_sweep(sweep).study  # validate before starting
@@ -89,14 +87,14 @@ def run_workers(
     last = ""
     while any(p.poll() is None for p, _ in procs):
         time.sleep(2)
-        line = _progress_line(optuna, url, name)
+        line = _progress_line(url, name)
         if line and line != last:
             console.print(line, highlight=False)
             last = line
     for _, log in procs:
         log.close()
     codes = [p.returncode for p, _ in procs]
-    console.print(f"workers ended with exit codes {codes}; {_progress_line(optuna, url, name)}", highlight=False)
+    console.print(f"workers ended with exit codes {codes}; {_progress_line(url, name)}", highlight=False)
     return max(codes, key=abs)
 
 
@@ -111,18 +109,20 @@ def _prepare_stores(url: str, uri: str) -> None:
     MlflowClient(uri).search_experiments(max_results=1)
 
 
-def _progress_line(optuna: object, url: str, name: str) -> str:
-    import optuna as op
+def _progress_line(url: str, name: str) -> str:
+    """'STUDY: COMPLETE 3, RUNNING 2' over the study (or every step of a narrative study)."""
+    import optuna
 
-    from .results import trial_state
+    from .results import count_states
 
     try:
-        names = [s.study_name for s in op.get_all_study_summaries(url, include_best_trial=False)]
-        counts: dict[str, int] = {}
-        for n in names:
-            if n == name or n.startswith(f"{name}."):
-                for t in op.load_study(study_name=n, storage=url).get_trials(deepcopy=False):
-                    counts[trial_state(t)] = counts.get(trial_state(t), 0) + 1
+        names = [s.study_name for s in optuna.get_all_study_summaries(url, include_best_trial=False)]
+        trials = [
+            t
+            for n in names
+            if n == name or n.startswith(f"{name}.")
+            for t in optuna.load_study(study_name=n, storage=url).get_trials(deepcopy=False)
+        ]
     except Exception:  # the workers may not have created the study yet
         return ""
-    return f"{name}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    return f"{name}: " + ", ".join(f"{k} {v}" for k, v in sorted(count_states(trials).items()))
