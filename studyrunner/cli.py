@@ -184,11 +184,14 @@ TrackingOpt = Annotated[
 def validate(
     sweep: Annotated[Path, typer.Argument(help="Sweep YAML file.")], set_: SetOpt = None, data_dir: DataDirOpt = None
 ) -> None:
-    """Check a sweep file (keys, ranges, conditions, data path) without training; print its space."""
+    """Check a sweep or narrative study file (keys, ranges, conditions, data path) without training; print its plan."""
     from .config import parse_assignments
     from .data import resolve_root
-    from .spec import load_sweep
+    from .spec import is_narrative, load_sweep
 
+    if is_narrative(sweep):
+        _validate_narrative(sweep, parse_assignments(set_ or []), data_dir)
+        return
     spec = load_sweep(sweep)
     base = spec.base_config(parse_assignments(set_ or []))
     root = resolve_root(base.data, data_dir)
@@ -210,6 +213,32 @@ def validate(
     Console().print(table)
     console.print(
         f"ok: {sweep} is valid; data root {root}; {base.epochs} epochs per trial, repeats {spec.repeats}", highlight=False
+    )
+
+
+def _validate_narrative(path: Path, overrides: dict[str, str], data_dir: str | None) -> None:
+    """Print every step's resolved settings at every scale (each step config is already checked by loading)."""
+    from .data import resolve_root
+    from .spec import load_narrative
+
+    story = load_narrative(path)
+    scales = list(story.scales) or ["full"]
+    table = Table("step", "scale", "seeds", "epochs", "batch", "init", "optimizer", title=story.study)
+    for step in story.steps:
+        for scale in scales:
+            cfg = story.step_config(step, scale, overrides)
+            optim = f"{cfg.optim.name} {cfg.optim.lr:g}"
+            optim += f", backbone x{cfg.optim.backbone_lr_mult:g}" if cfg.optim.backbone_lr_mult != 1 else ""
+            optim += f", {cfg.sched.name}" if cfg.sched.name != "none" else ""
+            init = cfg.model.init.replace(f"study:{story.study}.{scale}.", "step:")
+            init += ", frozen" if cfg.model.freeze == "backbone" else ""
+            table.add_row(step.name, scale, str(step.repeats or story.repeats), str(cfg.epochs), str(cfg.batch_size), init, optim)
+    Console().print(table)
+    root = resolve_root(story.step_config(story.steps[0], scales[0], overrides).data, data_dir)
+    console.print(
+        f"ok: {path} is a valid narrative study; {len(story.steps)} steps, {len(story.claims)} claims, "
+        f"scales {', '.join(scales)}; data root {root}",
+        highlight=False,
     )
 
 

@@ -89,3 +89,31 @@ def test_shipped_narrative_is_valid_at_both_scales():
     for step in spec.steps:
         assert spec.step_config(step, "reduced").epochs == 30
         assert spec.step_config(step, "full").data.train_subset == 0
+
+
+@pytest.mark.parametrize("name", ["cifar10_tuning.yaml", "transfer_cifar.yaml"])
+def test_validate_command_accepts_shipped_narratives(tmp_path, name):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from studyrunner.cli import app
+
+    path = Path(__file__).parent.parent / "studies" / name
+    res = CliRunner().invoke(app, ["validate", str(path), "--data-dir", str(tmp_path)])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0, out
+    assert "valid narrative study" in out and f"{len(load_narrative(path).steps)} steps" in out
+    if name == "transfer_cifar.yaml":  # the fine-tune step's own settings are visible before anything runs
+        assert "step:pretrain" in out and "backbone x0.1" in out
+
+
+def test_validate_command_names_a_bad_narrative_step(tmp_path, tiny_train):
+    from typer.testing import CliRunner
+
+    from studyrunner.cli import app
+
+    path = _story(tmp_path, tiny_train, STORY.replace("model: {batchnorm: true}", "model: {batchnorm: maybe}", 1))
+    res = CliRunner().invoke(app, ["validate", str(path)])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and out.startswith("error:") and "step bn" in out and "Traceback" not in out
