@@ -20,7 +20,7 @@ from torchvision import datasets, transforms
 from .config import TrainConfig, apply_overrides
 from .data import DataError, ImageSet, load_splits, resolve_root
 from .engine import _setup, train_one_epoch
-from .models import CifarAlexNet
+from .models import CifarAlexNet, resolve_input
 from .optim import Schedule, build_optimizer
 
 __all__ = ["run_bench", "documents_pipeline", "engine_pipeline"]
@@ -95,18 +95,20 @@ def run_bench(
     data_dir: str | None, images: int, batch_size: int, workers: int, log: Callable[[str], None] = print
 ) -> list[tuple[str, float, float]]:
     """[(pipeline, images/s, ratio to the documents' pipeline)] measured now, on this machine."""
-    base = apply_overrides(
-        TrainConfig(),
-        {
-            "batch_size": batch_size,
-            "model.batchnorm": True,
-            "optim.name": "adam",
-            "optim.lr": 5e-4,
-            "augment.crop_padding": 4,
-            "augment.flip": True,
-            "data.val_fraction": 0.0,
-            "data.train_subset": images,
-        },
+    base = resolve_input(
+        apply_overrides(
+            TrainConfig(),
+            {
+                "batch_size": batch_size,
+                "model.batchnorm": True,
+                "optim.name": "adam",
+                "optim.lr": 5e-4,
+                "augment.crop_padding": 4,
+                "augment.flip": True,
+                "data.val_fraction": 0.0,
+                "data.train_subset": images,
+            },
+        )
     )
     root = resolve_root(base.data, data_dir)
     splits = load_splits(base.data, data_dir)
@@ -166,7 +168,7 @@ def trial_overhead(
         opts = study_mod.RunOptions(
             storage=f"sqlite:///{tmp}/optuna.db", tracking_uri=f"sqlite:///{tmp}/mlflow.db", data_dir=data_dir
         )
-        load_splits(spec.base_config().data, data_dir)  # warm the decoded-image cache: not a per-trial cost
+        load_splits(resolve_input(spec.base_config()).data, data_dir)  # warm the decoded-image cache: not a per-trial cost
         study_mod.fit, tracking.Tracker.log_epoch = timed_fit, timed_log  # type: ignore[assignment]
         try:
             log(f"tracked study: {trials} trials x {epochs} epochs on {subset} images ...")

@@ -85,6 +85,7 @@ def train(
     from .config import config_to_dict, parse_assignments
     from .data import load_splits
     from .engine import fit
+    from .models import resolve_input
     from .spec import load_train_config
 
     overrides: dict[str, Any] = dict(parse_assignments(set_ or []))
@@ -96,6 +97,7 @@ def train(
         from .study import resolve_storage
 
         cfg = apply_overrides(cfg, {"model.init": best_checkpoint(cfg.model.init.removeprefix("study:"), resolve_storage(None))})
+    cfg = resolve_input(cfg)
     with _progress() as bar:
         task = bar.add_task("loading data", total=None)
         splits = load_splits(

@@ -52,7 +52,7 @@ class DataConfig:
     train_subset: int = 0  # training images used (seeded, stratified); 0 = all
     val_fraction: float = 0.1  # share of the training set held out for validation (0 = none)
     split_seed: int = 0  # seed of the val split and the subset (fixed across training seeds)
-    image_size: int = 32  # pixels; images are resized (shorter side) and centre-cropped to this
+    image_size: int = 0  # pixels (resized on the shorter side, centre-cropped); 0 = 224 for ImageNet-pretrained weights, else 32
     cache_dir: str = ""  # decoded-image cache; "" = $STUDYRUNNER_CACHE_DIR or ~/.cache/studyrunner
     classes: tuple[str, ...] = ()  # keep only these class names (relabelled in source order); () = all
     val_from: Literal["train", "test"] = "train"  # test: the test (or val) folder is the validation set, no test set
@@ -64,7 +64,7 @@ class ModelConfig:
     batchnorm: bool = False  # cifar_alexnet: BatchNorm after every conv (document 004 step 5)
     # cifar_alexnet: dropout probability after pool1, pool2, conv4, fc1 (document 004 step 6)
     dropout: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
-    cifar_stem: bool = True  # resnets: 3x3 stride-1 first conv and no max-pool (for 32 px inputs)
+    cifar_stem: bool = True  # resnets: 3x3 stride-1 first conv, no max-pool (32 px); ImageNet weights keep their stem
     # scratch | imagenet (torchvision weights) | path to a state dict or checkpoint | study:NAME
     # (the best checkpoint of an earlier study); the classifier head is always fresh
     init: str = "scratch"
@@ -97,7 +97,7 @@ class SchedConfig:
     threshold: float = 1e-4  # plateau: least change that counts as improvement
     threshold_mode: Literal["rel", "abs"] = "rel"  # plateau: relative or absolute threshold
     cooldown: int = 0  # plateau: epochs to wait after a decay
-    min_lr: float = 0.0  # plateau/cosine: LR floor
+    min_lr: float = 0.0  # plateau/cosine: the head's LR floor (a backbone at backbone_lr_mult x gets the floor x it)
     pct_start: float = 0.3  # onecycle: share of steps spent warming up
 
 
@@ -288,7 +288,7 @@ def validate(config: TrainConfig) -> None:
         (config.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
         (0.0 <= config.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
         (config.data.train_subset >= 0, "data.train_subset must be >= 0 (0 = all)"),
-        (config.data.image_size >= 8, "data.image_size must be >= 8 pixels"),
+        (config.data.image_size == 0 or config.data.image_size >= 8, "data.image_size must be 0 (auto) or >= 8 pixels"),
         (all(0.0 <= p < 1.0 for p in config.model.dropout), "model.dropout values must be in [0, 1)"),
         (config.optim.lr > 0, "optim.lr must be > 0"),
         (config.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
@@ -296,6 +296,7 @@ def validate(config: TrainConfig) -> None:
         (config.sched.step_size >= 1, "sched.step_size must be >= 1"),
         (0.0 < config.sched.factor < 1.0, "sched.factor must be in (0, 1)"),
         (config.sched.patience >= 0, "sched.patience must be >= 0"),
+        (0.0 <= config.sched.min_lr < config.optim.lr, "sched.min_lr must be >= 0 and below optim.lr"),
         (config.sched.threshold >= 0, "sched.threshold must be >= 0"),
         (0.0 < config.sched.pct_start < 1.0, "sched.pct_start must be in (0, 1)"),
         (list(config.sched.milestones) == sorted(config.sched.milestones), "sched.milestones must increase"),

@@ -12,11 +12,11 @@ import os
 import pickle
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import DataConfig
 from .errors import StudyrunnerError
@@ -33,7 +33,7 @@ __all__ = [
     "batches",
 ]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # document 004's normalisation statistics
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -151,11 +151,28 @@ def _fingerprint(files: list[Path], extra: str) -> str:
     return h.hexdigest()
 
 
+def _to_rgb(src: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: palettes and alpha via RGBA, 16/32-bit and float grayscale scaled
+    to 0..255 (not clipped), EXIF orientation applied."""
+    src = ImageOps.exif_transpose(src) or src
+    if src.mode in ("P", "PA", "LA"):
+        return src.convert("RGBA").convert("RGB")
+    if src.mode.startswith("I") or src.mode == "F":
+        import numpy as np
+
+        a = np.asarray(src, dtype=np.float64)
+        top = 65535.0 if src.mode.startswith("I;16") or (src.mode == "I" and a.max(initial=0) > 255) else 255.0
+        if src.mode == "F" and a.max(initial=0) <= 1.0:
+            top = 1.0
+        return Image.fromarray(np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8)).convert("RGB")
+    return src.convert("RGB")
+
+
 def _decode(path: Path, size: int) -> torch.Tensor:
     """One image of any mode -> uint8 [3, size, size]: shorter side resized, centre-cropped."""
     try:
         with Image.open(path) as src:
-            im = src.convert("RGBA").convert("RGB") if src.mode in ("P", "PA", "LA") else src.convert("RGB")
+            im = _to_rgb(src)
             if im.size != (size, size):
                 w, h = im.size
                 scale = size / min(w, h)
@@ -308,6 +325,8 @@ def select_classes(images: ImageSet, names: tuple[str, ...], root: Path) -> Imag
 def load_splits(cfg: DataConfig, data_dir: str | None = None, progress: Progress = None) -> Splits:
     """Train/val/test splits for ``cfg``: val held out from train (stratified, ``split_seed``),
     the training subset drawn after that, normalisation statistics from what remains."""
+    if not cfg.image_size:  # auto without weights to follow: 32 (models.resolve_input picks 224 for ImageNet weights)
+        cfg = replace(cfg, image_size=32)
     root = resolve_root(cfg, data_dir)
     val: ImageSet | None = None
     test: ImageSet | None

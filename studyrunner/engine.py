@@ -32,6 +32,7 @@ from .models import (
     freeze_backbone_norms,
     head_parameters,
     load_init,
+    resolve_input,
     set_backbone_trainable,
 )
 from .optim import Schedule, build_optimizer
@@ -136,6 +137,8 @@ class _Ctx:
     std: torch.Tensor
     channels_last: bool
     frozen: bool = False  # backbone frozen: its BatchNorm statistics stay fixed too
+    fresh: frozenset[str] = frozenset()  # backbone parameters not loaded by model.init: never frozen
+    imagenet: bool = False  # inputs normalised with ImageNet's statistics (recorded in checkpoints)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -153,7 +156,7 @@ def train_one_epoch(
     """One pass over ``data``; returns (mean loss, accuracy, images/s). Stops early on a non-finite loss."""
     ctx.model.train()
     if ctx.frozen:
-        freeze_backbone_norms(ctx.model)
+        freeze_backbone_norms(ctx.model, ctx.fresh)
     loss_sum = torch.zeros((), device=ctx.device)
     correct = torch.zeros((), device=ctx.device, dtype=torch.int64)
     seen, start = 0, time.perf_counter()
@@ -207,11 +210,14 @@ def confusion(ctx: _Ctx, data: ImageSet, batch_size: int, classes: int) -> torch
     return torch.bincount(data.labels * classes + pred, minlength=classes * classes).view(classes, classes).cpu()
 
 
-def _save(path: Path, model: nn.Module, cfg: TrainConfig, record: EpochRecord, classes: list[str]) -> None:
+def _save(path: Path, ctx: _Ctx, cfg: TrainConfig, record: EpochRecord, classes: list[str]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
-            "model": model.state_dict(),
+            "model": ctx.model.state_dict(),
+            "normalisation": "imagenet" if ctx.imagenet else "data",
+            "mean": ctx.mean.tolist(),
+            "std": ctx.std.tolist(),
             "config": config_to_dict(cfg),
             "epoch": record.epoch,
             "metrics": asdict(record),
@@ -239,20 +245,19 @@ def _setup(cfg: TrainConfig, splits: Splits) -> tuple[_Ctx, FitResult]:
     init = load_init(model, cfg.model)
     model = model.to(device)
     if cfg.model.freeze == "backbone":
-        set_backbone_trainable(model, False)
+        set_backbone_trainable(model, False, init.fresh)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     dtype = resolve_precision(cfg.precision, device)
-    pretrained_on_imagenet = cfg.model.init == "imagenet"  # inputs normalised as in its pretraining
-    mean = torch.tensor(IMAGENET_MEAN if pretrained_on_imagenet else splits.mean, device=device)
-    std = torch.tensor(IMAGENET_STD if pretrained_on_imagenet else splits.std, device=device)
-    ctx = _Ctx(model, device, dtype, mean, std, cfg.channels_last, cfg.model.freeze == "backbone")
+    mean = torch.tensor(IMAGENET_MEAN if init.imagenet else splits.mean, device=device)  # as in its pretraining
+    std = torch.tensor(IMAGENET_STD if init.imagenet else splits.std, device=device)
+    ctx = _Ctx(model, device, dtype, mean, std, cfg.channels_last, cfg.model.freeze == "backbone", init.fresh, init.imagenet)
     result = FitResult(
         device=str(device),
         precision=str(dtype or torch.float32).replace("torch.", ""),
         num_params=sum(p.numel() for p in model.parameters()),
         checkpoint_dir=cfg.out_dir,
-        init=init,
+        init=init.summary,
         classes=list(splits.classes),
     )
     return ctx, result
@@ -275,6 +280,9 @@ def fit(cfg: TrainConfig, splits: Splits, on_epoch: OnEpoch = None, on_batch: On
     ``stopped``); exceptions it raises (a pruner's, say) propagate. A non-finite or exploding
     training loss ends the run with outcome ``diverged`` instead of an exception.
     """
+    cfg = resolve_input(cfg)
+    if splits.train.images.shape[-1] != cfg.data.image_size:
+        raise ValueError(f"splits hold {splits.train.images.shape[-1]} px images, the config asks for {cfg.data.image_size}")
     ctx, result = _setup(cfg, splits)
     splits = splits.to(ctx.device)
     gen = torch.Generator(device=ctx.device).manual_seed(cfg.seed)
@@ -306,14 +314,14 @@ def fit(cfg: TrainConfig, splits: Splits, on_epoch: OnEpoch = None, on_batch: On
             result.best_epoch, result.best_val_acc = epoch, val_acc
             best_state = copy.deepcopy(ctx.model.state_dict())
             if out:
-                _save(out / "best.pt", ctx.model, cfg, record, splits.classes)
+                _save(out / "best.pt", ctx, cfg, record, splits.classes)
         metrics = {k: v for k, v in (("val_acc", val_acc), ("val_loss", val_loss)) if v is not None}
         schedule.after_epoch(metrics)
         if on_epoch and on_epoch(record):
             result.outcome, result.reason = "stopped", f"stopped by the caller after epoch {epoch}"
             break
     if out and result.history:
-        _save(out / "last.pt", ctx.model, cfg, result.history[-1], splits.classes)
+        _save(out / "last.pt", ctx, cfg, result.history[-1], splits.classes)
     if result.outcome != "diverged" and best_state is not None:
         ctx.model.load_state_dict(best_state)
         if splits.val is not None:

@@ -10,6 +10,7 @@ import torch
 from .config import config_from_dict
 from .data import load_splits, stratified_indices
 from .engine import _Ctx, predict, resolve_device
+from .errors import StudyrunnerError
 from .models import build_model
 from .plots import close, plt
 
@@ -18,17 +19,21 @@ __all__ = ["prediction_grid"]
 
 def prediction_grid(checkpoint: str | Path, out: Path, n: int = 16, data_dir: str | None = None) -> Path:
     """Predict ``n`` validation images (seeded, stratified) with ``checkpoint`` and save the grid."""
-    blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    cfg = config_from_dict(blob["config"])
+    try:
+        blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        cfg = config_from_dict(blob["config"])
+    except Exception as exc:  # missing, truncated, not a pickle, not ours
+        raise StudyrunnerError(f"{checkpoint}: not a readable studyrunner checkpoint ({type(exc).__name__}: {exc})") from None
     splits = load_splits(cfg.data, data_dir)
     val = splits.val or splits.test
     if val is None:
-        raise ValueError(f"{checkpoint}: its data has no validation or test images to show")
+        raise StudyrunnerError(f"{checkpoint}: its data has no validation or test images to show")
     pick = val.subset(stratified_indices(val.labels, n, seed=0))
     model = build_model(cfg.model, len(splits.classes), cfg.data.image_size)
     model.load_state_dict(blob["model"])
     device = resolve_device("cpu")
-    ctx = _Ctx(model, device, None, torch.tensor(splits.mean), torch.tensor(splits.std), False)
+    mean, std = blob.get("mean", splits.mean), blob.get("std", splits.std)  # the normalisation it was trained with
+    ctx = _Ctx(model, device, None, torch.tensor(mean), torch.tensor(std), False)
     _, pred = predict(ctx, pick, n)
     cols = 8
     rows = (len(pick) + cols - 1) // cols

@@ -6,15 +6,27 @@ valid ones. Every model ends in a fresh classifier head sized for ``num_classes`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision import models as tvm
 
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig, TrainConfig
 
-__all__ = ["CifarAlexNet", "MODELS", "build_model", "head_parameters"]
+__all__ = [
+    "CifarAlexNet",
+    "Init",
+    "MODELS",
+    "build_model",
+    "head_parameters",
+    "imagenet_pretrained",
+    "load_init",
+    "resolve_input",
+]
 
 
 def _conv_block(cin: int, cout: int, k: int, batchnorm: bool) -> list[nn.Module]:
@@ -72,7 +84,7 @@ class CifarAlexNet(nn.Module):
 def _resnet(fn: Callable[..., tvm.ResNet]) -> Callable[[ModelConfig, int, int], nn.Module]:
     def build(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
         net = fn(weights=None, num_classes=num_classes)
-        if cfg.cifar_stem:  # small images: keep resolution in the stem
+        if cfg.cifar_stem and not imagenet_pretrained(cfg.init):  # small images: keep resolution in the stem
             net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()  # type: ignore[assignment]
         return net
@@ -126,22 +138,66 @@ _WEIGHTS = {
 }
 
 
+IMAGENET_SIZE = 224  # the input size torchvision's ImageNet weights were trained at
+
+
+@functools.cache
+def _imagenet_filenames() -> frozenset[str]:
+    return frozenset(getattr(tvm, w).DEFAULT.url.rsplit("/", 1)[-1] for w in _WEIGHTS.values())
+
+
+@functools.lru_cache(maxsize=64)
+def _checkpoint_normalisation(path: str, mtime_ns: int) -> str:
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unreadable files are reported by load_init with the reason
+        return "data"
+    return str(blob.get("normalisation", "data")) if isinstance(blob, dict) else "data"
+
+
+def imagenet_pretrained(init: str) -> bool:
+    """True when ``model.init``'s weights come from ImageNet pretraining: ``imagenet``, a
+    torchvision ImageNet weights file (by its published name), or a studyrunner checkpoint of a
+    run that started from such weights. Their input size, stem and normalisation follow ImageNet's."""
+    if init == "imagenet":
+        return True
+    if init == "scratch" or init.startswith("study:"):
+        return False
+    p = Path(init).expanduser()
+    if p.name in _imagenet_filenames():
+        return True
+    return p.is_file() and _checkpoint_normalisation(str(p), p.stat().st_mtime_ns) == "imagenet"
+
+
+def resolve_input(cfg: TrainConfig) -> TrainConfig:
+    """Fill in ``data.image_size: 0`` (auto): 224 for ImageNet-pretrained weights, else 32."""
+    if cfg.data.image_size:
+        return cfg
+    size = IMAGENET_SIZE if imagenet_pretrained(cfg.model.init) else 32
+    return replace(cfg, data=replace(cfg.data, image_size=size))
+
+
 def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Every parameter that is not in the classifier head."""
     head = {id(p) for p in head_parameters(model)}
     return [p for p in model.parameters() if id(p) not in head]
 
 
-def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+def set_backbone_trainable(model: nn.Module, trainable: bool, keep: frozenset[str] = frozenset()) -> None:
+    """Switch the backbone's gradients; parameters named in ``keep`` (fresh, not loaded) always train."""
+    names = {id(p): n for n, p in model.named_parameters()}
     for p in backbone_parameters(model):
-        p.requires_grad_(trainable)
+        p.requires_grad_(trainable or names[id(p)] in keep)
 
 
-def freeze_backbone_norms(model: nn.Module) -> None:
-    """Keep BatchNorm statistics of a frozen backbone fixed (call after ``model.train()``)."""
+def freeze_backbone_norms(model: nn.Module, keep: frozenset[str] = frozenset()) -> None:
+    """Keep BatchNorm statistics of a frozen backbone fixed (call after ``model.train()``); norms
+    whose parameters are named in ``keep`` (fresh, not loaded) keep learning."""
     head = {id(p) for p in head_parameters(model)}
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(id(p) in head for p in m.parameters()):
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm) or any(id(p) in head for p in m.parameters()):
+            continue
+        if not any(f"{name}.{n}" in keep for n, _ in m.named_parameters()):
             m.eval()
 
 
@@ -179,19 +235,40 @@ def _file_state(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_init(model: nn.Module, cfg: ModelConfig) -> str:
+@dataclass(frozen=True)
+class Init:
+    """What ``load_init`` did: a one-line summary, the backbone parameters left fresh (they train
+    even under ``model.freeze: backbone``) and whether inputs follow ImageNet's normalisation."""
+
+    summary: str = "scratch"
+    fresh: frozenset[str] = field(default_factory=frozenset)
+    imagenet: bool = False
+
+
+def load_init(model: nn.Module, cfg: ModelConfig) -> Init:
     """Load ``cfg.init`` weights into ``model`` except the classifier head (and any other tensor
-    whose shape differs, like a 7x7 ImageNet stem under a CIFAR stem). Returns a one-line summary."""
+    whose shape differs, like a 7x7 ImageNet stem under a CIFAR stem)."""
     if cfg.init == "scratch":
-        return "scratch"
+        return Init()
     if cfg.init.startswith("study:"):
         raise ConfigError(f"model.init={cfg.init}: resolve it to the study's best checkpoint before training")
     state = _imagenet_state(cfg.name) if cfg.init == "imagenet" else _file_state(cfg.init)
     own = model.state_dict()
     head = {n for n, p in model.named_parameters() if any(p is h for h in head_parameters(model))}
     usable = {k: v for k, v in state.items() if k in own and k not in head and own[k].shape == v.shape}
-    if not usable:
-        raise ConfigError(f"model.init={cfg.init}: no tensor matches model {cfg.name} (is it a {cfg.name} checkpoint?)")
+    backbone = [k for k in own if k not in head]
+    matched = sum(v.numel() for v in usable.values()) / max(1, sum(own[k].numel() for k in backbone))
+    misfits = [k for k in backbone if k in state and state[k].shape != own[k].shape]
+    if matched < 0.5 or len(misfits) > 1:  # one misfit is a stem or an input size; more is another architecture
+        raise ConfigError(
+            f"model.init={cfg.init}: only {len(usable)} of the {len(backbone)} backbone tensors of model {cfg.name} "
+            f"({matched:.0%} of its weights) match it"
+            + (f", {len(misfits)} differ in shape ({', '.join(misfits[:3])}, ...)" if len(misfits) > 1 else "")
+            + f"; is it a {cfg.name} state dict or checkpoint (same model.name, model.batchnorm and stem)?"
+        )
     model.load_state_dict(usable, strict=False)
-    skipped = len([k for k in own if k not in usable and k not in head])
-    return f"{cfg.init}: loaded {len(usable)} tensors, head fresh" + (f", {skipped} others fresh" if skipped else "")
+    params = {n for n, _ in model.named_parameters()}
+    fresh = frozenset(k for k in backbone if k not in usable and k in params)
+    skipped = len([k for k in backbone if k not in usable])
+    summary = f"{cfg.init}: loaded {len(usable)} tensors, head fresh" + (f", {skipped} others fresh" if skipped else "")
+    return Init(summary, fresh, imagenet_pretrained(cfg.init))

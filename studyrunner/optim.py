@@ -6,6 +6,7 @@ others once per epoch (ReduceLROnPlateau with the monitored validation metric).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -75,6 +76,7 @@ class Schedule:
 def _build(opt: torch.optim.Optimizer, cfg: SchedConfig, epochs: int, steps: int) -> object | None:
     if cfg.name == "none":
         return None
+    head_lr = opt.param_groups[-1]["lr"]  # sched.min_lr is the head's floor; other groups scale with their LR
     if cfg.name == "step":
         return sched.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
     if cfg.name == "multistep":
@@ -88,10 +90,13 @@ def _build(opt: torch.optim.Optimizer, cfg: SchedConfig, epochs: int, steps: int
             threshold=cfg.threshold,
             threshold_mode=cfg.threshold_mode,
             cooldown=cfg.cooldown,
-            min_lr=cfg.min_lr,
+            min_lr=[cfg.min_lr * g["lr"] / head_lr for g in opt.param_groups],
         )
     if cfg.name == "cosine":
-        return sched.CosineAnnealingLR(opt, T_max=epochs, eta_min=cfg.min_lr)
+        if cfg.min_lr == 0:
+            return sched.CosineAnnealingLR(opt, T_max=epochs)
+        floor = cfg.min_lr / head_lr  # as a share of each group's LR: a backbone at 0.1x decays to 0.1x the floor
+        return sched.LambdaLR(opt, lambda e: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(e, epochs) / epochs)))
     if cfg.name == "onecycle":
         max_lr = [g["lr"] for g in opt.param_groups]
         return sched.OneCycleLR(opt, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps, pct_start=cfg.pct_start)

@@ -33,6 +33,7 @@ from .config import DataConfig, TrainConfig, apply_overrides, config_to_dict
 from .data import Splits, load_splits
 from .engine import EpochRecord, FitResult, fit, resolve_device, resolve_precision
 from .errors import StudyrunnerError
+from .models import resolve_input
 from .results import count_states
 from .space import grid_space, suggest
 from .spec import SweepSpec
@@ -202,7 +203,7 @@ class Objective:
         trial.set_user_attr("checkpoint", str(Path(cfg.out_dir) / "best.pt"))
         splits = self.data(cfg.data)
         self.events.trial_started(number, sampled)
-        run_id = self._start_run(trial, number, cfg, sampled)
+        run_id = self._start_run(trial, number, cfg, sampled, splits.classes)
         self._records = []
         state, reason, values, results = "FAIL", "", [], []
         try:
@@ -290,9 +291,11 @@ class Objective:
             from .results import best_checkpoint
 
             over["model.init"] = best_checkpoint(cfg.model.init.removeprefix("study:"), self.storage_url or resolve_storage(None))
-        return apply_overrides(cfg, over)
+        return resolve_input(apply_overrides(cfg, over))
 
-    def _start_run(self, trial: optuna.Trial, number: int, cfg: TrainConfig, sampled: dict[str, Any]) -> str | None:
+    def _start_run(
+        self, trial: optuna.Trial, number: int, cfg: TrainConfig, sampled: dict[str, Any], classes: list[str]
+    ) -> str | None:
         if self.tracker is None:
             return None
         device = resolve_device(cfg.device)
@@ -302,7 +305,7 @@ class Objective:
             "precision": str(resolve_precision(cfg.precision, device) or "float32").replace("torch.", ""),
             "repeats": str(self.spec.repeats),
         }
-        run_id: str = self.tracker.start_trial(number, cfg, sampled, tags)
+        run_id: str = self.tracker.start_trial(number, cfg, sampled, tags, classes)
         trial.set_user_attr("mlflow_run_id", run_id)
         return run_id
 
@@ -403,9 +406,9 @@ def run_study(
     worker = int(os.environ.get("STUDYRUNNER_WORKER", "0"))
     if study.trials or worker:  # resumed or parallel: continue or split the sampler's stream, never replay it
         study.sampler = make_sampler(spec, base, offset=len(study.trials) + 7919 * worker)
-    _check_same_config(study, base)
+    _check_same_config(study, resolve_input(base))  # auto values resolved: data.image_size 0 and 32 are the same
     study.set_user_attr("sweep", spec.model_dump(mode="json"))
-    study.set_user_attr("base_config", config_to_dict(base))
+    study.set_user_attr("base_config", config_to_dict(resolve_input(base)))
     tracker = _tracker(spec, opts)
     objective = Objective(spec, base, data or DataSource(opts.data_dir, events.data_progress), tracker, events)
     target = opts.n_trials or spec.budget.n_trials
@@ -482,7 +485,8 @@ def _check_same_config(study: optuna.Study, base: TrainConfig) -> None:
     stored = study.user_attrs.get("base_config")
     if not stored or not study.trials:
         return
-    old, new = flatten(stored), flatten(config_to_dict(base))
+    defaults = flatten(config_to_dict(TrainConfig()))  # keys added since the study began held their defaults
+    old, new = {**defaults, **flatten(stored)}, flatten(config_to_dict(base))
     changed = sorted(k for k in set(old) | set(new) if k not in _ENVIRONMENT_KEYS and old.get(k) != new.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])

@@ -7,9 +7,10 @@ FINISHED, a PRUNED one KILLED, a DIVERGED or FAILed one FAILED; the final state 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import yaml
 from .config import TrainConfig, config_to_dict, flatten
 from .stores import resolve_tracking_uri
 
-__all__ = ["Tracker", "RUN_STATUS", "resolve_tracking_uri"]
+__all__ = ["Tracker", "RUN_STATUS", "metric_key", "resolve_tracking_uri"]
 
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "DIVERGED": "FAILED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
 ROLE, STUDY = "studyrunner.role", "studyrunner.study"
@@ -41,6 +42,12 @@ def git_commit() -> str:
 
 def _ms() -> int:
     return int(time.time() * 1000)
+
+
+def metric_key(name: str) -> str:
+    """``name`` with every character MLflow refuses in a metric key (class names can hold any)
+    replaced by ``_``: letters, digits, ``_ - . : /`` and spaces are kept."""
+    return re.sub(r"[^\w\-.: /]", "_", name, flags=re.ASCII)
 
 
 class Tracker:
@@ -90,8 +97,18 @@ class Tracker:
         self.client.update_run(run_id, status="RUNNING")
         return run_id
 
-    def start_trial(self, number: int, config: TrainConfig, sampled: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-        """A nested run for trial ``number`` with every resolved config value as a param."""
+    def start_trial(
+        self,
+        number: int,
+        config: TrainConfig,
+        sampled: Mapping[str, Any],
+        tags: Mapping[str, str],
+        classes: Sequence[str] = (),
+    ) -> str:
+        """A nested run for trial ``number`` with every resolved config value as a param and its
+        class names (tag ``classes``, artifact ``classes.json``)."""
+        import json
+
         from mlflow.entities import Param, RunTag
 
         run = self.client.create_run(
@@ -105,6 +122,7 @@ class Tracker:
                 "state": "RUNNING",
                 **self.tags,
                 **tags,
+                **({"classes": ", ".join(classes)[:5000]} if classes else {}),
             },
         )
         params = [Param(k, str(v)) for k, v in flatten(config_to_dict(config)).items()]
@@ -112,6 +130,8 @@ class Tracker:
         for i in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[i : i + 100], tags=sampled_tags if i == 0 else ())
         self.client.log_text(run.info.run_id, yaml.safe_dump(config_to_dict(config), sort_keys=False), "config.yaml")
+        if classes:
+            self.client.log_text(run.info.run_id, json.dumps(list(classes)), "classes.json")
         return run.info.run_id
 
     def log_epoch(self, run_id: str, record: Mapping[str, Any], prefix: str = "") -> None:
@@ -133,7 +153,7 @@ class Tracker:
         from mlflow.entities import Metric, RunTag
 
         ts = _ms()
-        final = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if v is not None and v == v]
+        final = [Metric(metric_key(k), float(v), ts, 0) for k, v in metrics.items() if v is not None and v == v]
         tags = [RunTag("state", state)] + ([RunTag("reason", reason[:5000])] if reason else [])
         self.client.log_batch(run_id, metrics=final, tags=tags)
         if curves is not None:
@@ -146,7 +166,6 @@ class Tracker:
 
         from .plots import close, confusion_figure
 
-        self.client.log_text(run_id, json.dumps(classes), "classes.json")
         self.client.log_text(run_id, json.dumps({"classes": classes, "matrix": matrix}), "confusion_matrix.json")
         fig = confusion_figure(classes, matrix)
         try:

@@ -52,7 +52,13 @@ def tiny_config(tmp_path: Path) -> TrainConfig:
 
 def write_image(path: Path, mode: str, size: tuple[int, int], value: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    colour: object = {"RGB": (value, value // 2, 255 - value), "L": value, "RGBA": (value, value, 0, 128), "P": value}[mode]
+    colour: object = {
+        "RGB": (value, value // 2, 255 - value),
+        "L": value,
+        "RGBA": (value, value, 0, 128),
+        "P": value,
+        "I;16": value * 257,  # 16-bit grayscale: the same brightness as L's value
+    }[mode]
     Image.new(mode, size, colour).save(path)  # type: ignore[arg-type]
 
 

@@ -155,3 +155,19 @@ def test_val_folder_with_other_classes_is_refused(tmp_path):
     make_folder(root, classes=2, per_class=2, split="val")
     with pytest.raises(DataError, match="has classes"):
         load_splits(DataConfig(dataset="folder", path=str(root), cache_dir=str(tmp_path / "c")))
+
+
+def test_sixteen_bit_grayscale_is_scaled_and_exif_orientation_applied(tmp_path):
+    from PIL import Image
+
+    from studyrunner.data import _decode
+
+    Image.new("I;16", (8, 8), 30000).save(tmp_path / "deep.png")  # 30000 of 65535 = 117 of 255, not clipped to 255
+    assert _decode(tmp_path / "deep.png", 8).float().mean().item() == pytest.approx(117, abs=1)
+    half = Image.new("L", (16, 16), 0)
+    half.paste(255, (8, 0, 16, 16))  # stored: dark left half, bright right half
+    exif = half.getexif()
+    exif[0x0112] = 6  # orientation: shown rotated 90 degrees clockwise, so the bright half is at the bottom
+    half.save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    img = _decode(tmp_path / "turned.jpg", 16)[0].float()
+    assert img[:8].mean() < 60 and img[8:].mean() > 190
