@@ -225,8 +225,9 @@ def _validate_narrative(path: Path, overrides: dict[str, str], data_dir: str | N
 
     story = load_narrative(path)
     scales = list(story.scales) or ["full"]
-    table = Table("step", "scale", "seeds", "epochs", "batch", "init", "optimizer", title=story.study)
+    table = Table("step", "scale", "seeds", "epochs", "images", "batch", "init", "optimizer", title=story.study)
     for step in story.steps:
+        rows: dict[tuple[str, ...], list[str]] = {}  # identical settings at several scales: one row
         for scale in scales:
             cfg = story.step_config(step, scale, overrides)
             optim = f"{cfg.optim.name} {cfg.optim.lr:g}"
@@ -234,7 +235,11 @@ def _validate_narrative(path: Path, overrides: dict[str, str], data_dir: str | N
             optim += f", {cfg.sched.name}" if cfg.sched.name != "none" else ""
             init = cfg.model.init.replace(f"study:{story.study}.{scale}.", "step:")
             init += ", frozen" if cfg.model.freeze == "backbone" else ""
-            table.add_row(step.name, scale, str(step.repeats or story.repeats), str(cfg.epochs), str(cfg.batch_size), init, optim)
+            images = str(cfg.data.train_subset or "all")
+            key = (str(step.repeats or story.repeats), str(cfg.epochs), images, str(cfg.batch_size), init, optim)
+            rows.setdefault(key, []).append(scale)
+        for key, at in rows.items():
+            table.add_row(step.name, ", ".join(at), *key)
     Console().print(table)
     root = resolve_root(story.step_config(story.steps[0], scales[0], overrides).data, data_dir)
     console.print(
