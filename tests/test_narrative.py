@@ -100,7 +100,7 @@ def test_validate_command_accepts_shipped_narratives(tmp_path, name):
     from studyrunner.cli import app
 
     path = Path(__file__).parent.parent / "studies" / name
-    res = CliRunner().invoke(app, ["validate", str(path), "--data-dir", str(tmp_path)])
+    res = CliRunner().invoke(app, ["validate", str(path), "--data-dir", str(tmp_path)], env={"COLUMNS": "200"})
     out = " ".join(res.output.split())
     assert res.exit_code == 0, out
     assert "valid narrative study" in out and f"{len(load_narrative(path).steps)} steps" in out
