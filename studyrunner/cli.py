@@ -236,10 +236,10 @@ def _validate_narrative(path: Path, overrides: dict[str, str], data_dir: str | N
             init = cfg.model.init.replace(f"study:{story.study}.{scale}.", "step:")
             init += ", frozen" if cfg.model.freeze == "backbone" else ""
             images = str(cfg.data.train_subset or "all")
-            key = (str(step.repeats or story.repeats), str(cfg.epochs), images, str(cfg.batch_size), init, optim)
-            rows.setdefault(key, []).append(scale)
-        for key, at in rows.items():
-            table.add_row(step.name, ", ".join(at), *key)
+            cells = (str(step.repeats or story.repeats), str(cfg.epochs), images, str(cfg.batch_size), init, optim)
+            rows.setdefault(cells, []).append(scale)
+        for same, at in rows.items():
+            table.add_row(step.name, ", ".join(at), *same)
     Console().print(table)
     root = resolve_root(story.step_config(story.steps[0], scales[0], overrides).data, data_dir)
     console.print(
@@ -351,7 +351,7 @@ def report(
     targets: Annotated[list[str], typer.Argument(help="A narrative study file, or sweep files / study names to compare.")],
     scale: Annotated[str, typer.Option(help="Narrative studies: the scale whose runs to report.")] = "reduced",
     out: Annotated[Path | None, typer.Option(help="Output folder (default reports/<study>).")] = None,
-    gallery: Annotated[bool, typer.Option(help="Narratives: a grid of validation predictions per step.")] = False,
+    gallery: Annotated[bool, typer.Option(help="A grid of validation predictions per study (per step of a narrative).")] = False,
     storage: StorageOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -364,6 +364,15 @@ def report(
 
     url = resolve_storage(storage)
     store = f" --storage {storage}" if storage else ""
+
+    def grid(checkpoint: str, png: Path) -> bool:
+        if not Path(checkpoint).is_file():
+            return False
+        from .gallery import prediction_grid
+
+        prediction_grid(checkpoint, png, data_dir=data_dir)
+        return True
+
     if len(targets) == 1 and Path(targets[0]).is_file() and is_narrative(targets[0]):
         story = load_narrative(targets[0])
         folder = out or Path("reports") / story.study
@@ -375,14 +384,6 @@ def report(
             f"studyrunner report {targets[0]} --scale {scale}{store}{flags}"
         )
 
-        def grid(step: Any, png: Path) -> bool:
-            if not step.checkpoint or not Path(step.checkpoint).is_file():
-                return False
-            from .gallery import prediction_grid
-
-            prediction_grid(step.checkpoint, png, data_dir=data_dir)
-            return True
-
         result = narrative_result(story, scale, url)
         path = write(render_narrative(result, folder, command, grid if gallery else None), folder)
     else:
@@ -390,8 +391,9 @@ def report(
         results = [study_result(load_study(n, url)) for n in names]
         folder = out or Path("reports") / (names[0] if len(names) == 1 else "comparison")
         folder.mkdir(parents=True, exist_ok=True)
-        command = f"studyrunner report {' '.join(targets)}{store}" + (f" --out {out}" if out else "")
-        path = write(render_sweep_report(results, folder, command), folder)
+        flags = (" --gallery" if gallery else "") + (f" --out {out}" if out else "")
+        command = f"studyrunner report {' '.join(targets)}{store}{flags}"
+        path = write(render_sweep_report(results, folder, command, grid if gallery else None), folder)
     console.print(f"wrote {path} and its plots")
 
 

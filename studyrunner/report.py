@@ -239,8 +239,9 @@ def _save_curves(histories: dict[str, list[dict[str, Any]]], title: str, path: P
     return True
 
 
-def render_study(r: StudyResult, out: Path | None) -> str:
-    """One study's section: summary, leaderboard, effects, importances, plots."""
+def render_study(r: StudyResult, out: Path | None, gallery: Callable[[str, Path], bool] | None = None) -> str:
+    """One study's section: summary, leaderboard, effects, importances, plots (and with ``gallery``,
+    the best trial's predictions on validation images)."""
     parts = [
         f"## {r.name}",
         "",
@@ -275,18 +276,23 @@ def render_study(r: StudyResult, out: Path | None) -> str:
             plots.append(f"![learning curves]({r.name}_curves.png)")
         if _plot_params(r, out / f"{r.name}_params.png"):
             plots.append(f"![parameter vs objective]({r.name}_params.png)")
+        if gallery is not None and r.checkpoint and gallery(r.checkpoint, out / f"{r.name}_predictions.png"):
+            caption = "Validation images, predicted (true), best trial's best checkpoint:"
+            plots.append(f"{caption}\n\n![predictions]({r.name}_predictions.png)")
         if plots:
             parts += ["### Plots", ""] + [p + "\n" for p in plots]
     return "\n".join(parts)
 
 
-def render_sweep_report(results: Sequence[StudyResult], out: Path | None, command: str) -> str:
+def render_sweep_report(
+    results: Sequence[StudyResult], out: Path | None, command: str, gallery: Callable[[str, Path], bool] | None = None
+) -> str:
     """Several studies side by side (one row each), then one section per study."""
     rows = [row for r in results for row in summary_rows(r)]
     parts = ["# Study report", ""]
     if len(results) > 1:
         parts += ["Studies side by side, one row each.", "", md_table(SUMMARY_HEADERS, rows), ""]
-    parts += [render_study(r, out) for r in results]
+    parts += [render_study(r, out, gallery) for r in results]
     parts += ["## Reproduce", "", "```bash", command, "```", ""]
     return "\n".join(parts)
 
@@ -328,7 +334,7 @@ def narrative_curves_info(step: StepResult) -> dict[str, list[dict[str, Any]]]:
 
 
 def render_narrative(
-    n: NarrativeResult, out: Path | None, command: str, gallery: Callable[[StepResult, Path], bool] | None = None
+    n: NarrativeResult, out: Path | None, command: str, gallery: Callable[[str, Path], bool] | None = None
 ) -> str:
     """The document's steps with its figures beside ours, learning curves, one verdict per claim."""
     seeds = max((len(s.runs) for s in n.steps), default=0)
@@ -402,7 +408,7 @@ def render_narrative(
         ]
         if out is not None and _save_curves(narrative_curves_info(s), s.title, out / f"{s.name}.png"):
             parts += [f"![{s.title}]({s.name}.png)", ""]
-        if out is not None and gallery is not None and gallery(s, out / f"{s.name}_predictions.png"):
+        if out is not None and gallery is not None and s.checkpoint and gallery(s.checkpoint, out / f"{s.name}_predictions.png"):
             parts += [
                 "Validation images, predicted (true), best run's best checkpoint:",
                 "",

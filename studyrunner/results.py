@@ -140,6 +140,7 @@ class StudyResult:
     trials: list[TrialResult]
     importances: dict[str, float]  # parameter -> importance (fANOVA, seeded), empty when not computable
     distributions: dict[str, str]  # parameter -> categorical | int | float | log-float
+    checkpoint: str = ""  # best trial's best-validation checkpoint, when one was saved
 
     @property
     def complete(self) -> list[TrialResult]:
@@ -176,6 +177,9 @@ def study_result(study: optuna.Study) -> StudyResult:
     """Everything a report needs from one study, as plain data."""
     sweep = study.user_attrs.get("sweep", {})
     trials = [_trial_result(t) for t in study.get_trials(deepcopy=False)]
+    checkpoint = ""
+    with contextlib.suppress(ValueError):  # no complete trial: no checkpoint to show
+        checkpoint = str(study.best_trial.user_attrs.get("checkpoint", ""))
     dists: dict[str, str] = {}
     for t in study.get_trials(deepcopy=False):
         for k, d in t.distributions.items():
@@ -189,6 +193,7 @@ def study_result(study: optuna.Study) -> StudyResult:
         trials,
         importances(study),
         dists,
+        checkpoint,
     )
 
 

@@ -115,6 +115,11 @@ def test_validate_run_ls_show_export(tmp_path, tiny_train, monkeypatch):
     assert res.exit_code == 1 and "no study named 'nope'" in flat(res) and "cli_s" in flat(res)
     res = runner.invoke(app, ["export", "cli_s", "--format", "xlsx", *store])
     assert res.exit_code == 1 and "allowed are csv, parquet" in flat(res)
+    res = runner.invoke(app, ["report", str(sweep), *store, "--gallery", "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "rep" / "README.md").read_text()
+    assert "![predictions](cli_s_predictions.png)" in text and "--gallery" in text.rsplit("```bash", 1)[1]
+    assert (tmp_path / "rep" / "cli_s_predictions.png").stat().st_size > 5000
 
 
 def test_run_refuses_a_bad_sweep_before_touching_stores(tmp_path):
