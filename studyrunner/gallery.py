@@ -3,6 +3,7 @@ from a trial's checkpoint: the model and its resolved config are both in the fil
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,8 +30,12 @@ def prediction_grid(checkpoint: str | Path, out: Path, n: int = 16, data_dir: st
     if val is None:
         raise StudyrunnerError(f"{checkpoint}: its data has no validation or test images to show")
     pick = val.subset(stratified_indices(val.labels, n, seed=0))
-    model = build_model(cfg.model, len(splits.classes), cfg.data.image_size)
-    model.load_state_dict(blob["model"])
+    arch = replace(cfg.model, init="imagenet") if blob.get("normalisation") == "imagenet" else cfg.model  # its stem
+    model = build_model(arch, len(splits.classes), cfg.data.image_size)
+    try:
+        model.load_state_dict(blob["model"])
+    except RuntimeError as exc:
+        raise StudyrunnerError(f"{checkpoint}: its weights do not fit model {cfg.model.name} ({exc})") from None
     device = resolve_device("cpu")
     mean, std = blob.get("mean", splits.mean), blob.get("std", splits.std)  # the normalisation it was trained with
     ctx = _Ctx(model, device, None, torch.tensor(mean), torch.tensor(std), False)

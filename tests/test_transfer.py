@@ -275,6 +275,9 @@ def test_imagenet_weights_bring_their_input_size_stem_and_normalisation(tmp_path
     blob = torch.load(tmp_path / "ck" / "best.pt", weights_only=True)
     assert result.outcome == "completed" and blob["config"]["data"]["image_size"] == 224
     assert blob["normalisation"] == "imagenet" and blob["mean"] == pytest.approx(IMAGENET_MEAN)
+    from studyrunner.gallery import prediction_grid  # rebuilds the ImageNet stem, normalises as in training
+
+    assert prediction_grid(tmp_path / "ck" / "best.pt", tmp_path / "grid.png", n=2).stat().st_size > 1000
     # a checkpoint of that run, and torchvision's file under its published name, count as ImageNet weights too
     assert imagenet_pretrained(str(tmp_path / "ck" / "best.pt"))
     torch.save(state, tmp_path / weights.url.rsplit("/", 1)[-1])
