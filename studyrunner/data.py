@@ -181,7 +181,7 @@ def _decode(path: Path, size: int) -> torch.Tensor:
                 left, top = (w - size) // 2, (h - size) // 2
                 im = im.crop((left, top, left + size, top + size))
             data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:  # ValueError: a mode PIL cannot convert
         raise DataError(f"cannot read image {path}: {exc}") from None
     return data.view(size, size, 3).permute(2, 0, 1)
 
