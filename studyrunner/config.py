@@ -296,7 +296,11 @@ def validate(config: TrainConfig) -> None:
         (config.sched.step_size >= 1, "sched.step_size must be >= 1"),
         (0.0 < config.sched.factor < 1.0, "sched.factor must be in (0, 1)"),
         (config.sched.patience >= 0, "sched.patience must be >= 0"),
-        (0.0 <= config.sched.min_lr < config.optim.lr, "sched.min_lr must be >= 0 and below optim.lr"),
+        (config.sched.min_lr >= 0.0, "sched.min_lr must be >= 0"),
+        (
+            config.sched.name not in ("plateau", "cosine") or config.sched.min_lr <= config.optim.lr,
+            "sched.min_lr must not exceed optim.lr (it is the floor the schedule decays to)",
+        ),
         (config.sched.threshold >= 0, "sched.threshold must be >= 0"),
         (0.0 < config.sched.pct_start < 1.0, "sched.pct_start must be in (0, 1)"),
         (list(config.sched.milestones) == sorted(config.sched.milestones), "sched.milestones must increase"),

@@ -254,8 +254,15 @@ def _read_cifar_batches(folder: Path, cfg: DataConfig, train: bool) -> ImageSet:
             classes = list(pickle.load(fh, encoding="latin1")["label_names"])
         images = torch.cat(xs)
         if cfg.image_size != 32:
-            images = torch.nn.functional.interpolate(images.float(), size=cfg.image_size, mode="bilinear")
-            images = images.round().clamp(0, 255).to(torch.uint8)
+            images = torch.cat(  # in chunks: one float copy of 60,000 large images would not fit in memory
+                [
+                    torch.nn.functional.interpolate(chunk.float(), size=cfg.image_size, mode="bilinear")
+                    .round()
+                    .clamp(0, 255)
+                    .to(torch.uint8)
+                    for chunk in images.split(1000)
+                ]
+            )
         return ImageSet(images, torch.cat(ys), classes)
 
     return _cached(cfg, files, f"{folder.resolve()}|{train}", build)

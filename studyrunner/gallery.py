@@ -12,7 +12,7 @@ from .config import config_from_dict
 from .data import load_splits, stratified_indices
 from .engine import _Ctx, predict, resolve_device
 from .errors import StudyrunnerError
-from .models import build_model
+from .models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from .plots import close, plt
 
 __all__ = ["prediction_grid"]
@@ -30,14 +30,16 @@ def prediction_grid(checkpoint: str | Path, out: Path, n: int = 16, data_dir: st
     if val is None:
         raise StudyrunnerError(f"{checkpoint}: its data has no validation or test images to show")
     pick = val.subset(stratified_indices(val.labels, n, seed=0))
-    arch = replace(cfg.model, init="imagenet") if blob.get("normalisation") == "imagenet" else cfg.model  # its stem
+    imagenet = blob.get("normalisation", "imagenet" if cfg.model.init == "imagenet" else "data") == "imagenet"
+    arch = replace(cfg.model, init="imagenet" if blob.get("normalisation") == "imagenet" else "scratch")  # its stem
     model = build_model(arch, len(splits.classes), cfg.data.image_size)
     try:
         model.load_state_dict(blob["model"])
     except RuntimeError as exc:
         raise StudyrunnerError(f"{checkpoint}: its weights do not fit model {cfg.model.name} ({exc})") from None
     device = resolve_device("cpu")
-    mean, std = blob.get("mean", splits.mean), blob.get("std", splits.std)  # the normalisation it was trained with
+    mean = blob.get("mean", IMAGENET_MEAN if imagenet else splits.mean)  # the normalisation it was trained with
+    std = blob.get("std", IMAGENET_STD if imagenet else splits.std)
     ctx = _Ctx(model, device, None, torch.tensor(mean), torch.tensor(std), False)
     _, pred = predict(ctx, pick, n)
     cols = 8

@@ -150,8 +150,11 @@ def _imagenet_filenames() -> frozenset[str]:
 def _checkpoint_normalisation(path: str, mtime_ns: int) -> str:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # unreadable files are reported by load_init with the reason
-        return "data"
+    except Exception:
+        try:  # files in the legacy (non-zip) format cannot be memory-mapped
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # unreadable files are reported by load_init with the reason
+            return "data"
     return str(blob.get("normalisation", "data")) if isinstance(blob, dict) else "data"
 
 
@@ -257,12 +260,11 @@ def load_init(model: nn.Module, cfg: ModelConfig) -> Init:
     head = {n for n, p in model.named_parameters() if any(p is h for h in head_parameters(model))}
     usable = {k: v for k, v in state.items() if k in own and k not in head and own[k].shape == v.shape}
     backbone = [k for k in own if k not in head]
-    matched = sum(v.numel() for v in usable.values()) / max(1, sum(own[k].numel() for k in backbone))
     misfits = [k for k in backbone if k in state and state[k].shape != own[k].shape]
-    if matched < 0.5 or len(misfits) > 1:  # one misfit is a stem or an input size; more is another architecture
+    if len(usable) * 2 < len(backbone) or len(misfits) > 1:  # one misfit is a stem or an input size; more is another net
         raise ConfigError(
             f"model.init={cfg.init}: only {len(usable)} of the {len(backbone)} backbone tensors of model {cfg.name} "
-            f"({matched:.0%} of its weights) match it"
+            "match it"
             + (f", {len(misfits)} differ in shape ({', '.join(misfits[:3])}, ...)" if len(misfits) > 1 else "")
             + f"; is it a {cfg.name} state dict or checkpoint (same model.name, model.batchnorm and stem)?"
         )

@@ -47,7 +47,7 @@ def _ms() -> int:
 def metric_key(name: str) -> str:
     """``name`` with every character MLflow refuses in a metric key (class names can hold any)
     replaced by ``_``: letters, digits, ``_ - . : /`` and spaces are kept."""
-    return re.sub(r"[^\w\-.: /]", "_", name, flags=re.ASCII)
+    return re.sub(r"[^\w\-.: /]", "_", name)
 
 
 class Tracker:
@@ -153,7 +153,14 @@ class Tracker:
         from mlflow.entities import Metric, RunTag
 
         ts = _ms()
-        final = [Metric(metric_key(k), float(v), ts, 0) for k, v in metrics.items() if v is not None and v == v]
+        keys: dict[str, int] = {}  # two names that clean to the same key get _2, _3, ...
+        final = []
+        for k, v in metrics.items():
+            if v is None or v != v:
+                continue
+            key = metric_key(k)
+            keys[key] = keys.get(key, 0) + 1
+            final.append(Metric(key if keys[key] == 1 else f"{key}_{keys[key]}", float(v), ts, 0))
         tags = [RunTag("state", state)] + ([RunTag("reason", reason[:5000])] if reason else [])
         self.client.log_batch(run_id, metrics=final, tags=tags)
         if curves is not None:

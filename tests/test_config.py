@@ -128,3 +128,13 @@ def test_allowed_keys_cover_the_required_ones():
         "device",
     }
     assert required <= set(allowed_keys())
+
+
+def test_lr_floor_is_checked_only_where_a_schedule_decays_to_it():
+    base = {"optim.lr": 1e-3, "sched.min_lr": 1e-2}
+    assert apply_overrides(TrainConfig(), {**base, "sched.name": "step"}).sched.min_lr == 1e-2  # unused there
+    for name in ("cosine", "plateau"):
+        with pytest.raises(ConfigError, match="sched.min_lr must not exceed optim.lr"):
+            apply_overrides(TrainConfig(), {**base, "sched.name": name})
+    with pytest.raises(ConfigError, match="sched.min_lr must be >= 0"):
+        apply_overrides(TrainConfig(), {"sched.min_lr": -1.0})

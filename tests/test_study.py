@@ -138,7 +138,7 @@ def test_any_class_name_is_tracked(tmp_path):
     make_folder(root, classes=2, per_class=4, split="val")
     for split in ("train", "val"):
         (root / split / "c0").rename(root / split / "cat+dog (mixed)")
-        (root / split / "c1").rename(root / split / "ship, small")
+        (root / split / "c1").rename(root / split / "cat+dog [mixed]")  # cleans to the same key as c0
     train = (
         f"train:\n  data: {{dataset: folder, path: '{root}', image_size: 20, cache_dir: '{tmp_path / 'cache'}'}}\n"
         "  epochs: 2\n  batch_size: 16\n  precision: fp32\n  optim: {name: adam, lr: 0.003}\n"
@@ -152,7 +152,10 @@ def test_any_class_name_is_tracked(tmp_path):
         for r in client.search_runs([client.get_experiment_by_name("odd").experiment_id])
         if r.data.tags.get("mlflow.parentRunId")
     ]
-    assert run.info.status == "FINISHED" and run.data.tags["classes"] == "cat+dog (mixed), ship, small"
-    assert {"val_acc_cat_dog _mixed_", "val_acc_ship_ small"} <= set(run.data.metrics)
+    assert run.info.status == "FINISHED" and run.data.tags["classes"] == "cat+dog (mixed), cat+dog [mixed]"
+    assert {"val_acc_cat_dog _mixed_", "val_acc_cat_dog _mixed__2"} <= set(run.data.metrics)  # both kept
     path = client.download_artifacts(run.info.run_id, "classes.json", str(tmp_path))
-    assert json.loads(Path(path).read_text()) == ["cat+dog (mixed)", "ship, small"]
+    assert json.loads(Path(path).read_text()) == ["cat+dog (mixed)", "cat+dog [mixed]"]
+    from studyrunner.tracking import metric_key
+
+    assert metric_key("val_acc_猫") == "val_acc_猫"  # letters of any script are kept
