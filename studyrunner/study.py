@@ -199,7 +199,12 @@ class Objective:
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
         sampled = suggest(trial, self.spec, self.base)
         number = getattr(trial, "number", 0)
-        cfg = self._resolve(apply_overrides(self.base, sampled), number)
+        try:
+            cfg = self._resolve(apply_overrides(self.base, sampled), number)
+        except StudyrunnerError as exc:  # e.g. a sampled optim.lr below a fixed sched.min_lr: the same every time
+            trial.set_user_attr("fail_reason", f"invalid configuration: {exc}"[:2000])
+            trial.set_user_attr("invalid", True)
+            raise
         trial.set_user_attr("checkpoint", str(Path(cfg.out_dir) / "best.pt"))
         splits = self.data(cfg.data)
         self.events.trial_started(number, sampled)
@@ -501,7 +506,7 @@ def _after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, spec: Swe
     if trial.state != TrialState.FAIL:
         return 0
     tries = int(trial.user_attrs.get("retry", 0))
-    if tries < spec.max_retries and trial.params:
+    if tries < spec.max_retries and trial.params and not trial.user_attrs.get("invalid"):  # retrying cannot help those
         study.enqueue_trial(trial.params, user_attrs={"retry": tries + 1, "retry_of": trial.number}, skip_if_exists=False)
     return fails_in_row + 1
 
