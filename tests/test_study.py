@@ -126,3 +126,54 @@ def test_an_invalid_sampled_configuration_fails_that_trial_with_its_reason_and_i
         "invalid configuration" in bad.user_attrs["fail_reason"]
         and "sched.min_lr must not exceed" in bad.user_attrs["fail_reason"]
     )
+
+
+def test_resuming_with_another_fixed_config_is_refused(tmp_path, tiny_train):
+    spec = _spec(tmp_path, tiny_train, head="budget: {n_trials: 1}\n", name="cfg")
+    run_study(spec, _opts(tmp_path, overrides={"epochs": 1}))
+    with pytest.raises(Exception, match=r"another fixed configuration \(epochs: 1 -> 2\)"):
+        run_study(spec, _opts(tmp_path, n_trials=2, overrides={"epochs": 2}))
+    again = run_study(spec, _opts(tmp_path, n_trials=2, overrides={"epochs": 1, "threads": 1}))
+    assert finished_count(again.study) == 2
+    # a study begun before a key existed held that key's default: it resumes
+    stored = dict(again.study.user_attrs["base_config"])
+    stored["optim"] = {k: v for k, v in stored["optim"].items() if k != "backbone_lr_mult"}
+    again.study.set_user_attr("base_config", stored)
+    assert finished_count(run_study(spec, _opts(tmp_path, n_trials=3, overrides={"epochs": 1})).study) == 3
+    with pytest.raises(Exception, match=r"optim.backbone_lr_mult: 1.0 -> 0.5"):
+        run_study(spec, _opts(tmp_path, n_trials=4, overrides={"epochs": 1, "optim.backbone_lr_mult": 0.5}))
+
+
+def test_any_class_name_is_tracked(tmp_path):
+    """Folder names MLflow would refuse in a metric key still give per-class metrics (sanitised
+    keys), the exact names as tag and artifact, and a FINISHED run."""
+    import json
+    from pathlib import Path
+
+    from .conftest import make_folder
+
+    root = make_folder(tmp_path / "own", classes=2, per_class=8, split="train")
+    make_folder(root, classes=2, per_class=4, split="val")
+    for split in ("train", "val"):
+        (root / split / "c0").rename(root / split / "cat+dog (mixed)")
+        (root / split / "c1").rename(root / split / "cat+dog [mixed]")  # cleans to the same key as c0
+    train = (
+        f"train:\n  data: {{dataset: folder, path: '{root}', image_size: 20, cache_dir: '{tmp_path / 'cache'}'}}\n"
+        "  epochs: 2\n  batch_size: 16\n  precision: fp32\n  optim: {name: adam, lr: 0.003}\n"
+    )
+    spec = load_sweep(write_sweep(tmp_path, f"study: odd\nbudget: {{n_trials: 1}}\n{train}space:\n  seed: {{choices: [0]}}\n"))
+    outcome = run_study(spec, _opts(tmp_path))
+    assert finished_count(outcome.study) == 1 and outcome.study.trials[0].state == optuna.trial.TrialState.COMPLETE
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("odd").experiment_id])
+        if r.data.tags.get("mlflow.parentRunId")
+    ]
+    assert run.info.status == "FINISHED" and run.data.tags["classes"] == "cat+dog (mixed), cat+dog [mixed]"
+    assert {"val_acc_cat_dog _mixed_", "val_acc_cat_dog _mixed__2"} <= set(run.data.metrics)  # both kept
+    path = client.download_artifacts(run.info.run_id, "classes.json", str(tmp_path))
+    assert json.loads(Path(path).read_text()) == ["cat+dog (mixed)", "cat+dog [mixed]"]
+    from studyrunner.tracking import metric_key
+
+    assert metric_key("val_acc_猫") == "val_acc_猫"  # letters of any script are kept
