@@ -221,24 +221,19 @@ def test_own_folder_of_mixed_sizes_and_modes_trains_a_resnet(tmp_path, monkeypat
     assert blob["config"]["data"]["image_size"] == 64 and blob["config"]["model"]["name"] == "resnet18"
 
 
+def _checkpoint_on_a_folder(tmp_path, classes: int, per_class: int, **overrides) -> None:
+    """One epoch on a 20 px own-data folder (train + val), checkpoints in tmp_path/ck."""
+    root = make_folder(tmp_path / "own", classes=classes, per_class=per_class, split="train", sizes=((20, 20),))
+    make_folder(root, classes=classes, per_class=per_class // 2, split="val", sizes=((20, 20),))
+    own = {"data.dataset": "folder", "data.path": str(root), "data.image_size": 20, "data.cache_dir": str(tmp_path / "c")}
+    cfg = apply_overrides(TrainConfig(), {**own, "epochs": 1, "precision": "fp32", "out_dir": str(tmp_path / "ck"), **overrides})
+    fit(cfg, load_splits(cfg.data))
+
+
 def test_prediction_grid_from_a_checkpoint(tmp_path):
     from studyrunner.gallery import prediction_grid
 
-    root = make_folder(tmp_path / "own", classes=3, per_class=8, split="train", sizes=((20, 20),))
-    make_folder(root, classes=3, per_class=4, split="val", sizes=((20, 20),))
-    cfg = apply_overrides(
-        TrainConfig(),
-        {
-            "data.dataset": "folder",
-            "data.path": str(root),
-            "data.image_size": 20,
-            "epochs": 1,
-            "precision": "fp32",
-            "out_dir": str(tmp_path / "ck"),
-            "data.cache_dir": str(tmp_path / "c"),
-        },
-    )
-    fit(cfg, load_splits(cfg.data))
+    _checkpoint_on_a_folder(tmp_path, classes=3, per_class=8)
     png = prediction_grid(tmp_path / "ck" / "best.pt", tmp_path / "grid.png", n=12)
     assert png.stat().st_size > 5000
 
@@ -329,22 +324,7 @@ def test_prediction_grid_from_a_checkpoint_saved_before_normalisation_was_record
     small-image stem then, and the grid must rebuild that, not the ImageNet stem."""
     from studyrunner.gallery import prediction_grid
 
-    root = make_folder(tmp_path / "own", classes=2, per_class=4, split="train", sizes=((20, 20),))
-    make_folder(root, classes=2, per_class=2, split="val", sizes=((20, 20),))
-    cfg = apply_overrides(
-        TrainConfig(),
-        {
-            "data.dataset": "folder",
-            "data.path": str(root),
-            "data.image_size": 20,
-            "model.name": "resnet18",
-            "epochs": 1,
-            "precision": "fp32",
-            "out_dir": str(tmp_path / "ck"),
-            "data.cache_dir": str(tmp_path / "c"),
-        },
-    )
-    fit(cfg, load_splits(cfg.data))
+    _checkpoint_on_a_folder(tmp_path, classes=2, per_class=4, **{"model.name": "resnet18"})
     blob = torch.load(tmp_path / "ck" / "best.pt", weights_only=True)
     for key in ("normalisation", "mean", "std"):
         del blob[key]
