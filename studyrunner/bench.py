@@ -19,8 +19,8 @@ from torchvision import datasets, transforms
 
 from .config import TrainConfig, apply_overrides
 from .data import DataError, ImageSet, load_splits, resolve_root
-from .engine import _setup, train_one_epoch
-from .models import CifarAlexNet, resolve_input
+from .engine import build_context, resolve_config, train_one_epoch
+from .models import CifarAlexNet
 from .optim import Schedule, build_optimizer
 
 __all__ = ["run_bench", "documents_pipeline", "engine_pipeline"]
@@ -77,10 +77,7 @@ def engine_pipeline(
     cfg: TrainConfig, train: ImageSet, mean: tuple[float, float, float], std: tuple[float, float, float], classes: list[str]
 ) -> float:
     """Images/s of the engine's training loop on ``train`` (after warm-up batches)."""
-    from .data import Splits
-
-    splits = Splits(train, None, None, classes, mean, std)
-    ctx, _ = _setup(cfg, splits)
+    ctx, _ = build_context(cfg, classes, mean, std)
     data = train.to(ctx.device)
     opt = build_optimizer(ctx.model.parameters(), cfg.optim)
     schedule = Schedule(opt, cfg.sched, 1, 1)
@@ -95,7 +92,7 @@ def run_bench(
     data_dir: str | None, images: int, batch_size: int, workers: int, log: Callable[[str], None] = print
 ) -> list[tuple[str, float, float]]:
     """[(pipeline, images/s, ratio to the documents' pipeline)] measured now, on this machine."""
-    base = resolve_input(
+    base = resolve_config(
         apply_overrides(
             TrainConfig(),
             {
@@ -130,30 +127,13 @@ def trial_overhead(
 ) -> dict[str, float]:
     """Per-trial time spent outside training in a tracked study (SQLite Optuna + SQLite MLflow):
     ask/tell, model build, MLflow runs/params/metrics/artifacts, the PNG. Returns seconds and the
-    share of a one-minute trial."""
+    share of a one-minute trial. Training and epoch-logging time come from the objective's own
+    timings (``StudyOutcome.timings``)."""
     import tempfile
 
-    from . import study as study_mod
-    from . import tracking
+    from .objective import StudyEvents
     from .spec import SweepSpec
-
-    fit_time = [0.0]
-    log_time = [0.0]
-    real_fit, real_log = study_mod.fit, tracking.Tracker.log_epoch
-
-    def timed_fit(*a, **k):  # type: ignore[no-untyped-def]
-        t = time.perf_counter()
-        try:
-            return real_fit(*a, **k)
-        finally:
-            fit_time[0] += time.perf_counter() - t
-
-    def timed_log(self, *a, **k):  # type: ignore[no-untyped-def]
-        t = time.perf_counter()
-        try:
-            return real_log(self, *a, **k)
-        finally:
-            log_time[0] += time.perf_counter() - t
+    from .study import RunOptions, run_study
 
     spec = SweepSpec.model_validate(
         {
@@ -164,27 +144,22 @@ def trial_overhead(
             "space": {"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}},
         }
     )
+    first: list[float] = []
+
+    class FirstTrial(StudyEvents):
+        def trial_started(self, number: int, params: dict[str, object]) -> None:
+            if not first:
+                first.append(time.perf_counter())
+
     with tempfile.TemporaryDirectory() as tmp:
-        opts = study_mod.RunOptions(
-            storage=f"sqlite:///{tmp}/optuna.db", tracking_uri=f"sqlite:///{tmp}/mlflow.db", data_dir=data_dir
-        )
-        load_splits(resolve_input(spec.base_config()).data, data_dir)  # warm the decoded-image cache: not a per-trial cost
-        study_mod.fit, tracking.Tracker.log_epoch = timed_fit, timed_log  # type: ignore[assignment]
-        try:
-            log(f"tracked study: {trials} trials x {epochs} epochs on {subset} images ...")
-            first: list[float] = []
-
-            class FirstTrial(study_mod.StudyEvents):
-                def trial_started(self, number: int, params: dict) -> None:  # type: ignore[type-arg]
-                    if not first:
-                        first.append(time.perf_counter())
-
-            t0 = time.perf_counter()
-            study_mod.run_study(spec, opts, FirstTrial())
-            total = time.perf_counter() - t0
-        finally:
-            study_mod.fit, tracking.Tracker.log_epoch = real_fit, real_log  # type: ignore[assignment]
-    training = fit_time[0] - log_time[0]
+        opts = RunOptions(storage=f"sqlite:///{tmp}/optuna.db", tracking_uri=f"sqlite:///{tmp}/mlflow.db", data_dir=data_dir)
+        load_splits(resolve_config(spec.base_config()).data, data_dir)  # warm the decoded-image cache: not a per-trial cost
+        log(f"tracked study: {trials} trials x {epochs} epochs on {subset} images ...")
+        t0 = time.perf_counter()
+        outcome = run_study(spec, opts, FirstTrial())
+        total = time.perf_counter() - t0
+    logging = outcome.timings["epoch_logging_s"]
+    training = outcome.timings["fit_s"] - logging
     setup = first[0] - t0  # study + MLflow experiment/parent run creation, once per invocation
     per_trial = (total - setup - training) / trials
     return {
@@ -192,6 +167,6 @@ def trial_overhead(
         "setup_once_s": setup,
         "training_s": training,
         "overhead_per_trial_s": per_trial,
-        "epoch_logging_per_epoch_s": log_time[0] / (trials * epochs),
+        "epoch_logging_per_epoch_s": logging / (trials * epochs),
         "share_of_1min_trial": per_trial / 60.0,
     }

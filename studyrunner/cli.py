@@ -72,6 +72,34 @@ def _fmt(v: float | None, pct: bool = False) -> str:
     return f"{100 * v:.2f}" if pct else f"{v:.4f}"
 
 
+class _EpochTable:
+    """Per-epoch rows of ``studyrunner train``: printed as they come, kept for the final table."""
+
+    HEADERS = ("epoch", "train loss", "train acc %", "val loss", "val acc %", "lr", "s", "img/s")
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar, self.table = bar, Table(*self.HEADERS)
+        self.task = bar.add_task("epoch 1", total=None)
+
+    def on_epoch(self, r: Any) -> None:
+        row = (
+            str(r.epoch),
+            _fmt(r.train_loss),
+            _fmt(r.train_acc, True),
+            _fmt(r.val_loss),
+            _fmt(r.val_acc, True),
+            f"{r.lr:.2e}",
+            f"{r.epoch_seconds:.1f}",
+            f"{r.images_per_s:.0f}",
+        )
+        self.table.add_row(*row)
+        self.bar.console.print("  ".join(row), highlight=False)
+        self.bar.update(self.task, description=f"epoch {r.epoch + 1}", completed=0)
+
+    def on_batch(self, done: int, total: int) -> None:
+        self.bar.update(self.task, completed=done, total=total)
+
+
 @app.command()
 @user_errors
 def train(
@@ -84,8 +112,7 @@ def train(
     """Train one configuration and print a per-epoch table."""
     from .config import config_to_dict, parse_assignments
     from .data import load_splits
-    from .engine import fit
-    from .models import resolve_input
+    from .engine import fit, resolve_config
     from .spec import load_train_config
 
     overrides: dict[str, Any] = dict(parse_assignments(set_ or []))
@@ -93,11 +120,11 @@ def train(
     cfg = load_train_config(config, overrides)
     if cfg.model.init.startswith("study:"):
         from .config import apply_overrides
-        from .results import best_checkpoint
-        from .study import resolve_storage
+        from .objective import best_checkpoint
+        from .stores import resolve_storage
 
         cfg = apply_overrides(cfg, {"model.init": best_checkpoint(cfg.model.init.removeprefix("study:"), resolve_storage(None))})
-    cfg = resolve_input(cfg)
+    cfg = resolve_config(cfg)
     with _progress() as bar:
         task = bar.add_task("loading data", total=None)
         splits = load_splits(
@@ -108,25 +135,9 @@ def train(
             f"train {len(splits.train)}  val {len(splits.val or [])}  test {len(splits.test or [])}  "
             f"classes {len(splits.classes)}  model {cfg.model.name}"
         )
-        epoch_task = bar.add_task("epoch 1", total=None)
-        table = Table("epoch", "train loss", "train acc %", "val loss", "val acc %", "lr", "s", "img/s")
-
-        def on_epoch(r: Any) -> None:
-            row = (
-                str(r.epoch),
-                _fmt(r.train_loss),
-                _fmt(r.train_acc, True),
-                _fmt(r.val_loss),
-                _fmt(r.val_acc, True),
-                f"{r.lr:.2e}",
-                f"{r.epoch_seconds:.1f}",
-                f"{r.images_per_s:.0f}",
-            )
-            table.add_row(*row)
-            bar.console.print("  ".join(row), highlight=False)
-            bar.update(epoch_task, description=f"epoch {r.epoch + 1}", completed=0)
-
-        result = fit(cfg, splits, on_epoch, lambda done, n: bar.update(epoch_task, completed=done, total=n))
+        epochs = _EpochTable(bar)
+        result = fit(cfg, splits, epochs.on_epoch, epochs.on_batch)
+    table = epochs.table
     console.print(table)
     test = f"test acc {_fmt(result.test_acc, True)}%  test loss {_fmt(result.test_loss)}" if result.test_acc is not None else ""
     console.print(
@@ -189,7 +200,8 @@ def validate(
     """Check a sweep or narrative study file (keys, ranges, conditions, data path) without training; print its plan."""
     from .config import parse_assignments
     from .data import resolve_root
-    from .spec import is_narrative, load_sweep
+    from .narrative import is_narrative
+    from .spec import load_sweep
 
     if is_narrative(sweep):
         _validate_narrative(sweep, parse_assignments(set_ or []), data_dir)
@@ -221,10 +233,10 @@ def validate(
 def _validate_narrative(path: Path, overrides: dict[str, str], data_dir: str | None) -> None:
     """Print every step's resolved settings at every scale (each step config is already checked by loading)."""
     from .data import resolve_root
-    from .spec import load_narrative
+    from .narrative import load_narrative
 
     story = load_narrative(path)
-    scales = list(story.scales) or ["full"]
+    scales = story.scale_names()
     table = Table("step", "scale", "seeds", "epochs", "images", "batch", "init", "optimizer", title=story.study)
     for step in story.steps:
         rows: dict[tuple[str, ...], list[str]] = {}  # identical settings at several scales: one row
@@ -233,7 +245,7 @@ def _validate_narrative(path: Path, overrides: dict[str, str], data_dir: str | N
             optim = f"{cfg.optim.name} {cfg.optim.lr:g}"
             optim += f", backbone x{cfg.optim.backbone_lr_mult:g}" if cfg.optim.backbone_lr_mult != 1 else ""
             optim += f", {cfg.sched.name}" if cfg.sched.name != "none" else ""
-            init = cfg.model.init.replace(f"study:{story.study}.{scale}.", "step:")
+            init = cfg.model.init.replace(f"study:{story.study}.{scale}.", "step:")  # the step_study prefix
             init += ", frozen" if cfg.model.freeze == "backbone" else ""
             images = str(cfg.data.train_subset or "all")
             cells = (str(step.repeats or story.repeats), str(cfg.epochs), images, str(cfg.batch_size), init, optim)
@@ -271,12 +283,14 @@ def run(
 
         raise typer.Exit(run_workers(sweep, jobs, n_trials, timeout, scale, set_ or [], storage, tracking_uri, data_dir, console))
     from .live import LiveStudy
-    from .spec import is_narrative, load_narrative, load_sweep
+    from .narrative import is_narrative, load_narrative
+    from .spec import load_sweep
     from .study import RunOptions, run_narrative, run_study
 
     opts = RunOptions(n_trials, timeout, dict(parse_assignments(set_ or [])), storage, tracking_uri, data_dir)
     if is_narrative(sweep):
         story = load_narrative(sweep)
+        story.check_scale(scale)
         for step in story.steps:  # refuse bad --set values before opening any store
             story.step_config(step, scale, opts.overrides)
         with LiveStudy(console, story.step_sweep(story.steps[0], scale)) as live:
@@ -300,11 +314,11 @@ def run(
 def ls(storage: StorageOpt = None) -> None:
     """List studies: trials by state and the best value and parameters."""
     from .results import list_studies
-    from .study import resolve_storage
+    from .stores import resolve_storage
 
     table = Table("study", "direction", "trials by state", "best value", "best parameters")
     for row in list_studies(resolve_storage(storage)):
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(row.counts.items()))
+        counts = ", ".join(f"{k.value} {v}" for k, v in sorted(row.counts.items()))
         best = "-" if row.best_value is None else f"{row.best_value:.4f}"
         table.add_row(row.name, row.direction, counts, best, ", ".join(f"{k}={v}" for k, v in row.best_params.items()))
     Console().print(table)
@@ -315,7 +329,7 @@ def ls(storage: StorageOpt = None) -> None:
 def show(study: Annotated[str, typer.Argument(help="Study name.")], storage: StorageOpt = None) -> None:
     """The study's trials: state, value, parameters, test accuracy, epochs, duration."""
     from .results import load_study, trials_frame
-    from .study import resolve_storage
+    from .stores import resolve_storage
 
     df = trials_frame(load_study(study, resolve_storage(storage)))
     cols = ["number", "state", "value", "test_acc", "epochs", "duration_s"] + [c for c in df.columns if c.startswith("param.")]
@@ -335,7 +349,7 @@ def export(
 ) -> None:
     """Write the trials joined with their final metrics to CSV or Parquet."""
     from .results import load_study, trials_frame
-    from .study import resolve_storage
+    from .stores import resolve_storage
 
     if fmt not in ("csv", "parquet"):
         raise StudyrunnerError(f"--format {fmt!r}: allowed are csv, parquet")
@@ -357,10 +371,11 @@ def report(
 ) -> None:
     """Write a markdown report (README.md + PNG plots): summaries, leaderboards, parameter effects and
     importances; for a narrative study, the document's figures beside ours and a verdict per claim."""
+    from .narrative import is_narrative, load_narrative
     from .report import render_narrative, render_sweep_report, write
     from .results import load_study, narrative_result, study_result
-    from .spec import is_narrative, load_narrative, load_sweep
-    from .study import resolve_storage
+    from .spec import load_sweep
+    from .stores import resolve_storage
 
     url = resolve_storage(storage)
     store = f" --storage {storage}" if storage else ""
@@ -404,7 +419,7 @@ def ui(tracking_uri: TrackingOpt = None, port: Annotated[int, typer.Option(help=
     import subprocess
     import sys
 
-    from .tracking import resolve_tracking_uri
+    from .stores import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     console.print(f"MLflow UI on http://127.0.0.1:{port} for {uri} (Ctrl-C stops it)")

@@ -184,6 +184,48 @@ def _parse_scalar(text: str) -> Any:
     return text.strip()
 
 
+_BAD = object()  # what a scalar coercer returns for a value of the wrong type
+
+
+def _as_bool(v: Any) -> Any:
+    return v if isinstance(v, bool) else _BAD
+
+
+def _as_int(v: Any) -> Any:
+    if isinstance(v, bool):
+        return _BAD
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v if isinstance(v, int) else _BAD
+
+
+def _as_float(v: Any) -> Any:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else _BAD
+
+
+def _as_str(v: Any) -> Any:
+    return v if isinstance(v, str) else _BAD
+
+
+_SCALARS = {bool: _as_bool, int: _as_int, float: _as_float, str: _as_str}
+
+
+def _coerce_tuple(key: str, value: Any, tp: Any, bad: ConfigError) -> tuple[Any, ...]:
+    """A list for a tuple field: any length for ``tuple[X, ...]``; one value fills every position."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise bad
+    args = typing.get_args(tp)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_coerce(key, v, args[0]) for v in value)
+    if len(value) == 1 and len(args) > 1:  # one value for every position
+        value = list(value) * len(args)
+    if len(value) != len(args):
+        raise bad
+    return tuple(_coerce(key, v, a) for v, a in zip(value, args, strict=True))
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check ``value`` against ``tp`` and convert it; raise ConfigError naming key and type."""
     bad = ConfigError(f"{key}: got {value!r}, expected {describe_type(tp)}", key)
@@ -195,37 +237,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise bad
         return value
     if origin is tuple:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(key, v, args[0]) for v in value)
-        if len(value) == 1 and len(args) > 1:  # one value for every position
-            value = list(value) * len(args)
-        if len(value) != len(args):
-            raise bad
-        return tuple(_coerce(key, v, a) for v, a in zip(value, args, strict=False))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise bad
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    raise bad  # pragma: no cover - every field type is handled above
+        return _coerce_tuple(key, value, tp, bad)
+    out = _SCALARS[tp](value) if tp in _SCALARS else _BAD
+    if out is _BAD:
+        raise bad
+    return out
 
 
 def _unknown_key(key: str) -> ConfigError:

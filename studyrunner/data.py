@@ -12,7 +12,7 @@ import os
 import pickle
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -70,7 +70,9 @@ class Splits:
     std: tuple[float, float, float]
 
     def to(self, device: torch.device | str) -> Splits:
-        move = lambda s: None if s is None else s.to(device)  # noqa: E731
+        def move(s: ImageSet | None) -> ImageSet | None:
+            return None if s is None else s.to(device)
+
         return Splits(self.train.to(device), move(self.val), move(self.test), self.classes, self.mean, self.std)
 
 
@@ -332,9 +334,9 @@ def select_classes(images: ImageSet, names: tuple[str, ...], root: Path) -> Imag
 def load_splits(cfg: DataConfig, data_dir: str | None = None, progress: Progress = None) -> Splits:
     """Train/val/test splits for ``cfg``: val held out from train (stratified, ``split_seed``),
     the training subset drawn after that, normalisation statistics from what remains."""
-    if not cfg.image_size:  # auto without weights to follow: 32 (models.resolve_input picks 224 for ImageNet weights)
-        cfg = replace(cfg, image_size=32)
     root = resolve_root(cfg, data_dir)
+    if not cfg.image_size:
+        raise ValueError("load_splits needs a resolved data.image_size (engine.resolve_config decides what 0 means)")
     val: ImageSet | None = None
     test: ImageSet | None
     if cfg.dataset == "cifar10":

@@ -3,6 +3,9 @@
 It knows nothing of Optuna, MLflow, YAML or the CLI: a study's objective, ``studyrunner train``
 and the benchmark all call it. The training set lives on the training device; batches are built
 by index and augmented there; evaluation runs under ``torch.inference_mode`` in large batches.
+
+Configs reach the engine resolved (:func:`resolve_config`, called once where a config is built):
+no ``auto`` image size, device or precision is left for anything downstream to decide.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,26 +25,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import augment_batch, normalize
-from .config import TrainConfig, config_to_dict
+from .config import ConfigError, TrainConfig, config_to_dict
 from .data import ImageSet, Splits, batches
-from .models import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    backbone_parameters,
-    build_model,
-    freeze_backbone_norms,
-    head_parameters,
-    load_init,
-    resolve_input,
-    set_backbone_trainable,
-)
+from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, input_size, load_init
 from .optim import Schedule, build_optimizer
+from .transfer import TransferPolicy
 
-__all__ = ["EpochRecord", "FitResult", "fit", "evaluate", "resolve_device", "resolve_precision"]
+__all__ = [
+    "EpochRecord",
+    "FitResult",
+    "Context",
+    "fit",
+    "build_context",
+    "inference_context",
+    "train_one_epoch",
+    "predict",
+    "evaluate",
+    "resolve_config",
+    "is_resolved",
+]
 
 Outcome = Literal["completed", "diverged", "stopped"]
 OnEpoch = Callable[["EpochRecord"], bool | None] | None  # return True to stop early
 OnBatch = Callable[[int, int], None] | None  # (batches done, batches in epoch)
+_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -81,33 +88,49 @@ class FitResult:
         return asdict(self)
 
 
-def resolve_device(name: str) -> torch.device:
+# --------------------------------------------------------------------------- resolving "auto"
+
+
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with every ``auto`` decided for this machine and these weights: the input size
+    (224 for ImageNet-pretrained weights, else 32), the device and the precision."""
+    device = _device(cfg.device)
+    precision = _precision(cfg.precision, device)
+    size = cfg.data.image_size or input_size(cfg.model)
+    return replace(cfg, device=str(device), precision=precision, data=replace(cfg.data, image_size=size))  # type: ignore[arg-type]
+
+
+def is_resolved(cfg: TrainConfig) -> bool:
+    return cfg.device != "auto" and cfg.precision != "auto" and cfg.data.image_size > 0
+
+
+def _device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else mps, else cpu."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+    if name != "auto":
+        try:
+            return torch.device(name)
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"device: {name!r} is not a device name ({exc}); use auto, cpu, cuda, cuda:N or mps", "device"
+            ) from None
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32. ``auto`` = bf16 where the hardware has it natively
-    (CUDA GPUs with bf16, CPUs with AVX512-BF16/AMX), else fp32. On a 2-core AVX512-BF16 CPU,
-    bf16 + channels_last trained document 004's net 1.9x faster than fp32 (README, Performance).
-    """
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
+def _precision(precision: str, device: torch.device) -> str:
+    """``auto`` = bf16 where the hardware has it natively (CUDA GPUs with bf16, CPUs with
+    AVX512-BF16/AMX), else fp32. On a 2-core AVX512-BF16 CPU, bf16 + channels_last trained
+    document 004's net 1.9x faster than fp32 (README, Performance)."""
+    if precision != "auto":
+        return precision
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
+        return "bf16"
     if device.type == "cpu" and _cpu_has_native_bf16():
-        return torch.bfloat16
-    return None
+        return "bf16"
+    return "fp32"
 
 
 def _cpu_has_native_bf16() -> bool:
@@ -117,46 +140,84 @@ def _cpu_has_native_bf16() -> bool:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported() and ("avx512_bf16" in flags or "amx_bf16" in flags)
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+# --------------------------------------------------------------------------- the context of a run
 
 
 @dataclass
-class _Ctx:
-    """What every batch needs, built once per fit."""
+class Context:
+    """What every batch needs, built once per fit: the model on its device, the autocast dtype,
+    the normalisation, the memory format and the transfer policy."""
 
     model: nn.Module
     device: torch.device
     dtype: torch.dtype | None
     mean: torch.Tensor
     std: torch.Tensor
-    channels_last: bool
-    frozen: bool = False  # backbone frozen: its BatchNorm statistics stay fixed too
-    fresh: frozenset[str] = frozenset()  # backbone parameters not loaded by model.init: never frozen
+    channels_last: bool = False
+    policy: TransferPolicy = field(default_factory=TransferPolicy)
     imagenet: bool = False  # inputs normalised with ImageNet's statistics (recorded in checkpoints)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def autocast(self) -> AbstractContextManager[Any]:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+
+def build_context(cfg: TrainConfig, classes: Sequence[str], mean: Sequence[float], std: Sequence[float]) -> tuple[Context, str]:
+    """The model of ``cfg`` (initialised as ``model.init`` says) in its context, and a one-line
+    summary of its initialisation. ``mean``/``std`` are the data's; ImageNet weights keep ImageNet's."""
+    _require_resolved(cfg)
+    device = torch.device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, len(classes), cfg.data.image_size)
+    init = load_init(model, cfg.model)
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    mean = IMAGENET_MEAN if init.imagenet else mean  # inputs as in its pretraining
+    std = IMAGENET_STD if init.imagenet else std
+    policy = TransferPolicy.from_config(cfg, init.fresh)
+    ctx = Context(
+        model, device, _DTYPES[cfg.precision], torch.tensor(mean, device=device), torch.tensor(std, device=device),
+        cfg.channels_last, policy, init.imagenet,
+    )  # fmt: skip
+    return ctx, init.summary
+
+
+def inference_context(model: nn.Module, mean: Sequence[float], std: Sequence[float], device: str = "cpu") -> Context:
+    """A context for predicting with a model already built and loaded (fp32, NCHW)."""
+    dev = torch.device(device)
+    return Context(model.to(dev), dev, None, torch.tensor(mean, device=dev), torch.tensor(std, device=dev))
+
+
+def _require_resolved(cfg: TrainConfig) -> None:
+    if not is_resolved(cfg):
+        raise ValueError("the engine needs a resolved config (no auto device, precision or image size): use resolve_config(cfg)")
+
+
+# --------------------------------------------------------------------------- one epoch, evaluation
+
 
 def train_one_epoch(
-    ctx: _Ctx,
+    ctx: Context,
     data: ImageSet,
     cfg: TrainConfig,
     opt: torch.optim.Optimizer,
     schedule: Schedule,
     gen: torch.Generator,
+    epoch: int = 1,
     on_batch: OnBatch = None,
 ) -> tuple[float, float, float]:
     """One pass over ``data``; returns (mean loss, accuracy, images/s). Stops early on a non-finite loss."""
-    ctx.model.train()
-    if ctx.frozen:
-        freeze_backbone_norms(ctx.model, ctx.fresh)
+    ctx.policy.start_epoch(ctx.model, epoch)
     loss_sum = torch.zeros((), device=ctx.device)
     correct = torch.zeros((), device=ctx.device, dtype=torch.int64)
     seen, start = 0, time.perf_counter()
@@ -164,7 +225,7 @@ def train_one_epoch(
     for i, idx in enumerate(index_batches):
         x = ctx.prepare(augment_batch(data.images[idx], cfg.augment, ctx.mean, ctx.std, gen))
         y = data.labels[idx]
-        with _autocast(ctx.device, ctx.dtype):
+        with ctx.autocast():
             logits = ctx.model(x)
             loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
@@ -184,33 +245,36 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def predict(ctx: _Ctx, data: ImageSet, batch_size: int) -> tuple[float, torch.Tensor]:
+def predict(ctx: Context, data: ImageSet, batch_size: int) -> tuple[float, torch.Tensor]:
     """(summed loss, predicted labels) of ``ctx.model`` on ``data``, un-augmented."""
     ctx.model.eval()
     loss_sum, preds = 0.0, []
     for start in range(0, len(data), batch_size):
         x = ctx.prepare(normalize(data.images[start : start + batch_size], ctx.mean, ctx.std))
         y = data.labels[start : start + batch_size]
-        with _autocast(ctx.device, ctx.dtype):
+        with ctx.autocast():
             logits = ctx.model(x)
         loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
         preds.append(logits.argmax(1))
     return loss_sum, torch.cat(preds)
 
 
-def evaluate(ctx: _Ctx, data: ImageSet, batch_size: int) -> tuple[float, float]:
+def evaluate(ctx: Context, data: ImageSet, batch_size: int) -> tuple[float, float]:
     """(mean loss, accuracy) of ``ctx.model`` on ``data``, un-augmented."""
     loss_sum, pred = predict(ctx, data, batch_size)
     return loss_sum / len(data), float((pred == data.labels).float().mean())
 
 
-def confusion(ctx: _Ctx, data: ImageSet, batch_size: int, classes: int) -> torch.Tensor:
+def confusion(ctx: Context, data: ImageSet, batch_size: int, classes: int) -> torch.Tensor:
     """Counts [true, predicted] on ``data``."""
     _, pred = predict(ctx, data, batch_size)
     return torch.bincount(data.labels * classes + pred, minlength=classes * classes).view(classes, classes).cpu()
 
 
-def _save(path: Path, ctx: _Ctx, cfg: TrainConfig, record: EpochRecord, classes: list[str]) -> None:
+# --------------------------------------------------------------------------- fit
+
+
+def _save(path: Path, ctx: Context, cfg: TrainConfig, record: EpochRecord, classes: list[str]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
@@ -236,97 +300,99 @@ def _divergence(loss: float, limit: float) -> str:
     return ""
 
 
-def _setup(cfg: TrainConfig, splits: Splits) -> tuple[_Ctx, FitResult]:
-    device = resolve_device(cfg.device)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(splits.classes), cfg.data.image_size)
-    init = load_init(model, cfg.model)
-    model = model.to(device)
-    if cfg.model.freeze == "backbone":
-        set_backbone_trainable(model, False, init.fresh)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    dtype = resolve_precision(cfg.precision, device)
-    mean = torch.tensor(IMAGENET_MEAN if init.imagenet else splits.mean, device=device)  # as in its pretraining
-    std = torch.tensor(IMAGENET_STD if init.imagenet else splits.std, device=device)
-    ctx = _Ctx(model, device, dtype, mean, std, cfg.channels_last, cfg.model.freeze == "backbone", init.fresh, init.imagenet)
+@dataclass
+class _Run:
+    """The mutable state of one fit: what the epoch loop reads and updates."""
+
+    cfg: TrainConfig
+    ctx: Context
+    splits: Splits
+    opt: torch.optim.Optimizer
+    schedule: Schedule
+    gen: torch.Generator
+    result: FitResult
+    out: Path | None
+    best_state: dict[str, torch.Tensor] | None = None
+
+
+def _start(cfg: TrainConfig, splits: Splits) -> _Run:
+    _require_resolved(cfg)
+    if splits.train.images.shape[-1] != cfg.data.image_size:
+        raise ValueError(f"splits hold {splits.train.images.shape[-1]} px images, the config asks for {cfg.data.image_size}")
+    ctx, init = build_context(cfg, splits.classes, splits.mean, splits.std)
+    splits = splits.to(ctx.device)
+    steps = math.ceil(len(splits.train) / cfg.batch_size)
+    opt = build_optimizer(ctx.policy.param_groups(ctx.model, cfg.optim.lr), cfg.optim)
     result = FitResult(
-        device=str(device),
-        precision=str(dtype or torch.float32).replace("torch.", ""),
-        num_params=sum(p.numel() for p in model.parameters()),
+        device=str(ctx.device),
+        precision=str(ctx.dtype or torch.float32).replace("torch.", ""),
+        num_params=sum(p.numel() for p in ctx.model.parameters()),
         checkpoint_dir=cfg.out_dir,
-        init=init.summary,
+        init=init,
         classes=list(splits.classes),
     )
-    return ctx, result
+    out = Path(cfg.out_dir) if cfg.out_dir else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator(device=ctx.device).manual_seed(cfg.seed)
+    return _Run(cfg, ctx, splits, opt, Schedule(opt, cfg.sched, cfg.epochs, steps), gen, result, out)
 
 
-def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Head at optim.lr, backbone at optim.lr x optim.backbone_lr_mult (one group when equal)."""
-    if cfg.optim.backbone_lr_mult == 1.0:
-        return [{"params": list(model.parameters())}]
-    return [
-        {"params": backbone_parameters(model), "lr": cfg.optim.lr * cfg.optim.backbone_lr_mult},
-        {"params": head_parameters(model)},
-    ]
+def _epoch(run: _Run, epoch: int, on_batch: OnBatch) -> EpochRecord:
+    """Train one epoch and validate: the epoch's record."""
+    cfg, splits = run.cfg, run.splits
+    start = time.perf_counter()
+    tr_loss, tr_acc, tr_speed = train_one_epoch(run.ctx, splits.train, cfg, run.opt, run.schedule, run.gen, epoch, on_batch)
+    val_loss = val_acc = None
+    if splits.val is not None and math.isfinite(tr_loss):
+        val_loss, val_acc = evaluate(run.ctx, splits.val, cfg.eval_batch_size)
+    return EpochRecord(epoch, tr_loss, tr_acc, val_loss, val_acc, run.schedule.lr, time.perf_counter() - start, tr_speed)
+
+
+def _keep_if_best(run: _Run, record: EpochRecord) -> None:
+    """Remember (and checkpoint) the weights of the best validation accuracy so far."""
+    result = run.result
+    if record.val_acc is None or result.best_val_acc is None or record.val_acc > result.best_val_acc:
+        result.best_epoch, result.best_val_acc = record.epoch, record.val_acc
+        run.best_state = copy.deepcopy(run.ctx.model.state_dict())
+        if run.out:
+            _save(run.out / "best.pt", run.ctx, run.cfg, record, run.splits.classes)
+
+
+def _finish(run: _Run) -> None:
+    """Last checkpoint; then, on the best weights, the validation confusion matrix and the test set."""
+    result, ctx, splits, cfg = run.result, run.ctx, run.splits, run.cfg
+    if run.out and result.history:
+        _save(run.out / "last.pt", ctx, cfg, result.history[-1], splits.classes)
+    if result.outcome == "diverged" or run.best_state is None:
+        return
+    ctx.model.load_state_dict(run.best_state)
+    if splits.val is not None:
+        result.val_confusion = confusion(ctx, splits.val, cfg.eval_batch_size, len(splits.classes)).tolist()
+    if splits.test is not None:
+        result.test_loss, result.test_acc = evaluate(ctx, splits.test, cfg.eval_batch_size)
 
 
 def fit(cfg: TrainConfig, splits: Splits, on_epoch: OnEpoch = None, on_batch: OnBatch = None) -> FitResult:
-    """Train ``cfg`` on ``splits``: one EpochRecord per epoch, then the test set on the best weights.
+    """Train ``cfg`` (resolved) on ``splits``: one EpochRecord per epoch, then the test set on the best weights.
 
     ``on_epoch`` sees every record as it is made and may return True to stop early (outcome
     ``stopped``); exceptions it raises (a pruner's, say) propagate. A non-finite or exploding
     training loss ends the run with outcome ``diverged`` instead of an exception.
     """
-    cfg = resolve_input(cfg)
-    if splits.train.images.shape[-1] != cfg.data.image_size:
-        raise ValueError(f"splits hold {splits.train.images.shape[-1]} px images, the config asks for {cfg.data.image_size}")
-    ctx, result = _setup(cfg, splits)
-    splits = splits.to(ctx.device)
-    gen = torch.Generator(device=ctx.device).manual_seed(cfg.seed)
-    steps = math.ceil(len(splits.train) / cfg.batch_size)
-    opt = build_optimizer(_param_groups(ctx.model, cfg), cfg.optim)  # type: ignore[arg-type]
-    schedule = Schedule(opt, cfg.sched, cfg.epochs, steps)
+    run = _start(cfg, splits)
     limit = cfg.diverge_factor * math.log(max(2, len(splits.classes)))
-    out = Path(cfg.out_dir) if cfg.out_dir else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-    best_state: dict[str, torch.Tensor] | None = None
     for epoch in range(1, cfg.epochs + 1):
-        if ctx.frozen and epoch == cfg.model.unfreeze_epoch:  # fine-tune the whole net from here on
-            set_backbone_trainable(ctx.model, True)
-            ctx.frozen = False
-        start = time.perf_counter()
-        tr_loss, tr_acc, tr_speed = train_one_epoch(ctx, splits.train, cfg, opt, schedule, gen, on_batch)
-        lr = schedule.lr
-        val_loss = val_acc = None
-        if splits.val is not None and math.isfinite(tr_loss):
-            val_loss, val_acc = evaluate(ctx, splits.val, cfg.eval_batch_size)
-        record = EpochRecord(epoch, tr_loss, tr_acc, val_loss, val_acc, lr, time.perf_counter() - start, tr_speed)
-        result.history.append(record)
-        reason = _divergence(tr_loss, limit)
+        record = _epoch(run, epoch, on_batch)
+        run.result.history.append(record)
+        reason = _divergence(record.train_loss, limit)
         if reason:
-            result.outcome, result.reason = "diverged", f"epoch {epoch}: {reason}"
+            run.result.outcome, run.result.reason = "diverged", f"epoch {epoch}: {reason}"
             break
-        if val_acc is None or result.best_val_acc is None or val_acc > result.best_val_acc:
-            result.best_epoch, result.best_val_acc = epoch, val_acc
-            best_state = copy.deepcopy(ctx.model.state_dict())
-            if out:
-                _save(out / "best.pt", ctx, cfg, record, splits.classes)
-        metrics = {k: v for k, v in (("val_acc", val_acc), ("val_loss", val_loss)) if v is not None}
-        schedule.after_epoch(metrics)
+        _keep_if_best(run, record)
+        run.schedule.after_epoch({k: v for k, v in (("val_acc", record.val_acc), ("val_loss", record.val_loss)) if v is not None})
         if on_epoch and on_epoch(record):
-            result.outcome, result.reason = "stopped", f"stopped by the caller after epoch {epoch}"
+            run.result.outcome, run.result.reason = "stopped", f"stopped by the caller after epoch {epoch}"
             break
-    if out and result.history:
-        _save(out / "last.pt", ctx, cfg, result.history[-1], splits.classes)
-    if result.outcome != "diverged" and best_state is not None:
-        ctx.model.load_state_dict(best_state)
-        if splits.val is not None:
-            cm = confusion(ctx, splits.val, cfg.eval_batch_size, len(splits.classes))
-            result.val_confusion = cm.tolist()
-        if splits.test is not None:
-            result.test_loss, result.test_acc = evaluate(ctx, splits.test, cfg.eval_batch_size)
-    return result
+    _finish(run)
+    return run.result

@@ -10,10 +10,10 @@ import torch
 
 from .config import config_from_dict
 from .data import load_splits, stratified_indices
-from .engine import _Ctx, predict, resolve_device
+from .engine import inference_context, predict
 from .errors import StudyrunnerError
 from .models import IMAGENET_MEAN, IMAGENET_STD, build_model
-from .plots import close, plt
+from .plots import close, prediction_figure
 
 __all__ = ["prediction_grid"]
 
@@ -37,25 +37,15 @@ def prediction_grid(checkpoint: str | Path, out: Path, n: int = 16, data_dir: st
         model.load_state_dict(blob["model"])
     except RuntimeError as exc:
         raise StudyrunnerError(f"{checkpoint}: its weights do not fit model {cfg.model.name} ({exc})") from None
-    device = resolve_device("cpu")
     mean = blob.get("mean", IMAGENET_MEAN if imagenet else splits.mean)  # the normalisation it was trained with
     std = blob.get("std", IMAGENET_STD if imagenet else splits.std)
-    ctx = _Ctx(model, device, None, torch.tensor(mean), torch.tensor(std), False)
+    ctx = inference_context(model, mean, std)
     _, pred = predict(ctx, pick, n)
-    cols = 8
-    rows = (len(pick) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 2.0 * rows), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i >= len(pick):
-            continue
-        ax.imshow(pick.images[i].permute(1, 2, 0).numpy())
-        ok = int(pred[i]) == int(pick.labels[i])
-        ax.set_title(
-            f"{splits.classes[int(pred[i])]}\n({splits.classes[int(pick.labels[i])]})", fontsize=7, color="green" if ok else "red"
-        )
-    fig.suptitle("predicted (true) on validation images", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    close(fig)
+    images = [pick.images[i].permute(1, 2, 0).numpy() for i in range(len(pick))]
+    names = [(splits.classes[int(p)], splits.classes[int(t)]) for p, t in zip(pred, pick.labels, strict=True)]
+    fig = prediction_figure(images, names)
+    try:
+        fig.savefig(out, dpi=110)
+    finally:
+        close(fig)
     return out

@@ -11,9 +11,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .engine import EpochRecord
-from .results import count_states, trial_state
+from .objective import StudyEvents
 from .spec import SweepSpec
-from .study import StudyEvents, StudyOutcome
+from .states import TrialState, count_states, finished_count, trial_state
+from .study import StudyOutcome
 
 __all__ = ["LiveStudy"]
 
@@ -61,7 +62,8 @@ class LiveStudy(StudyEvents):
         self.progress.update(self.batch_task, completed=done, total=total)
 
     def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        counts = count_states(study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        counts = count_states(trials)
         state = trial_state(trial)
         value = "" if trial.value is None else f" value {trial.value:.4f}"
         why = trial.user_attrs.get("reason") or trial.user_attrs.get("fail_reason") or ""
@@ -69,11 +71,17 @@ class LiveStudy(StudyEvents):
             best = f"best {study.best_value:.4f} (trial {study.best_trial.number}: {_params(study.best_params)})"
         except ValueError:
             best = "no completed trial yet"
-        done = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) + counts.get("DIVERGED", 0)
+        shown = {
+            TrialState.COMPLETE: "complete",
+            TrialState.PRUNED: "pruned",
+            TrialState.DIVERGED: "diverged",
+            TrialState.FAIL: "failed",
+        }
         self.progress.console.print(
-            f"trial {trial.number} {state}{value}{' - ' + why if why and state != 'COMPLETE' else ''}\n"
-            f"  finished {done}: complete {counts.get('COMPLETE', 0)}, pruned {counts.get('PRUNED', 0)}, "
-            f"diverged {counts.get('DIVERGED', 0)}, failed {counts.get('FAIL', 0)} | {best}",
+            f"trial {trial.number} {state}{value}{' - ' + why if why and state != TrialState.COMPLETE else ''}\n"
+            f"  finished {finished_count(trials)}: "
+            + ", ".join(f"{word} {counts.get(s, 0)}" for s, word in shown.items())
+            + f" | {best}",
             highlight=False,
         )
         self.progress.update(self.batch_task, visible=False)
@@ -88,8 +96,7 @@ class LiveStudy(StudyEvents):
             "test acc",
             "epochs",
             *params,
-            title=f"study {study.study_name}: {sum(v for k, v in outcome.counts.items() if k != 'FAIL' and k != 'RUNNING')}"
-            f"/{outcome.target} finished",
+            title=f"study {study.study_name}: {finished_count(study.trials)}/{outcome.target} finished",
         )
         for t in study.trials:
             state = trial_state(t)

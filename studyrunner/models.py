@@ -7,15 +7,16 @@ valid ones. Every model ends in a fresh classifier head sized for ``num_classes`
 from __future__ import annotations
 
 import functools
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision import models as tvm
 
-from .config import ConfigError, ModelConfig, TrainConfig
+from .config import ConfigError, ModelConfig
 
 __all__ = [
     "CifarAlexNet",
@@ -23,9 +24,12 @@ __all__ = [
     "MODELS",
     "build_model",
     "head_parameters",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGENET_SIZE",
     "imagenet_pretrained",
+    "input_size",
     "load_init",
-    "resolve_input",
 ]
 
 
@@ -78,16 +82,17 @@ class CifarAlexNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        logits: torch.Tensor = self.classifier(self.features(x))
+        return logits
 
 
 def _resnet(fn: Callable[..., tvm.ResNet]) -> Callable[[ModelConfig, int, int], nn.Module]:
     def build(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
-        net = fn(weights=None, num_classes=num_classes)
+        net: tvm.ResNet = fn(weights=None, num_classes=num_classes)
         if cfg.cifar_stem and not imagenet_pretrained(cfg.init):  # small images: keep resolution in the stem
             net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()  # type: ignore[assignment]
-        return net
+        return typing.cast(nn.Module, net)  # torchvision is untyped here
 
     return build
 
@@ -99,7 +104,8 @@ def _cifar_alexnet(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Mo
 def _alexnet(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
     if image_size < 63:
         raise ConfigError(f"alexnet needs data.image_size >= 63 pixels, got {image_size}; use cifar_alexnet for 32 px")
-    return tvm.alexnet(weights=None, num_classes=num_classes)
+    net: nn.Module = tvm.alexnet(weights=None, num_classes=num_classes)
+    return net
 
 
 MODELS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {
@@ -172,36 +178,10 @@ def imagenet_pretrained(init: str) -> bool:
     return p.is_file() and _checkpoint_normalisation(str(p), p.stat().st_mtime_ns) == "imagenet"
 
 
-def resolve_input(cfg: TrainConfig) -> TrainConfig:
-    """Fill in ``data.image_size: 0`` (auto): 224 for ImageNet-pretrained weights, else 32."""
-    if cfg.data.image_size:
-        return cfg
-    size = IMAGENET_SIZE if imagenet_pretrained(cfg.model.init) else 32
-    return replace(cfg, data=replace(cfg.data, image_size=size))
-
-
-def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Every parameter that is not in the classifier head."""
-    head = {id(p) for p in head_parameters(model)}
-    return [p for p in model.parameters() if id(p) not in head]
-
-
-def set_backbone_trainable(model: nn.Module, trainable: bool, keep: frozenset[str] = frozenset()) -> None:
-    """Switch the backbone's gradients; parameters named in ``keep`` (fresh, not loaded) always train."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    for p in backbone_parameters(model):
-        p.requires_grad_(trainable or names[id(p)] in keep)
-
-
-def freeze_backbone_norms(model: nn.Module, keep: frozenset[str] = frozenset()) -> None:
-    """Keep BatchNorm statistics of a frozen backbone fixed (call after ``model.train()``); norms
-    whose parameters are named in ``keep`` (fresh, not loaded) keep learning."""
-    head = {id(p) for p in head_parameters(model)}
-    for name, m in model.named_modules():
-        if not isinstance(m, nn.modules.batchnorm._BatchNorm) or any(id(p) in head for p in m.parameters()):
-            continue
-        if not any(f"{name}.{n}" in keep for n, _ in m.named_parameters()):
-            m.eval()
+def input_size(cfg: ModelConfig) -> int:
+    """The input size ``data.image_size: 0`` (auto) stands for: 224 for ImageNet-pretrained
+    weights (what they were trained at), else 32 (CIFAR-10)."""
+    return IMAGENET_SIZE if imagenet_pretrained(cfg.init) else 32
 
 
 def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
@@ -223,8 +203,6 @@ def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
 
 
 def _file_state(path: str) -> dict[str, torch.Tensor]:
-    from pathlib import Path
-
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"model.init: {path!r} is neither scratch, imagenet, study:NAME nor an existing file")

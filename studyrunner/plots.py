@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-__all__ = ["learning_curves"]
+__all__ = ["learning_curves", "confusion_figure", "prediction_figure", "history_figure", "params_figure", "close"]
 
 
 def learning_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], title: str = "") -> Figure:
@@ -59,6 +59,51 @@ def confusion_figure(classes: Sequence[str], matrix: Sequence[Sequence[int]]) ->
                 fontsize=6,
                 color="white" if matrix[i][j] > top / 2 else "black",
             )
+    fig.tight_layout()
+    return fig
+
+
+def prediction_figure(images: Sequence[Any], names: Sequence[tuple[str, str]], cols: int = 8) -> Figure:
+    """A grid of images (HWC uint8 arrays) titled "predicted (true)", green when right, red when wrong."""
+    rows = (len(images) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 2.0 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= len(images):
+            continue
+        ax.imshow(images[i])
+        predicted, true = names[i]
+        ax.set_title(f"{predicted}\n({true})", fontsize=7, color="green" if predicted == true else "red")
+    fig.suptitle("predicted (true) on validation images", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def history_figure(info: Mapping[str, Sequence[float]], title: str) -> Figure:
+    """Each trial's value and the best so far (``report.history_info``)."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.plot(info["trial"], info["value"], "o", alpha=0.6, label="trial value")
+    ax.step(info["trial"], info["best"], where="post", color="C3", label="best so far")
+    ax.set(xlabel="trial", ylabel="objective", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def params_figure(info: Mapping[str, tuple[str, Sequence[tuple[Any, float]]]], label: Callable[[Any], str] = str) -> Figure:
+    """Objective against each parameter (``report.params_info``): categorical values on a labelled
+    axis, log-float ones on a log axis."""
+    fig, axes = plt.subplots(1, len(info), figsize=(3.6 * len(info), 3.2), squeeze=False)
+    for ax, (p, (kind, pts)) in zip(axes[0], info.items(), strict=True):
+        if kind == "categorical":
+            labels = sorted({label(x) for x, _ in pts})
+            ax.plot([labels.index(label(x)) for x, _ in pts], [y for _, y in pts], "o", alpha=0.7)
+            ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
+        else:
+            ax.plot([x for x, _ in pts], [y for _, y in pts], "o", alpha=0.7)
+            if kind == "log-float":
+                ax.set_xscale("log")
+        ax.set(xlabel=p, ylabel="objective")
     fig.tight_layout()
     return fig
 

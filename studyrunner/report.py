@@ -10,20 +10,38 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .results import NarrativeResult, StepResult, StudyResult, Verdict
+from . import plots
+from .narrative import Verdict
+from .results import NarrativeResult, StepResult, StudyResult, TrialResult
+from .states import TrialState
 
-__all__ = ["md_table", "effects", "render_sweep_report", "render_narrative", "history_info", "EFFECT_BINS"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "md_table",
+    "effects",
+    "render_sweep_report",
+    "render_narrative",
+    "history_info",
+    "params_info",
+    "curves_info",
+    "EFFECT_BINS",
+]
 
 EFFECT_BINS = 4  # numeric parameters: at most this many quantile bins (decades for log ranges)
 
 
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub markdown table; None becomes '-'."""
-    cell = lambda v: "-" if v is None else str(v).replace("|", "\\|")  # noqa: E731
+
+    def cell(v: Any) -> str:
+        return "-" if v is None else str(v).replace("|", "\\|")
+
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -124,7 +142,7 @@ def _bins(values: pd.Series, kind: str) -> pd.Series:
 def effects(r: StudyResult) -> dict[str, pd.DataFrame]:
     """Per parameter: trials, finished, diverged, mean / best value of complete trials, per choice
     or numeric bin (decades for log ranges)."""
-    rows = [{"state": t.state, "value": t.value, **t.params} for t in r.trials if t.state != "RUNNING"]
+    rows = [{"state": t.state, "value": t.value, **t.params} for t in r.trials if t.state != TrialState.RUNNING]
     df = pd.DataFrame(rows)
     out: dict[str, pd.DataFrame] = {}
     best = "min" if r.direction == "minimize" else "max"
@@ -134,14 +152,14 @@ def effects(r: StudyResult) -> dict[str, pd.DataFrame]:
         sub = df[df[param].notna()].copy()
         sub["group"] = sub[param].map(_num) if kind == "categorical" else _bins(sub[param].astype(float), kind)
         sub["order"] = sub[param] if kind != "categorical" else sub[param].map(str)
-        done = sub[sub.state == "COMPLETE"]
+        done = sub[sub.state == TrialState.COMPLETE]
         table = (
             pd.DataFrame(
                 {
                     "trials": sub.groupby("group").size(),
                     "complete": done.groupby("group").size(),
-                    "pruned": sub[sub.state == "PRUNED"].groupby("group").size(),
-                    "diverged": sub[sub.state == "DIVERGED"].groupby("group").size(),
+                    "pruned": sub[sub.state == TrialState.PRUNED].groupby("group").size(),
+                    "diverged": sub[sub.state == TrialState.DIVERGED].groupby("group").size(),
                     "mean value": done.groupby("group")["value"].mean(),
                     "best value": done.groupby("group")["value"].agg(best),
                     "order": sub.groupby("group")["order"].min(),
@@ -186,56 +204,37 @@ def history_info(r: StudyResult) -> dict[str, list[float]]:
 def curves_info(r: StudyResult, top: int = 3) -> dict[str, list[dict[str, Any]]]:
     """Learning curves of the top trials and of every diverged trial."""
     chosen = {f"trial {t.number} (top)": t.history for t in r.ranked()[:top] if t.history}
-    chosen.update({f"trial {t.number} (diverged)": t.history for t in r.trials if t.state == "DIVERGED" and t.history})
+    chosen.update({f"trial {t.number} (diverged)": t.history for t in r.trials if t.state == TrialState.DIVERGED and t.history})
     return chosen
 
 
-def _plot_history(info: dict[str, list[float]], title: str, path: Path) -> None:
-    import matplotlib.pyplot as plt
+def params_info(r: StudyResult) -> dict[str, tuple[str, list[tuple[Any, float]]]]:
+    """Per parameter: its kind and (value, objective) of every complete trial that has it."""
+    return {
+        p: (r.distributions[p], [(t.params[p], float(t.value or 0.0)) for t in r.complete if p in t.params])
+        for p in sorted(r.distributions)
+    }
 
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    ax.plot(info["trial"], info["value"], "o", alpha=0.6, label="trial value")
-    ax.step(info["trial"], info["best"], where="post", color="C3", label="best so far")
-    ax.set(xlabel="trial", ylabel="objective", title=title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+def _save(fig: Figure, path: Path) -> None:
+    try:
+        fig.savefig(path, dpi=110)
+    finally:
+        plots.close(fig)
 
 
 def _plot_params(r: StudyResult, path: Path) -> bool:
-    import matplotlib.pyplot as plt
-
-    params = sorted(r.distributions)
-    done = r.complete
-    if not params or not done:
+    info = params_info(r)
+    if not info or not r.complete:
         return False
-    fig, axes = plt.subplots(1, len(params), figsize=(3.6 * len(params), 3.2), squeeze=False)
-    for ax, p in zip(axes[0], params, strict=True):
-        pts = [(t.params[p], t.value) for t in done if p in t.params]
-        if r.distributions[p] == "categorical":
-            labels = sorted({_num(x) for x, _ in pts})
-            ax.plot([labels.index(_num(x)) for x, _ in pts], [y for _, y in pts], "o", alpha=0.7)
-            ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
-        else:
-            ax.plot([x for x, _ in pts], [y for _, y in pts], "o", alpha=0.7)
-            if r.distributions[p] == "log-float":
-                ax.set_xscale("log")
-        ax.set(xlabel=p, ylabel="objective")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plots.params_figure(info, _num), path)
     return True
 
 
 def _save_curves(histories: dict[str, list[dict[str, Any]]], title: str, path: Path) -> bool:
     if not histories:
         return False
-    from .plots import close, learning_curves
-
-    fig = learning_curves(histories, title)
-    fig.savefig(path, dpi=110)
-    close(fig)
+    _save(plots.learning_curves(histories, title), path)
     return True
 
 
@@ -267,20 +266,20 @@ def render_study(r: StudyResult, out: Path | None, gallery: Callable[[str, Path]
             "",
         ]
     if out is not None:
-        plots = []
+        pngs = []
         info = history_info(r)
         if info["trial"]:
-            _plot_history(info, f"{r.name}: optimisation history", out / f"{r.name}_history.png")
-            plots.append(f"![optimisation history]({r.name}_history.png)")
+            _save(plots.history_figure(info, f"{r.name}: optimisation history"), out / f"{r.name}_history.png")
+            pngs.append(f"![optimisation history]({r.name}_history.png)")
         if _save_curves(curves_info(r), f"{r.name}: top and diverged trials", out / f"{r.name}_curves.png"):
-            plots.append(f"![learning curves]({r.name}_curves.png)")
+            pngs.append(f"![learning curves]({r.name}_curves.png)")
         if _plot_params(r, out / f"{r.name}_params.png"):
-            plots.append(f"![parameter vs objective]({r.name}_params.png)")
+            pngs.append(f"![parameter vs objective]({r.name}_params.png)")
         if gallery is not None and r.checkpoint and gallery(r.checkpoint, out / f"{r.name}_predictions.png"):
             caption = "Validation images, predicted (true), best trial's best checkpoint:"
-            plots.append(f"{caption}\n\n![predictions]({r.name}_predictions.png)")
-        if plots:
-            parts += ["### Plots", ""] + [p + "\n" for p in plots]
+            pngs.append(f"{caption}\n\n![predictions]({r.name}_predictions.png)")
+        if pngs:
+            parts += ["### Plots", ""] + [p + "\n" for p in pngs]
     return "\n".join(parts)
 
 
@@ -333,88 +332,95 @@ def narrative_curves_info(step: StepResult) -> dict[str, list[dict[str, Any]]]:
     return {f"seed {r.params.get('seed', i)}": r.history for i, r in enumerate(step.runs) if r.history}
 
 
-def render_narrative(
-    n: NarrativeResult, out: Path | None, command: str, gallery: Callable[[str, Path], bool] | None = None
-) -> str:
-    """The document's steps with its figures beside ours, learning curves, one verdict per claim."""
+def _narrative_head(n: NarrativeResult) -> list[str]:
     seeds = max((len(s.runs) for s in n.steps), default=0)
-    sc = n.scale_config
-    parts = [
+    return [
         f"# {n.title or n.study} ({n.scale} scale)",
         "",
         n.description,
         "",
-        f"Scale `{n.scale}`: {_scale_words(sc)}up to {seeds} seeds per step; test sets are evaluated once per run. "
+        f"Scale `{n.scale}`: {_scale_words(n.scale_config)}up to {seeds} seeds per step; test sets are evaluated once per run. "
         "Figures are mean ± sd over seeds, in % (gap = final train accuracy - final validation accuracy, in "
         "points). The document's figures come from its own runs, at its own scale.",
         "",
-        "## Steps: the document's figures beside ours",
-        "",
-        md_table(
-            ["step", "document", "ours: final train", "best val", "final val", "test", "gap", "runs"],
-            [
-                [s.title, _doc_figures(s.document), *_ours(s), f"{sum(r.state == 'COMPLETE' for r in s.runs)}/{len(s.runs)}"]
-                for s in n.steps
-            ],
-        ),
-        "",
+    ]
+
+
+def _steps_table(n: NarrativeResult) -> list[str]:
+    def runs(s: StepResult) -> str:
+        return f"{sum(r.state == TrialState.COMPLETE for r in s.runs)}/{len(s.runs)}"
+
+    headers = ["step", "document", "ours: final train", "best val", "final val", "test", "gap", "runs"]
+    rows = [[s.title, _doc_figures(s.document), *_ours(s), runs(s)] for s in n.steps]
+    return ["## Steps: the document's figures beside ours", "", md_table(headers, rows), ""]
+
+
+def _verdicts_section(n: NarrativeResult) -> list[str]:
+    counts = {k: sum(v.verdict == k for v in n.verdicts) for k in ("reproduced", "not reproduced", "inconclusive")}
+    headers = ["claim", "metric", "a", "b", "difference (pts)", "verdict", "what the scale can show"]
+    return [
         "## Verdicts",
         "",
         "Reproduced when the claimed difference beats its margin by more than twice its standard "
         "error (floored at 0.5 points: two seeds cannot resolve less), not reproduced when it falls short by as "
         "much, inconclusive otherwise.",
         "",
-        md_table(
-            ["claim", "metric", "a", "b", "difference (pts)", "verdict", "what the scale can show"],
-            [_verdict_row(v) for v in n.verdicts],
-        ),
+        md_table(headers, [_verdict_row(v) for v in n.verdicts]),
         "",
-    ]
-    counts = {k: sum(v.verdict == k for v in n.verdicts) for k in ("reproduced", "not reproduced", "inconclusive")}
-    parts += [
         f"{counts['reproduced']} reproduced, {counts['not reproduced']} not reproduced, {counts['inconclusive']} inconclusive.",
         "",
     ]
+
+
+def _run_row(r: TrialResult) -> list[Any]:
+    final_lr = None if not r.history else f"{r.history[-1]['lr']:.2e}"
+    return [
+        r.params.get("seed", "-"),
+        r.state,
+        len(r.history),
+        pct(r.metric("final_train_acc")),
+        pct(r.metric("best_val_acc")),
+        pct(r.metric("final_val_acc")),
+        pct(r.test_acc),
+        final_lr,
+        r.reason or "",
+    ]
+
+
+def _step_section(s: StepResult, out: Path | None, gallery: Callable[[str, Path], bool] | None) -> list[str]:
+    """One step: the document's setup and claim, our runs per seed, learning curves, predictions."""
+    headers = ["seed", "state", "epochs", "final train", "best val", "final val", "test", "final lr", "note"]
+    parts = [
+        f"### {s.title}",
+        "",
+        f"Document: {s.setup}. Reported: {_doc_figures(s.document)}.",
+        "",
+        f"Its claim: {s.claim}.",
+        "",
+    ]
+    parts += [md_table(headers, [_run_row(r) for r in s.runs]), ""]
+    if out is not None and _save_curves(narrative_curves_info(s), s.title, out / f"{s.name}.png"):
+        parts += [f"![{s.title}]({s.name}.png)", ""]
+    if out is not None and gallery is not None and s.checkpoint and gallery(s.checkpoint, out / f"{s.name}_predictions.png"):
+        parts += [
+            "Validation images, predicted (true), best run's best checkpoint:",
+            "",
+            f"![{s.title}: predictions]({s.name}_predictions.png)",
+            "",
+        ]
+    return parts
+
+
+def render_narrative(
+    n: NarrativeResult, out: Path | None, command: str, gallery: Callable[[str, Path], bool] | None = None
+) -> str:
+    """The document's steps with its figures beside ours, learning curves, one verdict per claim."""
+    parts = _narrative_head(n) + _steps_table(n) + _verdicts_section(n)
     if n.notes:
         parts += ["## Where our setup differs from the document's", ""] + [f"- {note}" for note in n.notes] + [""]
     parts += ["## Step by step", ""]
     for s in n.steps:
-        parts += [
-            f"### {s.title}",
-            "",
-            f"Document: {s.setup}. Reported: {_doc_figures(s.document)}.",
-            "",
-            f"Its claim: {s.claim}.",
-            "",
-        ]
-        rows = []
-        for r in s.runs:
-            rows.append(
-                [
-                    r.params.get("seed", "-"),
-                    r.state,
-                    len(r.history),
-                    pct(r.metric("final_train_acc")),
-                    pct(r.metric("best_val_acc")),
-                    pct(r.metric("final_val_acc")),
-                    pct(r.test_acc),
-                    None if not r.history else f"{r.history[-1]['lr']:.2e}",
-                    r.reason or "",
-                ]
-            )
-        parts += [
-            md_table(["seed", "state", "epochs", "final train", "best val", "final val", "test", "final lr", "note"], rows),
-            "",
-        ]
-        if out is not None and _save_curves(narrative_curves_info(s), s.title, out / f"{s.name}.png"):
-            parts += [f"![{s.title}]({s.name}.png)", ""]
-        if out is not None and gallery is not None and s.checkpoint and gallery(s.checkpoint, out / f"{s.name}_predictions.png"):
-            parts += [
-                "Validation images, predicted (true), best run's best checkpoint:",
-                "",
-                f"![{s.title}: predictions]({s.name}_predictions.png)",
-                "",
-            ]
+        parts += _step_section(s, out, gallery)
     parts += ["## Reproduce", "", "```bash", command, "```", ""]
     return "\n".join(parts)
 

@@ -9,36 +9,33 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from .config import config_to_dict
 from .errors import StudyrunnerError
+from .narrative import NarrativeSpec, Verdict, judge
+from .states import TrialState, count_states, trial_state
 
-__all__ = ["StudyRow", "list_studies", "load_study", "trials_frame"]
+__all__ = [
+    "StudyRow",
+    "TrialResult",
+    "StudyResult",
+    "StepResult",
+    "NarrativeResult",
+    "list_studies",
+    "load_study",
+    "trials_frame",
+    "study_result",
+    "importances",
+    "narrative_result",
+]
 
 
 @dataclass
 class StudyRow:
     name: str
     direction: str
-    counts: dict[str, int]
+    counts: dict[TrialState, int]
     best_value: float | None
     best_params: dict[str, Any]
-
-
-def trial_state(t: optuna.trial.FrozenTrial) -> str:
-    """COMPLETE, PRUNED, DIVERGED (pruned: the loss blew up), FAIL, CANCELLED (a parallel worker's
-    surplus trial, stopped before it trained), RUNNING or WAITING."""
-    if t.user_attrs.get("outcome") == "diverged":
-        return "DIVERGED"
-    if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("surplus"):
-        return "CANCELLED"
-    return t.state.name
-
-
-def count_states(trials: Any) -> dict[str, int]:
-    """Trials by studyrunner state (see trial_state)."""
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[trial_state(t)] = counts.get(trial_state(t), 0) + 1
-    return counts
 
 
 def list_studies(storage: str) -> list[StudyRow]:
@@ -97,7 +94,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 @dataclass
 class TrialResult:
     number: int
-    state: str  # COMPLETE, PRUNED, DIVERGED, FAIL, RUNNING
+    state: TrialState
     value: float | None
     params: dict[str, Any]
     history: list[dict[str, Any]]  # per-epoch records (first seed)
@@ -144,7 +141,7 @@ class StudyResult:
 
     @property
     def complete(self) -> list[TrialResult]:
-        return [t for t in self.trials if t.state == "COMPLETE" and t.value is not None]
+        return [t for t in self.trials if t.state == TrialState.COMPLETE and t.value is not None]
 
     def ranked(self) -> list[TrialResult]:
         sign = 1.0 if self.direction == "minimize" else -1.0
@@ -227,54 +224,7 @@ class StepResult:
     checkpoint: str = ""  # best-validation checkpoint of the step's best run, when one was saved
 
     def values(self, metric: str) -> list[float]:
-        return [v for v in (r.metric(metric) for r in self.runs if r.state == "COMPLETE") if v is not None]
-
-
-@dataclass
-class Verdict:
-    id: str
-    text: str
-    metric: str
-    a: str
-    b: str | None
-    a_values: list[float]
-    b_values: list[float]
-    difference: float | None  # mean(a) - mean(b), or mean(a) - threshold
-    noise: float | None  # twice the standard error of the difference (floored)
-    verdict: str  # reproduced | not reproduced | inconclusive
-    note: str = ""
-
-
-NOISE_FLOOR = 0.005  # a standard error below half a point is not trusted from two seeds
-
-
-def _se(values: list[float]) -> float:
-    if len(values) < 2:
-        return float("inf")
-    mean = sum(values) / len(values)
-    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return max(sd / len(values) ** 0.5, NOISE_FLOOR)
-
-
-def judge(claim: Any, steps: dict[str, StepResult]) -> Verdict:
-    """Reproduced when the claimed effect exceeds its margin by more than twice the standard
-    error, not reproduced when it falls short of it by that much, inconclusive otherwise."""
-    a = steps[claim.a].values(claim.metric)
-    b = steps[claim.b].values(claim.metric) if claim.b else []
-    if not a or (claim.b and not b):
-        return Verdict(
-            claim.id, claim.text, claim.metric, claim.a, claim.b, a, b, None, None, "inconclusive", "not enough finished runs"
-        )
-    mean_a = sum(a) / len(a)
-    if claim.kind == "above":
-        diff, se = mean_a - claim.threshold, _se(a)
-        margin = 0.0
-    else:
-        diff, se = mean_a - sum(b) / len(b), (_se(a) ** 2 + _se(b) ** 2) ** 0.5
-        margin = claim.margin
-    noise = 2 * se
-    verdict = "reproduced" if diff > margin + noise else "not reproduced" if diff < margin - noise else "inconclusive"
-    return Verdict(claim.id, claim.text, claim.metric, claim.a, claim.b, a, b, diff, noise, verdict, claim.scale_note)
+        return [v for v in (r.metric(metric) for r in self.runs if r.state == TrialState.COMPLETE) if v is not None]
 
 
 @dataclass
@@ -290,14 +240,12 @@ class NarrativeResult:
     source: str
 
 
-def narrative_result(spec: Any, scale: str, storage: str) -> NarrativeResult:
+def narrative_result(spec: NarrativeSpec, scale: str, storage: str) -> NarrativeResult:
     """The stored runs of every step of a narrative study, and a verdict per claim."""
-    from .config import config_to_dict
-
     steps: list[StepResult] = []
     names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     for step in spec.steps:
-        study_name = spec.step_sweep(step, scale).study
+        study_name = spec.step_study(step, scale)
         runs: list[TrialResult] = []
         checkpoint = ""
         if study_name in names:
@@ -324,26 +272,9 @@ def narrative_result(spec: Any, scale: str, storage: str) -> NarrativeResult:
         spec.title,
         spec.description.strip(),
         scale,
-        dict(spec.scales.get(scale, {})),
+        dict(spec.scales.get(scale, {})),  # type: ignore[call-overload]  # scale is checked against the file's scales
         steps,
         verdicts,
         list(spec.notes),
         spec.source,
     )
-
-
-def best_checkpoint(study_name: str, storage: str) -> str:
-    """The best-validation checkpoint of ``study_name``'s best trial (for model.init=study:NAME)."""
-    from pathlib import Path
-
-    study = load_study(study_name, storage)
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise StudyrunnerError(f"model.init=study:{study_name}: the study has no completed trial yet") from None
-    path = best.user_attrs.get("checkpoint")
-    if not path or not Path(path).is_file():
-        raise StudyrunnerError(
-            f"model.init=study:{study_name}: best trial {best.number} has no checkpoint file ({path or 'none recorded'})"
-        )
-    return str(path)

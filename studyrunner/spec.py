@@ -8,6 +8,7 @@ categorical ``choices`` and conditional parameters with ``when``). See README, "
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,10 @@ from .errors import StudyrunnerError
 
 __all__ = [
     "SpecError",
+    "StrictModel",
+    "load_with_nodes",
+    "parse_spec",
+    "where",
     "Objective",
     "Budget",
     "SamplerSpec",
@@ -39,11 +44,13 @@ class SpecError(StudyrunnerError):
     """A YAML file that cannot be used; the message names the file, line and key."""
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Frozen, and every unknown key is an error."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Objective(_Strict):
+class Objective(StrictModel):
     metric: Literal["val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss"] = "val_acc"
     direction: Literal["maximize", "minimize"] | None = None  # default: maximize accuracies, minimize losses
 
@@ -52,18 +59,18 @@ class Objective(_Strict):
         return self.direction or ("maximize" if self.metric in _MAXIMIZE else "minimize")
 
 
-class Budget(_Strict):
+class Budget(StrictModel):
     n_trials: int = Field(20, ge=1)  # finished trials the study holds in total (resume tops up to this)
     timeout: float | None = Field(None, gt=0)  # seconds for this invocation
 
 
-class SamplerSpec(_Strict):
+class SamplerSpec(StrictModel):
     name: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"] = "tpe"
     seed: int | None = 0
     n_startup_trials: int | None = Field(None, ge=0)  # tpe/cmaes/gp: random trials before modelling
 
 
-class PrunerSpec(_Strict):
+class PrunerSpec(StrictModel):
     name: Literal["none", "median", "percentile", "successive_halving", "hyperband", "threshold", "patient"] = "none"
     warmup_epochs: int = Field(0, ge=0)  # median/percentile: epochs before a trial can be pruned
     startup_trials: int = Field(5, ge=0)  # median/percentile: trials that finish before pruning starts
@@ -79,7 +86,7 @@ class PrunerSpec(_Strict):
 Scalar = bool | int | float | str
 
 
-class ParamSpec(_Strict):
+class ParamSpec(StrictModel):
     """One search dimension: ``choices`` (categorical) or ``low``/``high`` (int or float)."""
 
     choices: list[Any] | None = None
@@ -117,7 +124,7 @@ class ParamSpec(_Strict):
         return "int" if _is_int_field(base, key) else "float"
 
 
-class SweepSpec(_Strict):
+class SweepSpec(StrictModel):
     study: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
     objective: Objective = Objective()
@@ -145,11 +152,11 @@ class SweepSpec(_Strict):
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from ``path``; a missing file or a syntax error names file and line."""
-    data, _ = _load_with_nodes(Path(path))
+    data, _ = load_with_nodes(Path(path))
     return data
 
 
-def _load_with_nodes(p: Path) -> tuple[dict[str, Any], yaml.Node | None]:
+def load_with_nodes(p: Path) -> tuple[dict[str, Any], yaml.Node | None]:
     if not p.is_file():
         raise SpecError(f"{p}: no such file")
     text = p.read_text()
@@ -195,12 +202,12 @@ def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def _where(p: Path, node: yaml.Node | None, loc: tuple[Any, ...]) -> str:
+def where(p: Path, node: yaml.Node | None, loc: tuple[Any, ...]) -> str:
     line = _line(node, loc)
     return f"{p}{f', line {line}' if line else ''}"
 
 
-def _parse(cls: type[Any], data: dict[str, Any], p: Path, node: yaml.Node | None) -> Any:
+def parse_spec(cls: type[Any], data: dict[str, Any], p: Path, node: yaml.Node | None) -> Any:
     """``cls(**data)``; a pydantic error becomes a SpecError naming file, line, key and what is allowed."""
     try:
         return cls(**data)
@@ -216,70 +223,52 @@ def _parse(cls: type[Any], data: dict[str, Any], p: Path, node: yaml.Node | None
             msg = "required key is missing"
         shown = err["type"] not in ("missing", "extra_forbidden") and not isinstance(err.get("input"), dict)
         got = f" (got {err['input']!r})" if shown else ""
-        raise SpecError(f"{_where(p, node, loc)}: {key}: {msg}{got}") from None
+        raise SpecError(f"{where(p, node, loc)}: {key}: {msg}{got}") from None
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
     """Parse and fully validate a sweep file (space, train overrides, conditions, values)."""
     p = Path(path)
-    data, node = _load_with_nodes(p)
-    spec: SweepSpec = _parse(SweepSpec, {**data, "source": str(p)}, p, node)
+    data, node = load_with_nodes(p)
+    spec: SweepSpec = parse_spec(SweepSpec, {**data, "source": str(p)}, p, node)
     for problem, loc in _semantic_problems(spec):
-        raise SpecError(f"{_where(p, node, loc)}: {problem}")
+        raise SpecError(f"{where(p, node, loc)}: {problem}")
     return spec
 
 
-def _allowed_fields(loc: tuple[Any, ...], root: Any = None) -> list[str]:
-    """Field names allowed at ``loc`` (the parent of an unknown key)."""
-    model: Any = root or SweepSpec
-    if loc and loc[0] == "space":
-        model = ParamSpec if len(loc) >= 2 else None
-    elif loc and loc[0] in ("steps", "claims") and len(loc) >= 2:
-        model = Step if loc[0] == "steps" else Claim
-    elif loc:
-        field = model.model_fields.get(str(loc[0]))
-        model = field.annotation if field else None
-    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+def _allowed_fields(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
+    """Field names allowed at ``loc`` (the parent of an unknown key), found by following the
+    models' annotations down from ``root``: a list or dict field leads to its item type."""
+    tp: Any = root
+    for part in loc:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            field = tp.model_fields.get(str(part))
+            tp = field.annotation if field else None
+        else:  # list[Step] at an index, dict[str, ParamSpec] at a key
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            tp = args[-1] if args else None
+    if not (isinstance(tp, type) and issubclass(tp, BaseModel)):
         return ["<config key>"]
-    return [f for f in model.model_fields if f != "source"]
+    return [f for f in tp.model_fields if f != "source"]
 
 
-def _semantic_problems(spec: SweepSpec) -> list[tuple[str, tuple[Any, ...]]]:
+Problem = tuple[str, tuple[Any, ...]]  # (message, location in the file)
+
+
+def _semantic_problems(spec: SweepSpec) -> list[Problem]:
     """What types alone cannot catch: keys, value ranges against TrainConfig, conditions, sampler fit."""
-    problems: list[tuple[str, tuple[Any, ...]]] = []
     try:
         base = spec.base_config()
     except ConfigError as exc:
         return [(f"train: {exc}", ("train", *exc.key.split(".")))]
     keys = set(allowed_keys())
-    seen: list[str] = []
-    for name, p in spec.space.items():
-        loc = ("space", name)
+    for i, (name, p) in enumerate(spec.space.items()):
         if name not in keys:
-            return [(f"space: unknown config key {name!r}; allowed: {', '.join(sorted(keys))}", loc)]
-        for cond, want in (p.when or {}).items():
-            if cond not in seen and cond not in spec.train:
-                return [
-                    (
-                        f"space.{name}.when: {cond!r} must be a parameter listed before {name!r} or a fixed train key",
-                        (*loc, "when", cond),
-                    )
-                ]
-            cp = spec.space.get(cond)
-            wants = want if isinstance(want, list) else [want]
-            if cp is not None and cp.choices is not None and not set(map(_label, wants)) <= set(map(_label, cp.choices)):
-                return [(f"space.{name}.when: {want!r} is not among {cond}'s choices {cp.choices}", (*loc, "when", cond))]
-        values = p.choices if p.choices is not None else [p.low, p.high]
-        for v in values:
-            try:
-                apply_overrides(base, {name: _int_if_whole(v) if p.choices is None else v})
-            except ConfigError as exc:
-                return [(f"space.{name}: value {v!r} is not allowed: {exc}", loc)]
-        if p.kind(base, name) == "int" and not all(float(v).is_integer() for v in (p.low, p.high)):  # type: ignore[arg-type]
-            return [(f"space.{name}: int range needs whole-number bounds, got {p.low}..{p.high}", loc)]
-        if spec.sampler.name == "grid" and p.choices is None and p.step is None:
-            return [(f"space.{name}: the grid sampler needs choices or a step for every parameter", loc)]
-        seen.append(name)
+            return [(f"space: unknown config key {name!r}; allowed: {', '.join(sorted(keys))}", ("space", name))]
+        problems = _condition_problems(spec, name, p, list(spec.space)[:i]) + _range_problems(spec, base, name, p)
+        if problems:
+            return problems[:1]
+    problems = []
     if spec.objective.metric.startswith("val_") and base.data.val_fraction == 0 and base.data.dataset == "cifar10":
         problems.append(
             (f"objective: {spec.objective.metric} needs a validation split; set train.data.val_fraction > 0", ("objective",))
@@ -287,6 +276,34 @@ def _semantic_problems(spec: SweepSpec) -> list[tuple[str, tuple[Any, ...]]]:
     if spec.pruner.name == "threshold" and spec.pruner.lower is None and spec.pruner.upper is None:
         problems.append(("pruner: the threshold pruner needs lower and/or upper", ("pruner",)))
     return problems
+
+
+def _condition_problems(spec: SweepSpec, name: str, p: ParamSpec, earlier: list[str]) -> list[Problem]:
+    """``when`` names an earlier parameter (or a fixed train key) and one of its choices."""
+    for cond, want in (p.when or {}).items():
+        loc = ("space", name, "when", cond)
+        if cond not in earlier and cond not in spec.train:
+            return [(f"space.{name}.when: {cond!r} must be a parameter listed before {name!r} or a fixed train key", loc)]
+        cp = spec.space.get(cond)
+        wants = want if isinstance(want, list) else [want]
+        if cp is not None and cp.choices is not None and not set(map(_label, wants)) <= set(map(_label, cp.choices)):
+            return [(f"space.{name}.when: {want!r} is not among {cond}'s choices {cp.choices}", loc)]
+    return []
+
+
+def _range_problems(spec: SweepSpec, base: TrainConfig, name: str, p: ParamSpec) -> list[Problem]:
+    """Every choice (or both bounds) is a valid value of the key; int ranges are whole; grids are finite."""
+    loc = ("space", name)
+    for v in p.choices if p.choices is not None else [p.low, p.high]:
+        try:
+            apply_overrides(base, {name: _int_if_whole(v) if p.choices is None else v})
+        except ConfigError as exc:
+            return [(f"space.{name}: value {v!r} is not allowed: {exc}", loc)]
+    if p.kind(base, name) == "int" and not all(float(v).is_integer() for v in (p.low, p.high)):  # type: ignore[arg-type]
+        return [(f"space.{name}: int range needs whole-number bounds, got {p.low}..{p.high}", loc)]
+    if spec.sampler.name == "grid" and p.choices is None and p.step is None:
+        return [(f"space.{name}: the grid sampler needs choices or a step for every parameter", loc)]
+    return []
 
 
 def _is_int_field(base: TrainConfig, key: str) -> bool:
@@ -320,143 +337,3 @@ def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None 
         except ConfigError as exc:
             raise SpecError(f"{path}: {exc}") from None
     return apply_overrides(cfg, overrides or {})
-
-
-# --------------------------------------------------------------------------- narrative studies
-
-Metric = str  # best_val_acc | final_val_acc | final_train_acc | test_acc | final_gap | train_acc@N | val_acc@N
-_METRIC_RE = r"^(best_val_acc|final_val_acc|final_train_acc|test_acc|final_gap|(train|val)_acc@[0-9]+)$"
-
-
-class Step(_Strict):
-    """One step of a narrative: a fixed configuration run with ``repeats`` seeds."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
-    title: str
-    setup: str = ""  # the document's setup in words
-    train: dict[str, Any] = Field(default_factory=dict)  # on top of the narrative's base
-    full: dict[str, Any] = Field(default_factory=dict)  # extra overrides at the full (document's) scale
-    reduced: dict[str, Any] = Field(default_factory=dict)  # extra overrides at the reduced scale
-    document: dict[str, float | int | str] = Field(default_factory=dict)  # the document's figures
-    claim: str = ""  # what the document concludes from this step
-    repeats: int | None = Field(None, ge=1)  # seeds of this step (default: the study's repeats)
-
-    @field_validator("train", "full", "reduced", mode="before")
-    @classmethod
-    def _flat(cls, v: Any) -> Any:
-        return flatten(v) if isinstance(v, dict) else v
-
-
-class Claim(_Strict):
-    """A documented conclusion turned into a check on our runs.
-
-    ``better``: step ``a`` beats step ``b`` on ``metric`` by more than ``margin`` and more than
-    twice the standard error of the difference (reproduced), loses by that much (not
-    reproduced), or neither (inconclusive). ``above``: step ``a``'s mean ``metric`` exceeds
-    ``threshold`` by more than twice its standard error.
-    """
-
-    id: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
-    text: str
-    kind: Literal["better", "above"] = "better"
-    a: str
-    b: str | None = None
-    metric: Metric = Field(pattern=_METRIC_RE)
-    margin: float = Field(0.0, ge=0)
-    threshold: float | None = None
-    scale_note: str = ""  # what the reduced scale can and cannot show for this claim
-
-    @model_validator(mode="after")
-    def _check(self) -> Claim:
-        if self.kind == "better" and not self.b:
-            raise ValueError("a 'better' claim needs b (the step it is compared with)")
-        if self.kind == "above" and self.threshold is None:
-            raise ValueError("an 'above' claim needs threshold")
-        return self
-
-
-class NarrativeSpec(_Strict):
-    study: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")
-    title: str = ""  # the report's heading
-    description: str = ""
-    source_document: str = ""
-    objective: Objective = Objective()
-    repeats: int = Field(2, ge=2)  # seeds per step; report shows mean +- sd
-    scales: dict[Literal["full", "reduced"], dict[str, Any]] = Field(default_factory=dict)
-    base: dict[str, Any] = Field(default_factory=dict)  # shared by every step
-    steps: list[Step] = Field(min_length=1)
-    claims: list[Claim] = Field(default_factory=list)
-    notes: list[str] = Field(default_factory=list)  # where our setup differs from the document's
-    source: str = ""
-
-    @field_validator("base", mode="before")
-    @classmethod
-    def _flat(cls, v: Any) -> Any:
-        return flatten(v) if isinstance(v, dict) else v
-
-    def step(self, name: str) -> Step:
-        return next(s for s in self.steps if s.name == name)
-
-    def step_config(self, step: Step, scale: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
-        cfg = apply_overrides(TrainConfig(), self.base)
-        cfg = apply_overrides(cfg, flatten(self.scales.get(scale, {})))  # type: ignore[call-overload]
-        cfg = apply_overrides(cfg, step.train)
-        cfg = apply_overrides(cfg, step.reduced if scale == "reduced" else step.full)
-        cfg = apply_overrides(cfg, overrides or {})
-        if cfg.model.init.startswith("step:"):  # an earlier step's best checkpoint, at the same scale
-            cfg = apply_overrides(cfg, {"model.init": f"study:{self.study}.{scale}.{cfg.model.init.removeprefix('step:')}"})
-        return cfg
-
-    def step_sweep(self, step: Step, scale: str) -> SweepSpec:
-        """The step as a sweep: a grid over ``repeats`` seeds, one trial per seed."""
-        cfg = self.step_config(step, scale)
-        from .config import config_to_dict
-
-        return SweepSpec.model_validate(
-            {
-                "study": f"{self.study}.{scale}.{step.name}",
-                "description": step.title,
-                "objective": self.objective.model_dump(),
-                "budget": {"n_trials": step.repeats or self.repeats},
-                "sampler": {"name": "grid", "seed": 0},
-                "pruner": {"name": "none"},
-                "train": {k: v for k, v in flatten(config_to_dict(cfg)).items() if k != "seed"},
-                "space": {"seed": {"choices": list(range(step.repeats or self.repeats))}},
-                "source": self.source,
-            }
-        )
-
-
-def is_narrative(path: str | Path) -> bool:
-    """True for a narrative study file (it has ``steps:``), False for a sweep."""
-    return "steps" in load_yaml(path)
-
-
-def load_narrative(path: str | Path) -> NarrativeSpec:
-    """Parse and validate a narrative study: every step's config at every scale, every claim's steps."""
-    p = Path(path)
-    data, node = _load_with_nodes(p)
-    spec: NarrativeSpec = _parse(NarrativeSpec, {**data, "source": str(p)}, p, node)
-    names = [s.name for s in spec.steps]
-    if len(set(names)) != len(names):
-        raise SpecError(f"{_where(p, node, ('steps',))}: step names must be unique, got {names}")
-    for i, step in enumerate(spec.steps):
-        for scale in spec.scales or {"full": {}}:
-            try:
-                spec.step_config(step, scale)
-            except ConfigError as exc:
-                raise SpecError(f"{_where(p, node, ('steps', i, 'train'))}: step {step.name} ({scale} scale): {exc}") from None
-    for i, step in enumerate(spec.steps):
-        init = flatten(step.train).get("model.init", "")
-        if isinstance(init, str) and init.startswith("step:") and init.removeprefix("step:") not in names[:i]:
-            raise SpecError(
-                f"{_where(p, node, ('steps', i, 'train'))}: step {step.name}: model.init={init} must name an "
-                f"earlier step; earlier steps: {', '.join(names[:i]) or 'none'}"
-            )
-    for i, claim in enumerate(spec.claims):
-        for ref in filter(None, (claim.a, claim.b)):
-            if ref not in names:
-                raise SpecError(
-                    f"{_where(p, node, ('claims', i))}: claim {claim.id}: no step named {ref!r}; steps: {', '.join(names)}"
-                )
-    return spec

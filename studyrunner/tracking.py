@@ -7,22 +7,30 @@ FINISHED, a PRUNED one KILLED, a DIVERGED or FAILed one FAILED; the final state 
 
 from __future__ import annotations
 
+import math
 import re
+import statistics
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from . import plots
 from .config import TrainConfig, config_to_dict, flatten
-from .stores import resolve_tracking_uri
+from .states import DEAD_WORKER_STATUS, TrialState
 
-__all__ = ["Tracker", "RUN_STATUS", "metric_key", "resolve_tracking_uri"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "DIVERGED": "FAILED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
-ROLE, STUDY = "studyrunner.role", "studyrunner.study"
+    from .engine import EpochRecord, FitResult
+
+__all__ = ["Tracker", "metric_key", "git_commit", "prepare_store", "ROLE", "STUDY"]
+
+ROLE, STUDY = "studyrunner.role", "studyrunner.study"  # tags that tell a study's parent run from its trials
 
 
 def _artifact_root(uri: str) -> str | None:
@@ -42,6 +50,14 @@ def git_commit() -> str:
 
 def _ms() -> int:
     return int(time.time() * 1000)
+
+
+def prepare_store(uri: str) -> None:
+    """Create the tracking store's tables (MLflow's schema migrations) now, before several
+    processes race to do it on the same fresh SQLite file."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(uri).search_experiments(max_results=1)
 
 
 def metric_key(name: str) -> str:
@@ -132,53 +148,59 @@ class Tracker:
         self.client.log_text(run.info.run_id, yaml.safe_dump(config_to_dict(config), sort_keys=False), "config.yaml")
         if classes:
             self.client.log_text(run.info.run_id, json.dumps(list(classes)), "classes.json")
-        return run.info.run_id
+        return str(run.info.run_id)
 
-    def log_epoch(self, run_id: str, record: Mapping[str, Any], prefix: str = "") -> None:
+    def log_epoch(self, run_id: str, record: EpochRecord, prefix: str = "") -> None:
         """One epoch's metrics in one call, step = epoch."""
         from mlflow.entities import Metric
 
-        ts, step = _ms(), int(record["epoch"])
+        ts, step = _ms(), record.epoch
         metrics = [
             Metric(f"{prefix}{k}", float(v), ts, step)
-            for k, v in record.items()
-            if k != "epoch" and isinstance(v, (int, float)) and v == v and abs(v) != float("inf")
+            for k, v in asdict(record).items()
+            if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v)
         ]
         self.client.log_batch(run_id, metrics=metrics, synchronous=True)
 
     def end_trial(
-        self, run_id: str, state: str, metrics: Mapping[str, float | None], reason: str = "", curves: Any = None
+        self,
+        run_id: str,
+        state: TrialState,
+        reason: str,
+        values: Sequence[float],
+        result: FitResult | None,
+        history: Sequence[EpochRecord],
     ) -> None:
-        """Final metrics, state tag, learning-curve PNG, and the run's terminal status."""
+        """Final metrics, state tag, learning-curve PNG, confusion matrix, and the run's terminal status."""
         from mlflow.entities import Metric, RunTag
 
         ts = _ms()
         keys: dict[str, int] = {}  # two names that clean to the same key get _2, _3, ...
         final = []
-        for k, v in metrics.items():
-            if v is None or v != v:
-                continue
+        for k, v in _final_metrics(values, result, history).items():
             key = metric_key(k)
             keys[key] = keys.get(key, 0) + 1
-            final.append(Metric(key if keys[key] == 1 else f"{key}_{keys[key]}", float(v), ts, 0))
-        tags = [RunTag("state", state)] + ([RunTag("reason", reason[:5000])] if reason else [])
+            final.append(Metric(key if keys[key] == 1 else f"{key}_{keys[key]}", v, ts, 0))
+        tags = [RunTag("state", state.value)] + ([RunTag("reason", reason[:5000])] if reason else [])
         self.client.log_batch(run_id, metrics=final, tags=tags)
-        if curves is not None:
-            self.client.log_figure(run_id, curves, "learning_curves.png")
-        self.client.set_terminated(run_id, RUN_STATUS.get(state, "FAILED"))
+        if history:
+            self._log_figure(run_id, plots.learning_curves({"seed 0": [asdict(r) for r in history]}), "learning_curves.png")
+        if result and result.val_confusion:
+            self.log_confusion(run_id, result.classes, result.val_confusion)
+        self.client.set_terminated(run_id, state.mlflow_status)
+
+    def _log_figure(self, run_id: str, fig: Figure, name: str) -> None:
+        try:
+            self.client.log_figure(run_id, fig, name)
+        finally:
+            plots.close(fig)
 
     def log_confusion(self, run_id: str, classes: list[str], matrix: list[list[int]]) -> None:
         """Class names, the validation confusion matrix (JSON, [true][predicted]) and its PNG."""
         import json
 
-        from .plots import close, confusion_figure
-
         self.client.log_text(run_id, json.dumps({"classes": classes, "matrix": matrix}), "confusion_matrix.json")
-        fig = confusion_figure(classes, matrix)
-        try:
-            self.client.log_figure(run_id, fig, "confusion_matrix.png")
-        finally:
-            close(fig)
+        self._log_figure(run_id, plots.confusion_figure(classes, matrix), "confusion_matrix.png")
 
     def reap(self, run_id: str, reason: str) -> None:
         """End a run left RUNNING by a dead worker: KILLED, tagged state FAIL with the reason."""
@@ -186,8 +208,8 @@ class Tracker:
 
         if self.client.get_run(run_id).info.status != "RUNNING":
             return
-        self.client.log_batch(run_id, tags=[RunTag("state", "FAIL"), RunTag("reason", reason)])
-        self.client.set_terminated(run_id, "KILLED")
+        self.client.log_batch(run_id, tags=[RunTag("state", TrialState.FAIL.value), RunTag("reason", reason)])
+        self.client.set_terminated(run_id, DEAD_WORKER_STATUS)
 
     def update_parent(self, metrics: Mapping[str, float], params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
         """Best value, best parameters (as tags, they change as the study goes) and counts by state."""
@@ -202,3 +224,19 @@ class Tracker:
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_id, status)
+
+
+def _final_metrics(values: Sequence[float], result: FitResult | None, history: Sequence[EpochRecord]) -> dict[str, float]:
+    """A trial run's summary metrics: the objective value (mean and sd over seeds), the first
+    seed's test and best-validation figures, epochs run and per-class validation accuracy."""
+    metrics: dict[str, float | None] = {}
+    if values:
+        metrics["value"] = statistics.fmean(values)
+        metrics["value_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    if result:
+        metrics.update(test_acc=result.test_acc, test_loss=result.test_loss, best_val_acc=result.best_val_acc)
+        metrics["best_epoch"] = float(result.best_epoch)
+        metrics.update({f"val_acc_{c}": a for c, a in (result.per_class_val_acc if result.val_confusion else {}).items()})
+    if history:
+        metrics["epochs_run"] = float(len(history))
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}

@@ -16,9 +16,9 @@ from pathlib import Path
 from rich.console import Console
 
 from .errors import StudyrunnerError
-from .spec import is_narrative, load_narrative, load_sweep
-from .study import resolve_storage
-from .tracking import resolve_tracking_uri
+from .narrative import is_narrative, load_narrative
+from .spec import load_sweep
+from .stores import open_storage, resolve_storage, resolve_tracking_uri
 
 __all__ = ["run_workers", "worker_command"]
 
@@ -101,19 +101,17 @@ def run_workers(
 def _prepare_stores(url: str, uri: str) -> None:
     """Create the Optuna tables and run MLflow's schema migrations once, before the workers
     start, so that they do not race to initialise the same SQLite files."""
-    from mlflow.tracking import MlflowClient
-
-    from .study import open_storage
+    from .tracking import prepare_store
 
     open_storage(url)
-    MlflowClient(uri).search_experiments(max_results=1)
+    prepare_store(uri)
 
 
 def _progress_line(url: str, name: str) -> str:
     """'STUDY: COMPLETE 3, RUNNING 2' over the study (or every step of a narrative study)."""
     import optuna
 
-    from .results import count_states
+    from .states import count_states
 
     try:
         names = [s.study_name for s in optuna.get_all_study_summaries(url, include_best_trial=False)]
@@ -125,4 +123,4 @@ def _progress_line(url: str, name: str) -> str:
         ]
     except Exception:  # the workers may not have created the study yet
         return ""
-    return f"{name}: " + ", ".join(f"{k} {v}" for k, v in sorted(count_states(trials).items()))
+    return f"{name}: " + ", ".join(f"{k.value} {v}" for k, v in sorted(count_states(trials).items()))

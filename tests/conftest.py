@@ -11,6 +11,9 @@ from PIL import Image
 
 from studyrunner.config import TrainConfig, apply_overrides
 from studyrunner.data import ImageSet, Splits
+from studyrunner.engine import resolve_config
+from studyrunner.results import StepResult, TrialResult
+from studyrunner.spec import SweepSpec, load_sweep
 
 
 def pattern_images(n_per_class: int, classes: int = 4, size: int = 20, seed: int = 0) -> ImageSet:
@@ -34,8 +37,8 @@ def tiny_splits() -> Splits:
 
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> TrainConfig:
-    """A config that trains document 004's net on 20 px tiny_splits in about a second."""
-    return apply_overrides(
+    """A resolved config that trains document 004's net on 20 px tiny_splits in about a second."""
+    cfg = apply_overrides(
         TrainConfig(),
         {
             "epochs": 4,
@@ -48,6 +51,7 @@ def tiny_config(tmp_path: Path) -> TrainConfig:
             "data.cache_dir": str(tmp_path / "cache"),
         },
     )
+    return resolve_config(cfg)
 
 
 def write_image(path: Path, mode: str, size: tuple[int, int], value: int) -> None:
@@ -109,3 +113,32 @@ def tiny_train(tiny_data: Path, tmp_path: Path) -> str:
         f"train:\n  data: {{dataset: folder, path: '{tiny_data}', image_size: 20, cache_dir: '{tmp_path / 'cache'}'}}\n"
         "  epochs: 3\n  batch_size: 16\n  precision: fp32\n  optim: {name: adam, lr: 0.003}\n"
     )
+
+
+def sweep_spec(tmp_path: Path, tiny_train: str, head: str = "", space: str | None = None, name: str = "s") -> SweepSpec:
+    """A sweep over tiny_data: study NAME, extra top-level HEAD lines, a SPACE (lr x batchnorm by default)."""
+    space = space or ("space:\n  optim.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n  model.batchnorm: {choices: [true, false]}\n")
+    return load_sweep(write_sweep(tmp_path, f"study: {name}\n{head}{tiny_train}{space}", f"{name}.yaml"))
+
+
+def history(accs: list[float], val_gap: float = 0.05) -> list[dict[str, float]]:
+    """Per-epoch records with the given train accuracies and validation ``val_gap`` points below."""
+    return [
+        {
+            "epoch": i + 1,
+            "train_acc": a,
+            "val_acc": a - val_gap,
+            "train_loss": 1 - a,
+            "val_loss": 1.1 - a,
+            "lr": 0.001,
+            "epoch_seconds": 1.0,
+            "images_per_s": 100.0,
+        }
+        for i, a in enumerate(accs)
+    ]
+
+
+def step_result(name: str, values: list[float], gap: float = 0.05) -> StepResult:
+    """A narrative step whose complete runs end at ``values`` train accuracy."""
+    runs = [TrialResult(i, "COMPLETE", v, {"seed": i}, history([v - 0.1, v], gap), v - 0.01) for i, v in enumerate(values)]
+    return StepResult(name, f"step {name}", "setup", "claim", {"train_acc": 0.9, "epochs": 50}, runs, {})

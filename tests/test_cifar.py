@@ -4,7 +4,7 @@ import pytest
 
 from studyrunner.config import TrainConfig, apply_overrides
 from studyrunner.data import load_splits
-from studyrunner.engine import fit
+from studyrunner.engine import fit, resolve_config
 
 pytestmark = pytest.mark.cifar
 
@@ -13,7 +13,7 @@ BASE = {"data.train_subset": 10000, "optim.name": "adam", "optim.lr": 5e-4}
 
 
 def test_real_splits_are_stratified_and_test_set_untouched(cifar_dir):
-    cfg = apply_overrides(TrainConfig(), {**BASE, "data.path": str(cifar_dir)})
+    cfg = resolve_config(apply_overrides(TrainConfig(), {**BASE, "data.path": str(cifar_dir)}))
     s = load_splits(cfg.data)
     assert len(s.train) == 10000 and len(s.val) == 5000 and len(s.test) == 10000
     assert s.train.labels.bincount().tolist() == [1000] * 10 and s.test.labels.bincount().tolist() == [1000] * 10
@@ -22,7 +22,9 @@ def test_real_splits_are_stratified_and_test_set_untouched(cifar_dir):
 
 
 def test_batchnorm_run_reaches_62_percent_and_converges_faster(cifar_dir):
-    cfg = apply_overrides(TrainConfig(), {**BASE, "data.path": str(cifar_dir), "epochs": 10, "model.batchnorm": True})
+    cfg = resolve_config(
+        apply_overrides(TrainConfig(), {**BASE, "data.path": str(cifar_dir), "epochs": 10, "model.batchnorm": True})
+    )
     splits = load_splits(cfg.data)
     bn = fit(cfg, splits)
     assert bn.outcome == "completed" and bn.test_acc >= 0.62, bn.test_acc

@@ -1,5 +1,6 @@
 import json
 
+import torch
 from typer.testing import CliRunner
 
 from studyrunner.cli import app
@@ -128,3 +129,30 @@ def test_run_refuses_a_bad_sweep_before_touching_stores(tmp_path):
     res = runner.invoke(app, ["run", str(sweep), "--storage", f"sqlite:///{tmp_path / 'o.db'}"])
     assert res.exit_code == 1 and "bad.yaml, line 3" in flat(res) and "inverted range" in flat(res)
     assert not (tmp_path / "o.db").exists()
+
+
+def test_own_folder_of_mixed_sizes_and_modes_trains_a_resnet(tmp_path, monkeypatch):
+    """The documented command, on train/ and val/ folders of RGB, grayscale (8 and 16 bit), RGBA
+    and palette images of several sizes."""
+    from typer.testing import CliRunner
+
+    from studyrunner.cli import app
+
+    root = make_folder(
+        tmp_path / "own",
+        classes=2,
+        per_class=5,
+        split="train",
+        modes=("RGB", "L", "RGBA", "P", "I;16"),
+        sizes=((40, 30), (64, 64), (20, 50), (90, 70)),
+    )
+    make_folder(root, classes=2, per_class=2, split="val", modes=("L", "RGBA"), sizes=((33, 33),))
+    monkeypatch.setenv("STUDYRUNNER_CACHE_DIR", str(tmp_path / "c"))
+    args = ["train", "--set", "data.dataset=folder", "--set", f"data.path={root}", "--set", "data.image_size=64"]
+    args += ["--set", "model.name=resnet18", "--set", "epochs=1", "--set", "batch_size=4", "--set", "precision=fp32"]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "ck"), "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["outcome"] == "completed" and result["classes"] == ["c0", "c1"] and len(result["history"]) == 1
+    blob = torch.load(tmp_path / "ck" / "last.pt", weights_only=True)
+    assert blob["config"]["data"]["image_size"] == 64 and blob["config"]["model"]["name"] == "resnet18"

@@ -1,12 +1,13 @@
 import os
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from studyrunner import data as data_mod
-from studyrunner.config import DataConfig
+from studyrunner.config import DataConfig, TrainConfig, apply_overrides
 from studyrunner.data import (
     DataError,
     channel_stats,
@@ -94,7 +95,9 @@ def test_own_data_single_folder_is_split_stratified(tmp_path):
 def test_cifar_image_folder_layout_with_subset(tmp_path):
     root = make_folder(tmp_path / "cifar", classes=4, per_class=10, split="train", sizes=((32, 32),))
     make_folder(root, classes=4, per_class=3, split="test", sizes=((32, 32),))
-    cfg = DataConfig(path=str(tmp_path / "cifar"), train_subset=20, val_fraction=0.25, cache_dir=str(tmp_path / "c"))
+    cfg = DataConfig(
+        path=str(tmp_path / "cifar"), image_size=32, train_subset=20, val_fraction=0.25, cache_dir=str(tmp_path / "c")
+    )
     s = load_splits(cfg)
     assert len(s.val) == 10 and len(s.train) == 20 and len(s.test) == 12
     assert torch.bincount(s.train.labels).tolist() == [5, 5, 5, 5]
@@ -109,7 +112,7 @@ def test_torchvision_cifar_batches_are_read(tmp_path):
         blob = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 3]}
         (folder / name).write_bytes(pickle.dumps(blob))
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["a", "b", "c", "d"]}))
-    s = load_splits(DataConfig(path=str(tmp_path), val_fraction=0.0, cache_dir=str(tmp_path / "c")))
+    s = load_splits(DataConfig(path=str(tmp_path), image_size=32, val_fraction=0.0, cache_dir=str(tmp_path / "c")))
     assert len(s.train) == 20 and len(s.test) == 4 and s.classes == ["a", "b", "c", "d"]
 
 
@@ -137,24 +140,24 @@ def test_cifar_missing_offline_says_where_to_put_it(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(DataError, match="cifar-10-batches-py"):
-        load_splits(DataConfig(path=str(tmp_path)))
+        load_splits(DataConfig(path=str(tmp_path), image_size=32))
 
 
 def test_empty_class_folder_and_unreadable_image_are_named(tmp_path):
     root = make_folder(tmp_path / "d", classes=2, per_class=2, split=None)
     (root / "empty").mkdir()
     with pytest.raises(DataError, match=r"class folder .*empty holds no images"):
-        load_splits(DataConfig(dataset="folder", path=str(root), cache_dir=str(tmp_path / "c")))
+        load_splits(DataConfig(dataset="folder", path=str(root), image_size=32, cache_dir=str(tmp_path / "c")))
     (root / "empty" / "broken.jpg").write_bytes(b"not an image")
     with pytest.raises(DataError, match=r"cannot read image .*broken.jpg"):
-        load_splits(DataConfig(dataset="folder", path=str(root), cache_dir=str(tmp_path / "c")))
+        load_splits(DataConfig(dataset="folder", path=str(root), image_size=32, cache_dir=str(tmp_path / "c")))
 
 
 def test_val_folder_with_other_classes_is_refused(tmp_path):
     root = make_folder(tmp_path / "d", classes=3, per_class=2, split="train")
     make_folder(root, classes=2, per_class=2, split="val")
     with pytest.raises(DataError, match="has classes"):
-        load_splits(DataConfig(dataset="folder", path=str(root), cache_dir=str(tmp_path / "c")))
+        load_splits(DataConfig(dataset="folder", path=str(root), image_size=32, cache_dir=str(tmp_path / "c")))
 
 
 def test_sixteen_bit_grayscale_is_scaled_and_exif_orientation_applied(tmp_path):
@@ -171,3 +174,28 @@ def test_sixteen_bit_grayscale_is_scaled_and_exif_orientation_applied(tmp_path):
     half.save(tmp_path / "turned.jpg", exif=exif, quality=95)
     img = _decode(tmp_path / "turned.jpg", 16)[0].float()
     assert img[:8].mean() < 60 and img[8:].mean() > 190
+
+
+def test_class_selection_and_validation_from_the_test_folder(tmp_path):
+    root = make_folder(tmp_path / "d", classes=4, per_class=6, split="train", sizes=((32, 32),))
+    make_folder(root, classes=4, per_class=3, split="test", sizes=((32, 32),))
+    cfg = apply_overrides(
+        TrainConfig(),
+        {"data.path": str(root), "data.classes": ["c1", "c3"], "data.val_from": "test", "data.cache_dir": str(tmp_path / "c")},
+    ).data
+    cfg = replace(cfg, image_size=32)
+    s = load_splits(cfg)
+    assert s.classes == ["c1", "c3"] and len(s.train) == 12 and len(s.val) == 6 and s.test is None
+    assert sorted(s.train.labels.unique().tolist()) == [0, 1]
+    with pytest.raises(DataError, match=r"\['c9'\] not found"):
+        load_splits(
+            apply_overrides(
+                TrainConfig(),
+                {
+                    "data.path": str(root),
+                    "data.classes": ["c1", "c9"],
+                    "data.cache_dir": str(tmp_path / "c"),
+                    "data.image_size": 32,
+                },
+            ).data
+        )

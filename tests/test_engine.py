@@ -1,9 +1,10 @@
 import math
 
+import pytest
 import torch
 
-from studyrunner.config import apply_overrides
-from studyrunner.engine import fit, resolve_precision
+from studyrunner.config import TrainConfig, apply_overrides
+from studyrunner.engine import fit, is_resolved, resolve_config
 
 KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_s"}
 
@@ -78,7 +79,25 @@ def test_bf16_autocast_trains_too(tiny_splits, tiny_config):
     assert result.precision == "bfloat16" and result.test_acc > 0.8
 
 
-def test_precision_resolution():
-    assert resolve_precision("fp32", torch.device("cpu")) is None
-    assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
-    assert resolve_precision("auto", torch.device("cpu")) in (None, torch.bfloat16)
+def test_auto_values_are_resolved_once_where_the_config_is_built(tiny_splits):
+    cfg = TrainConfig()
+    assert not is_resolved(cfg)
+    got = resolve_config(cfg)
+    assert is_resolved(got) and got.data.image_size == 32 and got.device in ("cpu", "cuda", "mps")
+    assert got.precision in ("fp32", "bf16") and resolve_config(got) == got  # resolving twice changes nothing
+    explicit = resolve_config(apply_overrides(cfg, {"precision": "fp32", "device": "cpu", "data.image_size": 20}))
+    assert (explicit.precision, explicit.device, explicit.data.image_size) == ("fp32", "cpu", 20)
+    try:
+        fit(apply_overrides(cfg, {"data.image_size": 20}), tiny_splits)
+    except ValueError as exc:
+        assert "resolve_config" in str(exc)
+    else:
+        raise AssertionError("fit accepted an unresolved config")
+
+
+def test_confusion_matrix_and_per_class_accuracy(tiny_splits, tiny_config):
+    result = fit(tiny_config, tiny_splits)
+    cm = torch.tensor(result.val_confusion)
+    assert cm.shape == (4, 4) and int(cm.sum()) == len(tiny_splits.val)
+    assert result.classes == tiny_splits.classes
+    assert sum(result.per_class_val_acc.values()) / 4 == pytest.approx(result.best_val_acc, abs=0.05)

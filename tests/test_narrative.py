@@ -1,9 +1,12 @@
+from pathlib import Path
+
 import pytest
 
-from studyrunner.spec import SpecError, load_narrative
+from studyrunner.narrative import Claim, judge, load_narrative
+from studyrunner.spec import SpecError
 from studyrunner.study import RunOptions, run_narrative
 
-from .conftest import write_sweep
+from .conftest import make_folder, step_result, write_sweep
 
 STORY = """\
 study: story
@@ -71,7 +74,6 @@ def test_narrative_errors(tmp_path, tiny_train, old, new, fragment):
 
 
 def test_shipped_narrative_is_valid_at_both_scales():
-    from pathlib import Path
 
     spec = load_narrative(Path(__file__).parent.parent / "studies" / "cifar10_tuning.yaml")
     assert len(spec.steps) == 10 and len(spec.claims) >= 5 and spec.repeats >= 2
@@ -93,7 +95,6 @@ def test_shipped_narrative_is_valid_at_both_scales():
 
 @pytest.mark.parametrize("name", ["cifar10_tuning.yaml", "transfer_cifar.yaml"])
 def test_validate_command_accepts_shipped_narratives(tmp_path, name):
-    from pathlib import Path
 
     from typer.testing import CliRunner
 
@@ -108,7 +109,7 @@ def test_validate_command_accepts_shipped_narratives(tmp_path, name):
         assert "step:pretrain" in out and "backbone x0.1" in out
 
 
-def test_validate_command_names_a_bad_narrative_step(tmp_path, tiny_train):
+def test_validate_command_names_a_bad_narrativestep_result(tmp_path, tiny_train):
     from typer.testing import CliRunner
 
     from studyrunner.cli import app
@@ -117,3 +118,65 @@ def test_validate_command_names_a_bad_narrative_step(tmp_path, tiny_train):
     res = CliRunner().invoke(app, ["validate", str(path)])
     out = " ".join(res.output.split())
     assert res.exit_code == 1 and out.startswith("error:") and "step bn" in out and "Traceback" not in out
+
+
+TRANSFER_STORY = """\
+study: tl
+repeats: 2
+scales: {reduced: {}}
+base:
+  optim: {name: adam, lr: 0.003}
+  model: {batchnorm: true}
+steps:
+  - name: pre
+    title: pretrain
+    repeats: 1
+    train: {data: {classes: [c0, c1, c2]}}
+  - name: ft
+    title: fine-tune
+    train: {data: {classes: [c3, c4]}, model: {init: "step:pre"}}
+  - name: fz
+    title: frozen
+    train: {data: {classes: [c3, c4]}, model: {init: "step:pre", freeze: backbone}}
+"""
+
+
+def test_narrative_steps_start_from_an_earlier_steps_best_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = make_folder(tmp_path / "five", classes=5, per_class=12, split="train", sizes=((20, 20),))
+    make_folder(root, classes=5, per_class=3, split="val", sizes=((20, 20),))
+    data = f"  data: {{dataset: folder, path: '{root}', image_size: 20, cache_dir: '{tmp_path / 'c'}'}}\n  epochs: 2\n"
+    spec = load_narrative(write_sweep(tmp_path, TRANSFER_STORY.replace("base:\n", "base:\n" + data), "tl.yaml"))
+    outcomes = run_narrative(spec, "reduced", RunOptions(storage=f"sqlite:///{tmp_path / 'o.db'}", tracking_uri="none"))
+    assert [len(o.study.trials) for o in outcomes] == [1, 2, 2]
+    pre_ckpt = outcomes[0].study.best_trial.user_attrs["checkpoint"]
+    for o in outcomes[1:]:
+        for t in o.study.trials:
+            assert t.state.name == "COMPLETE" and t.user_attrs["classes"] == ["c3", "c4"]
+    assert (tmp_path / "runs" / "checkpoints").is_dir() and pre_ckpt.endswith("best.pt")
+    with pytest.raises(Exception, match="must name an earlier step"):
+        bad = TRANSFER_STORY.replace('init: "step:pre"}}\n  - name: fz', 'init: "step:fz"}}\n  - name: fz')
+        load_narrative(write_sweep(tmp_path, bad.replace("base:\n", "base:\n" + data), "bad.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "margin", "expected"),
+    [
+        ([0.70, 0.71], [0.60, 0.61], 0.0, "reproduced"),
+        ([0.60, 0.61], [0.70, 0.71], 0.0, "not reproduced"),
+        ([0.700, 0.705], [0.698, 0.703], 0.0, "inconclusive"),
+        ([0.70, 0.71], [0.69, 0.70], 0.05, "not reproduced"),
+        ([0.70, 0.80], [0.60, 0.70], 0.0, "inconclusive"),
+    ],
+)
+def test_verdicts(a, b, margin, expected):
+    steps = {"a": step_result("a", a), "b": step_result("b", b)}
+    claim = Claim(id="c", text="a beats b", a="a", b="b", metric="final_train_acc", margin=margin)
+    assert judge(claim, steps).verdict == expected
+
+
+def test_above_verdict_on_gap():
+    steps = {"a": step_result("a", [0.9, 0.9], gap=0.2)}
+    claim = Claim(id="g", text="big gap", kind="above", a="a", metric="final_gap", threshold=0.1)
+    v = judge(claim, steps)
+    assert v.verdict == "reproduced" and v.difference == pytest.approx(0.1)

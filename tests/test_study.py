@@ -3,45 +3,22 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from studyrunner.spec import load_sweep
-from studyrunner.study import DataSource, Objective, RunOptions, finished_count, run_study
+from studyrunner.states import finished_count
+from studyrunner.study import RunOptions, run_study
 
-from .conftest import write_sweep
-
-
-def _spec(tmp_path, tiny_train, head="", space=None, name="s"):
-    space = space or ("space:\n  optim.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n  model.batchnorm: {choices: [true, false]}\n")
-    return load_sweep(write_sweep(tmp_path, f"study: {name}\n{head}{tiny_train}{space}", f"{name}.yaml"))
+from .conftest import sweep_spec, write_sweep
 
 
 def _opts(tmp_path, **kw):
     return RunOptions(storage=f"sqlite:///{tmp_path / 'optuna.db'}", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", **kw)
 
 
-def test_objective_with_fixed_trial_trains_and_returns_best_val_acc(tmp_path, tiny_train):
-    spec = _spec(tmp_path, tiny_train)
-    objective = Objective(spec, spec.base_config(), DataSource(None))
-    trial = optuna.trial.FixedTrial({"optim.lr": 3e-3, "model.batchnorm": True})
-    value = objective(trial)
-    assert 0.9 <= value <= 1.0  # 4 solid-colour classes: learnt (chance is 0.25)
-    assert trial.user_attrs["outcome"] == "completed" and len(trial.user_attrs["history"]) == 3
-    assert value == max(r["val_acc"] for r in trial.user_attrs["history"])
-
-
-def test_repeats_average_seeds_and_keep_the_spread(tmp_path, tiny_train):
-    spec = _spec(tmp_path, tiny_train, head="repeats: 2\n")
-    trial = optuna.trial.FixedTrial({"optim.lr": 3e-3, "model.batchnorm": False})
-    value = Objective(spec, spec.base_config(), DataSource(None))(trial)
-    values = trial.user_attrs["values"]
-    assert len(values) == 2 and value == pytest.approx(sum(values) / 2)
-    assert trial.user_attrs["value_sd"] >= 0
-
-
 def test_study_resumes_to_n_trials_and_mlflow_nests_every_trial(tmp_path, tiny_train):
-    spec = _spec(tmp_path, tiny_train, head="budget: {n_trials: 2}\n")
+    spec = sweep_spec(tmp_path, tiny_train, head="budget: {n_trials: 2}\n")
     first = run_study(spec, _opts(tmp_path))
-    assert finished_count(first.study) == 2
+    assert finished_count(first.study.trials) == 2
     again = run_study(spec, _opts(tmp_path, n_trials=3))
-    assert finished_count(again.study) == 3 and len(again.study.trials) == 3
+    assert finished_count(again.study.trials) == 3 and len(again.study.trials) == 3
     params = [tuple(sorted(t.params.items())) for t in again.study.trials]
     assert len(set(params)) == 3  # resuming continues the sampler, it does not replay trial 0
 
@@ -67,7 +44,7 @@ def test_study_resumes_to_n_trials_and_mlflow_nests_every_trial(tmp_path, tiny_t
 
 def test_diverged_trial_is_pruned_with_reason_and_its_run_failed(tmp_path, tiny_train):
     space = "space:\n  optim.lr: {choices: [1.0e+6]}\n  optim.name: {choices: [sgd]}\n"
-    spec = _spec(tmp_path, tiny_train, head="budget: {n_trials: 1}\n", space=space, name="div")
+    spec = sweep_spec(tmp_path, tiny_train, head="budget: {n_trials: 1}\n", space=space, name="div")
     out = run_study(spec, _opts(tmp_path))
     t = out.study.trials[0]
     assert t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["outcome"] == "diverged"
@@ -79,7 +56,7 @@ def test_diverged_trial_is_pruned_with_reason_and_its_run_failed(tmp_path, tiny_
 
 def test_pruner_prunes_and_mlflow_shows_which(tmp_path, tiny_train):
     head = "budget: {n_trials: 4}\npruner: {name: threshold, lower: 0.99}\n"
-    spec = _spec(tmp_path, tiny_train.replace("epochs: 3", "epochs: 4"), head=head, name="pr")
+    spec = sweep_spec(tmp_path, tiny_train.replace("epochs: 3", "epochs: 4"), head=head, name="pr")
     out = run_study(spec, _opts(tmp_path))
     pruned = [t for t in out.study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned, "a 0.99 threshold on epoch-1 val acc must prune something"
@@ -90,7 +67,7 @@ def test_pruner_prunes_and_mlflow_shows_which(tmp_path, tiny_train):
 
 
 def test_failing_trial_is_retried_then_recorded_fail(tmp_path, tiny_train, monkeypatch):
-    import studyrunner.study as study_mod
+    import studyrunner.objective as objective_mod
 
     calls = []
 
@@ -98,8 +75,8 @@ def test_failing_trial_is_retried_then_recorded_fail(tmp_path, tiny_train, monke
         calls.append(1)
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(study_mod, "fit", broken_fit)
-    spec = _spec(tmp_path, tiny_train, head="budget: {n_trials: 1}\nmax_retries: 1\n", name="f")
+    monkeypatch.setattr(objective_mod, "fit", broken_fit)
+    spec = sweep_spec(tmp_path, tiny_train, head="budget: {n_trials: 1}\nmax_retries: 1\n", name="f")
     out = run_study(spec, _opts(tmp_path))
     fails = [t for t in out.study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(fails) >= 2 and fails[1].params == fails[0].params and fails[1].user_attrs["retry"] == 1
@@ -115,7 +92,7 @@ def test_an_invalid_sampled_configuration_fails_that_trial_with_its_reason_and_i
     reason, is not retried, and the study goes on."""
     space = "space:\n  optim.lr: {choices: [1.0e-4, 3.0e-3]}\n  sched.min_lr: {choices: [0.0, 1.0e-3]}\n"
     head = "budget: {n_trials: 4}\nmax_retries: 2\nsampler: {name: grid}\n"
-    spec = _spec(tmp_path, tiny_train + "  sched: {name: cosine}\n", head=head, space=space, name="inv")
+    spec = sweep_spec(tmp_path, tiny_train + "  sched: {name: cosine}\n", head=head, space=space, name="inv")
     out = run_study(spec, RunOptions(storage=f"sqlite:///{tmp_path / 'optuna.db'}", tracking_uri="none"))
     fail, done = optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE
     (bad,) = [t for t in out.study.trials if t.state == fail]  # once: never re-queued
@@ -129,17 +106,17 @@ def test_an_invalid_sampled_configuration_fails_that_trial_with_its_reason_and_i
 
 
 def test_resuming_with_another_fixed_config_is_refused(tmp_path, tiny_train):
-    spec = _spec(tmp_path, tiny_train, head="budget: {n_trials: 1}\n", name="cfg")
+    spec = sweep_spec(tmp_path, tiny_train, head="budget: {n_trials: 1}\n", name="cfg")
     run_study(spec, _opts(tmp_path, overrides={"epochs": 1}))
     with pytest.raises(Exception, match=r"another fixed configuration \(epochs: 1 -> 2\)"):
         run_study(spec, _opts(tmp_path, n_trials=2, overrides={"epochs": 2}))
     again = run_study(spec, _opts(tmp_path, n_trials=2, overrides={"epochs": 1, "threads": 1}))
-    assert finished_count(again.study) == 2
+    assert finished_count(again.study.trials) == 2
     # a study begun before a key existed held that key's default: it resumes
     stored = dict(again.study.user_attrs["base_config"])
     stored["optim"] = {k: v for k, v in stored["optim"].items() if k != "backbone_lr_mult"}
     again.study.set_user_attr("base_config", stored)
-    assert finished_count(run_study(spec, _opts(tmp_path, n_trials=3, overrides={"epochs": 1})).study) == 3
+    assert finished_count(run_study(spec, _opts(tmp_path, n_trials=3, overrides={"epochs": 1})).study.trials) == 3
     with pytest.raises(Exception, match=r"optim.backbone_lr_mult: 1.0 -> 0.5"):
         run_study(spec, _opts(tmp_path, n_trials=4, overrides={"epochs": 1, "optim.backbone_lr_mult": 0.5}))
 
@@ -163,7 +140,7 @@ def test_any_class_name_is_tracked(tmp_path):
     )
     spec = load_sweep(write_sweep(tmp_path, f"study: odd\nbudget: {{n_trials: 1}}\n{train}space:\n  seed: {{choices: [0]}}\n"))
     outcome = run_study(spec, _opts(tmp_path))
-    assert finished_count(outcome.study) == 1 and outcome.study.trials[0].state == optuna.trial.TrialState.COMPLETE
+    assert finished_count(outcome.study.trials) == 1 and outcome.study.trials[0].state == optuna.trial.TrialState.COMPLETE
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = [
         r

@@ -1,0 +1,268 @@
+"""The objective: one Optuna trial = sample the space, build and resolve the config, train
+``repeats`` seeds with the engine, report epochs to the pruner, track the run.
+
+Works with any ``optuna.Trial``, ``optuna.trial.FixedTrial`` included; ``tracker`` may be None.
+What happened is recorded in the trial's user attribute ``outcome``; ``states`` turns that and
+Optuna's state into the trial's state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from .config import DataConfig, TrainConfig, apply_overrides
+from .data import Progress, Splits, load_splits
+from .engine import EpochRecord, FitResult, fit, resolve_config
+from .errors import StudyrunnerError
+from .space import suggest
+from .spec import SweepSpec
+from .states import OPTUNA_FINISHED, state_of
+
+if TYPE_CHECKING:
+    from .tracking import Tracker
+
+__all__ = ["StudyEvents", "DataSource", "Objective", "SurplusTrial", "run_value", "best_checkpoint"]
+
+
+class StudyEvents:
+    """Hooks for live progress; the CLI overrides them, the defaults do nothing."""
+
+    def trial_started(self, number: int, params: dict[str, Any]) -> None: ...
+    def epoch_done(self, number: int, record: EpochRecord, epochs: int) -> None: ...
+    def batch_done(self, done: int, total: int) -> None: ...
+    def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None: ...
+    def data_progress(self, what: str, done: int, total: int) -> None: ...
+
+
+class DataSource:
+    """Loads each distinct data configuration once per process and keeps it for later trials."""
+
+    def __init__(self, data_dir: str | None, progress: Progress = None) -> None:
+        self.data_dir = data_dir
+        self.progress = progress
+        self._cache: dict[DataConfig, Splits] = {}
+
+    def __call__(self, cfg: DataConfig) -> Splits:
+        if cfg not in self._cache:
+            self._cache[cfg] = load_splits(cfg, self.data_dir, self.progress)
+        return self._cache[cfg]
+
+
+class SurplusTrial(StudyrunnerError):
+    """Raised at the start of a trial that would take a study past its n_trials (parallel workers)."""
+
+
+def run_value(result: FitResult, metric: str, direction: str) -> float | None:
+    """A run's objective value: the best epoch's value for train/val metrics, the test metric
+    (of the best-validation weights) for test metrics."""
+    if metric.startswith("test_"):
+        value: float | None = getattr(result, metric)
+        return value
+    vals: list[float] = [v for v in (getattr(r, metric) for r in result.history) if v is not None and math.isfinite(v)]
+    if not vals:
+        return None
+    return max(vals) if direction == "maximize" else min(vals)
+
+
+def _intermediate(record: EpochRecord, metric: str) -> float | None:
+    v: float | None = getattr(record, metric.replace("test_", "val_"))
+    return v if v is not None and math.isfinite(v) else None
+
+
+@dataclass
+class _Trial:
+    """One trial in progress: its outcome so far and what the first seed has trained."""
+
+    number: int
+    cfg: TrainConfig
+    run_id: str | None = None
+    outcome: str = "failed"  # completed | pruned | diverged | failed | interrupted
+    reason: str = ""
+    values: list[float] = field(default_factory=list)
+    results: list[FitResult] = field(default_factory=list)
+    records: list[EpochRecord] = field(default_factory=list)  # first seed's epochs seen so far (pruned trials too)
+
+    @property
+    def history(self) -> list[EpochRecord]:
+        return self.results[0].history if self.results else self.records
+
+
+class Objective:
+    """``objective(trial) -> value``: sample, build the config, train ``repeats`` seeds, track."""
+
+    def __init__(
+        self,
+        spec: SweepSpec,
+        base: TrainConfig,
+        data: DataSource,
+        tracker: Tracker | None = None,
+        events: StudyEvents | None = None,
+        target: int | None = None,
+        storage_url: str = "",
+    ) -> None:
+        self.spec, self.base, self.data, self.tracker, self.target = spec, base, data, tracker, target
+        self.events = events or StudyEvents()
+        self.storage_url = storage_url  # where model.init=study:NAME finds the earlier study
+        self.direction = spec.objective.resolved_direction
+        self.timings = {"fit_s": 0.0, "epoch_logging_s": 0.0}  # seconds spent training and logging epochs, all trials
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if self.target is not None and _surplus(trial, self.target):
+            trial.set_user_attr("outcome", "surplus")  # another worker took the last slot first
+            raise SurplusTrial(f"the study already holds or runs {self.target} trials")
+        trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
+        sampled = suggest(trial, self.spec, self.base)
+        run = _Trial(getattr(trial, "number", 0), self._trial_config(trial, sampled))
+        splits = self.data(run.cfg.data)
+        self.events.trial_started(run.number, sampled)
+        if self.tracker is not None:
+            tags = {
+                "seed": str(run.cfg.seed),
+                "device": run.cfg.device,
+                "precision": run.cfg.precision,
+                "repeats": str(self.spec.repeats),
+            }
+            run.run_id = self.tracker.start_trial(run.number, run.cfg, sampled, tags, splits.classes)
+            trial.set_user_attr("mlflow_run_id", run.run_id)
+        try:
+            return self._train(trial, run, splits)
+        except optuna.TrialPruned as exc:
+            run.outcome = "diverged" if run.outcome == "diverged" else "pruned"
+            run.reason = run.reason or str(exc) or "pruned"
+            raise
+        except KeyboardInterrupt:
+            run.outcome, run.reason = "interrupted", "interrupted (Ctrl-C)"
+            raise
+        except BaseException as exc:  # recorded, then re-raised for Optuna to mark FAIL
+            run.outcome, run.reason = "failed", f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self._record(trial, run)
+
+    def _trial_config(self, trial: optuna.Trial, sampled: dict[str, Any]) -> TrainConfig:
+        """The trial's resolved config: sampled values, its checkpoint folder, study:NAME inits.
+        An invalid combination fails the trial with the reason and is not retried."""
+        number = getattr(trial, "number", 0)
+        try:
+            cfg = apply_overrides(self.base, sampled)
+            over: dict[str, Any] = {}
+            if not cfg.out_dir:
+                over["out_dir"] = str(Path("runs/checkpoints").resolve() / self.spec.study / f"trial-{number}")
+            if cfg.model.init.startswith("study:"):
+                over["model.init"] = best_checkpoint(cfg.model.init.removeprefix("study:"), self.storage_url)
+            cfg = resolve_config(apply_overrides(cfg, over))
+        except StudyrunnerError as exc:  # e.g. a sampled optim.lr below a fixed sched.min_lr: the same every time
+            trial.set_user_attr("fail_reason", f"invalid configuration: {exc}"[:2000])
+            trial.set_user_attr("invalid", True)
+            raise
+        trial.set_user_attr("checkpoint", str(Path(cfg.out_dir) / "best.pt"))
+        return cfg
+
+    def _train(self, trial: optuna.Trial, run: _Trial, splits: Splits) -> float:
+        for r in range(self.spec.repeats):
+            start = time.perf_counter()
+            cfg = apply_overrides(run.cfg, {"seed": run.cfg.seed + r})
+            result = fit(cfg, splits, self._on_epoch(trial, run, r), self.events.batch_done)
+            self.timings["fit_s"] += time.perf_counter() - start
+            run.results.append(result)
+            if result.outcome == "diverged":
+                run.outcome, run.reason = "diverged", result.reason
+                raise optuna.TrialPruned(result.reason)
+            value = run_value(result, self.spec.objective.metric, self.direction)
+            if value is None:
+                raise StudyrunnerError(f"objective metric {self.spec.objective.metric} was never measured")
+            run.values.append(value)
+        run.outcome = "completed"
+        return statistics.fmean(run.values)
+
+    def _on_epoch(self, trial: optuna.Trial, run: _Trial, repeat: int) -> Callable[[EpochRecord], None]:
+        metric = self.spec.objective.metric
+
+        def on_epoch(record: EpochRecord) -> None:
+            if run.run_id and self.tracker:
+                start = time.perf_counter()
+                self.tracker.log_epoch(run.run_id, record, prefix="" if repeat == 0 else f"seed{repeat}_")
+                self.timings["epoch_logging_s"] += time.perf_counter() - start
+            self.events.epoch_done(run.number, record, run.cfg.epochs)
+            if repeat:
+                return
+            run.records.append(record)
+            value = _intermediate(record, metric)
+            if value is not None:  # the first seed drives pruning
+                trial.report(value, record.epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {record.epoch} ({metric} {value:.4f})")
+
+        return on_epoch
+
+    def _record(self, trial: optuna.Trial, run: _Trial) -> None:
+        """The outcome as user attributes (what results and reports read), then the MLflow run's end."""
+        trial.set_user_attr("outcome", run.outcome)
+        if run.outcome in ("diverged", "pruned"):
+            trial.set_user_attr("reason", run.reason)
+        elif run.outcome != "completed":
+            trial.set_user_attr("fail_reason", run.reason[:2000])
+        if run.history:  # pruned, diverged and failed curves are kept too
+            trial.set_user_attr("history", [asdict(r) for r in run.history])
+        if run.outcome == "completed":
+            _summarise(trial, run)
+        if run.run_id is None or self.tracker is None:
+            return
+        optuna_state = {"completed": "COMPLETE", "pruned": "PRUNED", "diverged": "PRUNED"}.get(run.outcome, "FAIL")
+        state = state_of(optuna_state, {"outcome": run.outcome})
+        first = run.results[0] if run.results else None
+        if first:  # the epoch that diverged never reached on_epoch: log it now
+            for record in first.history[len(run.records) :]:
+                self.tracker.log_epoch(run.run_id, record)
+        self.tracker.end_trial(run.run_id, state, run.reason, run.values, first, run.history)
+
+
+def _summarise(trial: optuna.Trial, run: _Trial) -> None:
+    best = run.results[0]
+    trial.set_user_attr("values", run.values)
+    trial.set_user_attr("value_sd", statistics.stdev(run.values) if len(run.values) > 1 else 0.0)
+    trial.set_user_attr("classes", best.classes)
+    if best.val_confusion:
+        trial.set_user_attr("val_confusion", best.val_confusion)
+    for key in ("test_acc", "test_loss", "best_epoch", "best_val_acc"):
+        vals = [getattr(r, key) for r in run.results if getattr(r, key) is not None]
+        if vals:
+            trial.set_user_attr(key, statistics.fmean(vals))
+    trial.set_user_attr("epochs", len(best.history))
+
+
+def _surplus(trial: optuna.Trial, target: int) -> bool:
+    """True when ``target`` trials numbered before this one already finished, run or wait to run."""
+    study = getattr(trial, "study", None)
+    if study is None:
+        return False
+    live = [optuna.trial.TrialState[name] for name in (*OPTUNA_FINISHED, "RUNNING", "WAITING")]
+    ahead = [t for t in study.get_trials(deepcopy=False, states=live) if t.number < trial.number]
+    return len(ahead) >= target
+
+
+def best_checkpoint(study_name: str, storage: str) -> str:
+    """The best-validation checkpoint of ``study_name``'s best trial (for model.init=study:NAME)."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise StudyrunnerError(f"model.init=study:{study_name}: no study named {study_name!r} in {storage}") from None
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise StudyrunnerError(f"model.init=study:{study_name}: the study has no completed trial yet") from None
+    path = best.user_attrs.get("checkpoint")
+    if not path or not Path(path).is_file():
+        raise StudyrunnerError(
+            f"model.init=study:{study_name}: best trial {best.number} has no checkpoint file ({path or 'none recorded'})"
+        )
+    return str(path)
