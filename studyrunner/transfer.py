@@ -49,12 +49,10 @@ class TransferPolicy:
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
         """Head at ``lr``, backbone at ``lr x backbone_lr_mult`` (one group when they are equal)."""
-        if self.backbone_lr_mult == 1.0:
+        backbone = backbone_parameters(model)
+        if self.backbone_lr_mult == 1.0 or not backbone:  # one LR, or a head alone (trained on cached features)
             return [{"params": list(model.parameters())}]
-        return [
-            {"params": backbone_parameters(model), "lr": lr * self.backbone_lr_mult},
-            {"params": head_parameters(model)},
-        ]
+        return [{"params": backbone, "lr": lr * self.backbone_lr_mult}, {"params": head_parameters(model)}]
 
     def start_epoch(self, model: nn.Module, epoch: int) -> None:
         """Put ``model`` in training mode for ``epoch``: gradients on what trains now, frozen

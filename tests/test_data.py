@@ -199,3 +199,52 @@ def test_class_selection_and_validation_from_the_test_folder(tmp_path):
                 },
             ).data
         )
+
+
+def test_only_the_chosen_images_are_decoded(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "d", classes=4, per_class=20, split="train", sizes=((16, 16),))
+    decoded = []
+    real = data_mod._decode
+    monkeypatch.setattr(data_mod, "_decode", lambda p, *a: decoded.append(p) or real(p, *a))
+    cfg = DataConfig(
+        dataset="folder", path=str(root), image_size=16, classes=("c1", "c3"), train_subset=10, val_fraction=0.2,
+        cache_dir=str(tmp_path / "c"),
+    )  # fmt: skip
+    s = load_splits(cfg)
+    assert len(s.train) == 10 and len(s.val) == 8 and len(decoded) == 18  # not the 80 files of the folder
+    assert {p.parent.name for p in decoded} == {"c1", "c3"} and s.classes == ["c1", "c3"]
+    assert torch.bincount(s.train.labels).tolist() == [5, 5] and torch.bincount(s.val.labels).tolist() == [4, 4]
+
+
+def test_images_that_would_not_fit_in_memory_are_refused_before_decoding(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "d", classes=2, per_class=10, split="train", sizes=((16, 16),))
+    monkeypatch.setattr(data_mod, "available_memory", lambda: 100 * 3 * 224 * 224)  # room for 80 images at 224 px
+    monkeypatch.setattr(data_mod, "_decode", lambda *a: pytest.fail("decoded although it cannot fit"))
+    cfg = DataConfig(dataset="folder", path=str(root), image_size=224, val_fraction=0.0, cache_dir=str(tmp_path / "c"))
+    monkeypatch.setattr(data_mod, "HOST_SHARE", 0.05)  # 20 images need more than 5 of the 100 images' worth
+    with pytest.raises(DataError, match=r"20 images at 224 px need .* GiB decoded.*about 5 images fit at 224 px"):
+        load_splits(cfg)
+
+
+def test_shorter_side_is_resized_then_centre_cropped(tmp_path):
+    from PIL import Image
+
+    im = Image.new("RGB", (40, 40), (255, 0, 0))
+    im.paste((0, 0, 255), (10, 10, 30, 30))  # a blue square inside a red frame 10 px wide
+    im.save(tmp_path / "framed.png")
+    whole = data_mod._decode(tmp_path / "framed.png", 20)  # resized to 20: the frame stays
+    cropped = data_mod._decode(tmp_path / "framed.png", 20, 40)  # resize 40, crop the middle 20: only blue
+    assert whole[0, 0, 0] > 200 and cropped[0].max() < 30 and cropped[2].min() > 225
+
+
+def test_validation_and_test_subsets_are_stratified_and_seeded(tmp_path):
+    root = make_folder(tmp_path / "d", classes=3, per_class=10, split="train", sizes=((8, 8),))
+    make_folder(root, classes=3, per_class=10, split="test", sizes=((8, 8),))
+    cfg = DataConfig(path=str(root), image_size=8, val_fraction=0.5, val_subset=6, test_subset=9, cache_dir=str(tmp_path / "c"))
+    s = load_splits(cfg)
+    assert (
+        len(s.train) == 15
+        and torch.bincount(s.val.labels).tolist() == [2, 2, 2]
+        and torch.bincount(s.test.labels).tolist() == [3] * 3
+    )
+    assert torch.equal(load_splits(cfg).val.images, s.val.images)

