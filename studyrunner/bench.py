@@ -86,7 +86,7 @@ def engine_pipeline(
     gen = torch.Generator(device=ctx.device).manual_seed(0)
     warm = data.subset(torch.arange(min(len(data), WARMUP_BATCHES * cfg.batch_size), device=ctx.device))
     train_one_epoch(ctx, warm, cfg, opt, schedule, gen)
-    _, _, speed = train_one_epoch(ctx, data, cfg, opt, schedule, gen)
+    _, _, speed, _ = train_one_epoch(ctx, data, cfg, opt, schedule, gen)
     return speed
 
 

@@ -233,12 +233,13 @@ def train_one_epoch(
     gen: torch.Generator,
     epoch: int = 1,
     on_batch: OnBatch = None,
-) -> tuple[float, float, float]:
-    """One pass over ``data``; returns (mean loss, accuracy, images/s). Stops early on a non-finite loss."""
+) -> tuple[float, float, float, float]:
+    """One pass over ``data``; returns (mean loss, accuracy, images/s, the first batch's loss).
+    Stops early on a non-finite loss."""
     ctx.policy.start_epoch(ctx.model, epoch)
     loss_sum = torch.zeros((), device=ctx.device)
     correct = torch.zeros((), device=ctx.device, dtype=torch.int64)
-    seen, start = 0, time.perf_counter()
+    seen, start, first = 0, time.perf_counter(), math.nan
     index_batches = list(batches(len(data), cfg.batch_size, gen, ctx.device))
     for i, idx in enumerate(index_batches):
         images, y = data.take(idx, ctx.device)
@@ -253,13 +254,15 @@ def train_one_epoch(
         loss_sum += loss.detach().float() * len(idx)
         correct += (logits.argmax(1) == y).sum()
         seen += len(idx)
+        if i == 0:
+            first = float(loss.detach())
         if (i + 1) % 25 == 0 or i + 1 == len(index_batches):
             if on_batch:
                 on_batch(i + 1, len(index_batches))
             if not torch.isfinite(loss_sum):  # no point finishing a diverged epoch
                 break
     seconds = time.perf_counter() - start
-    return float(loss_sum) / seen, float(correct) / seen, seen / seconds
+    return float(loss_sum) / seen, float(correct) / seen, seen / seconds, first
 
 
 @torch.inference_mode()
@@ -310,11 +313,17 @@ def _save(path: Path, ctx: Context, cfg: TrainConfig, record: EpochRecord, class
     tmp.replace(path)
 
 
-def _divergence(loss: float, limit: float) -> str:
+def _divergence(loss: float, limit: float, start: float) -> str:
+    """Why a run with this epoch's mean training ``loss`` diverged, or "". It diverged when the loss
+    is not finite, or when it is above ``limit`` (diverge_factor x the chance-level loss) and above
+    ``start``, the loss of the run's very first batch: a fresh head on large pretrained features
+    can start far above chance and still be learning, while a diverging run climbs from where it began."""
     if not math.isfinite(loss):
         return f"train loss became {loss}"
-    if loss > limit:
-        return f"train loss {loss:.3g} exceeded {limit:.3g} (diverge_factor x chance-level loss)"
+    if loss > limit and not loss <= start:
+        return (
+            f"train loss {loss:.3g} exceeded {limit:.3g} (diverge_factor x chance-level loss) and its first batch's {start:.3g}"
+        )
     return ""
 
 
@@ -331,6 +340,7 @@ class _Run:
     result: FitResult
     out: Path | None
     best_state: dict[str, torch.Tensor] | None = None
+    start_loss: float = math.nan  # the loss of the run's first batch: where it started
 
 
 def placement(need: int, free: int, budget: float) -> str:
@@ -411,7 +421,11 @@ def _epoch(run: _Run, epoch: int, on_batch: OnBatch) -> EpochRecord:
     """Train one epoch and validate: the epoch's record."""
     cfg, splits = run.cfg, run.splits
     start = time.perf_counter()
-    tr_loss, tr_acc, tr_speed = train_one_epoch(run.ctx, splits.train, cfg, run.opt, run.schedule, run.gen, epoch, on_batch)
+    tr_loss, tr_acc, tr_speed, first = train_one_epoch(
+        run.ctx, splits.train, cfg, run.opt, run.schedule, run.gen, epoch, on_batch
+    )
+    if epoch == 1:
+        run.start_loss = first
     val_loss = val_acc = None
     if splits.val is not None and math.isfinite(tr_loss):
         val_loss, val_acc = evaluate(run.ctx, splits.val, cfg.eval_batch_size)
@@ -454,7 +468,7 @@ def fit(cfg: TrainConfig, splits: Splits, on_epoch: OnEpoch = None, on_batch: On
     for epoch in range(1, cfg.epochs + 1):
         record = _epoch(run, epoch, on_batch)
         run.result.history.append(record)
-        reason = _divergence(record.train_loss, limit)
+        reason = _divergence(record.train_loss, limit, run.start_loss)
         if reason:
             run.result.outcome, run.result.reason = "diverged", f"epoch {epoch}: {reason}"
             break

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -134,7 +135,9 @@ class _Driver:
         start = time.monotonic()
         while True:
             if self.heartbeat:  # trials of killed workers: FAIL, re-queued with their parameters, MLflow run ended
-                optuna.storages.fail_stale_trials(self.study)
+                with warnings.catch_warnings():  # marked experimental by Optuna
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(self.study)
                 self._reap_dead_runs()
             if self.finished() >= self.target:
                 return ""

@@ -110,3 +110,13 @@ def test_images_stay_on_the_device_only_within_its_budget():
     assert placement(10 * gib, 40 * gib, 0.5) == "device"
     assert placement(30 * gib, 40 * gib, 0.5) == "host"  # would take 75% of the free memory
     assert placement(1, 40 * gib, 0.0) == "host"  # a budget of 0 keeps everything in host memory
+
+
+def test_divergence_is_a_loss_that_climbs_not_one_that_starts_high():
+    from studyrunner.engine import _divergence
+
+    limit = 3.0 * math.log(4)  # 4.16 for four classes
+    assert _divergence(4.18, limit, 9.5) == ""  # a fresh head on large pretrained features: high, but falling
+    assert "exceeded 4.16" in _divergence(5.0, limit, 1.39)  # climbed from chance level
+    assert _divergence(1.2, limit, 1.39) == ""
+    assert "became nan" in _divergence(float("nan"), limit, 1.39) and "became inf" in _divergence(math.inf, limit, 9.5)
