@@ -6,10 +6,12 @@ one place; nothing else is caught.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -18,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .errors import StudyrunnerError
+from .errors import StudyrunnerError, Terminated
 
 app = typer.Typer(
     name="studyrunner",
@@ -310,20 +312,35 @@ def run(
         story.check_scale(scale)
         for step in story.steps:  # refuse bad --set values before opening any store
             story.step_config(step, scale, opts.overrides)
-        with LiveStudy(console, story.step_sweep(story.steps[0], scale)) as live:
+        with _interruptible(), LiveStudy(console, story.step_sweep(story.steps[0], scale)) as live:
             outcomes = run_narrative(story, scale, opts, live, announce=lambda m: live.progress.console.print(m))
         for outcome in outcomes:
             live.summary(outcome)
         return
     spec = load_sweep(sweep)
     spec.base_config(opts.overrides)  # refuse bad --set values before opening any store
-    with LiveStudy(console, spec) as live:
-        try:
-            outcome = run_study(spec, opts, live)
-        except KeyboardInterrupt:
-            console.print("interrupted: the current trial is marked FAIL and its MLflow run KILLED; run again to resume")
-            raise typer.Exit(130) from None
+    with _interruptible(), LiveStudy(console, spec) as live:
+        outcome = run_study(spec, opts, live)
     live.summary(outcome)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C (exit 130) and SIGTERM (exit 143) end the current trial INTERRUPTED, its MLflow run
+    and the study's parent run KILLED, and leave the study to resume; one line says so."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        what, code = ("terminated (SIGTERM)", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        console.print(f"{what}: the current trial is marked INTERRUPTED and its MLflow run KILLED; run again to resume")
+        raise typer.Exit(code) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command("ls")

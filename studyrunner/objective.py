@@ -22,7 +22,7 @@ import optuna
 from .config import DataConfig, TrainConfig, apply_overrides
 from .data import Progress, Splits, load_splits
 from .engine import EpochRecord, FitResult, fit, resolve_config
-from .errors import StudyrunnerError
+from .errors import StudyrunnerError, Terminated
 from .space import suggest
 from .spec import SweepSpec
 from .states import OPTUNA_FINISHED, state_of
@@ -139,8 +139,11 @@ class Objective:
             run.outcome = "diverged" if run.outcome == "diverged" else "pruned"
             run.reason = run.reason or str(exc) or "pruned"
             raise
-        except KeyboardInterrupt:
-            run.outcome, run.reason = "interrupted", "interrupted (Ctrl-C)"
+        except KeyboardInterrupt as exc:
+            run.outcome, run.reason = (
+                "interrupted",
+                "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)",
+            )
             raise
         except BaseException as exc:  # recorded, then re-raised for Optuna to mark FAIL
             run.outcome, run.reason = "failed", f"{type(exc).__name__}: {exc}"

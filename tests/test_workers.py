@@ -170,7 +170,8 @@ def test_sigkilled_worker_trial_is_failed_retried_and_its_run_ended(tmp_path, ti
     assert "heartbeats" in dead_run.data.tags["reason"]
 
 
-def test_ctrl_c_marks_the_trial_ends_its_run_and_the_study_resumes(tmp_path, tiny_train):
+@pytest.mark.parametrize(("sig", "code", "why"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_or_sigterm_marks_the_trial_ends_its_run_and_the_study_resumes(tmp_path, tiny_train, sig, code, why):
     sweep = _sweep(tmp_path, tiny_train, n_trials=2, epochs=60, name="intr")
     storage, tracking = f"sqlite:///{tmp_path / 'o.db'}", f"sqlite:///{tmp_path / 'm.db'}"
     args = [sys.executable, "-m", "studyrunner", "run", str(sweep), "--storage", storage, "--tracking-uri", tracking]
@@ -184,12 +185,13 @@ def test_ctrl_c_marks_the_trial_ends_its_run_and_the_study_resumes(tmp_path, tin
             continue
         if running and len(running[0].intermediate_values) >= 2:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "run again to resume" in " ".join(out.split())
+    assert proc.returncode == code and "run again to resume" in " ".join(out.split())
     assert "Traceback" not in out
     trial = optuna.load_study(study_name="intr", storage=storage).trials[-1]
-    assert trial.state == optuna.trial.TrialState.FAIL and "interrupted" in trial.user_attrs["fail_reason"]
+    assert trial.state == optuna.trial.TrialState.FAIL and why in trial.user_attrs["fail_reason"]
+    assert not optuna.load_study(study_name="intr", storage=storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
     client = MlflowClient(tracking)
     runs = client.search_runs([client.get_experiment_by_name("intr").experiment_id])
     statuses = {r.data.tags.get("studyrunner.role"): r.info.status for r in runs}
