@@ -137,7 +137,9 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format for conv layers
     device: str = "auto"  # auto = cuda if available, else cpu; or cpu, cuda, cuda:1, mps
     threads: int = 0  # torch intra-op threads on CPU; 0 = leave torch's default
-    diverge_factor: float = 3.0  # diverged when train loss > factor * ln(classes), or non-finite
+    diverge_factor: float = (
+        3.0  # diverged when train loss > factor x the larger of ln(classes) and the first batch's loss, or non-finite
+    )
     out_dir: str = ""  # where best.pt / last.pt go; "" = no checkpoints
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

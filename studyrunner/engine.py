@@ -313,17 +313,17 @@ def _save(path: Path, ctx: Context, cfg: TrainConfig, record: EpochRecord, class
     tmp.replace(path)
 
 
-def _divergence(loss: float, limit: float, start: float) -> str:
+def _divergence(loss: float, factor: float, chance: float, start: float) -> str:
     """Why a run with this epoch's mean training ``loss`` diverged, or "". It diverged when the loss
-    is not finite, or when it is above ``limit`` (diverge_factor x the chance-level loss) and above
-    ``start``, the loss of the run's very first batch: a fresh head on large pretrained features
-    can start far above chance and still be learning, while a diverging run climbs from where it began."""
+    is not finite, or above ``factor`` x the larger of the chance-level loss and ``start``, the loss
+    of the run's very first batch: a fresh head on large pretrained features can start far above
+    chance level and still be learning, while a diverging run climbs far from where it began."""
     if not math.isfinite(loss):
         return f"train loss became {loss}"
-    if loss > limit and not loss <= start:
-        return (
-            f"train loss {loss:.3g} exceeded {limit:.3g} (diverge_factor x chance-level loss) and its first batch's {start:.3g}"
-        )
+    base = max(chance, start) if math.isfinite(start) else chance
+    if loss > factor * base:
+        what = "chance-level loss" if base == chance else "its first batch's loss"
+        return f"train loss {loss:.3g} exceeded {factor * base:.3g} (diverge_factor x {what} {base:.3g})"
     return ""
 
 
@@ -464,11 +464,11 @@ def fit(cfg: TrainConfig, splits: Splits, on_epoch: OnEpoch = None, on_batch: On
     training loss ends the run with outcome ``diverged`` instead of an exception.
     """
     run = _start(cfg, splits)
-    limit = cfg.diverge_factor * math.log(max(2, len(splits.classes)))
+    chance = math.log(max(2, len(splits.classes)))  # the loss of a uniform guess
     for epoch in range(1, cfg.epochs + 1):
         record = _epoch(run, epoch, on_batch)
         run.result.history.append(record)
-        reason = _divergence(record.train_loss, limit, run.start_loss)
+        reason = _divergence(record.train_loss, cfg.diverge_factor, chance, run.start_loss)
         if reason:
             run.result.outcome, run.result.reason = "diverged", f"epoch {epoch}: {reason}"
             break

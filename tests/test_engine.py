@@ -115,8 +115,11 @@ def test_images_stay_on_the_device_only_within_its_budget():
 def test_divergence_is_a_loss_that_climbs_not_one_that_starts_high():
     from studyrunner.engine import _divergence
 
-    limit = 3.0 * math.log(4)  # 4.16 for four classes
-    assert _divergence(4.18, limit, 9.5) == ""  # a fresh head on large pretrained features: high, but falling
-    assert "exceeded 4.16" in _divergence(5.0, limit, 1.39)  # climbed from chance level
-    assert _divergence(1.2, limit, 1.39) == ""
-    assert "became nan" in _divergence(float("nan"), limit, 1.39) and "became inf" in _divergence(math.inf, limit, 9.5)
+    chance = math.log(4)  # 1.39 for four classes: x3 = 4.16
+    assert _divergence(4.18, 3.0, chance, 9.5) == ""  # a fresh head on large pretrained features: high, but falling
+    assert _divergence(4.8, 3.0, chance, 3.9) == ""  # started high, noisy (dropout), not climbing away
+    assert "exceeded 4.16 (diverge_factor x chance-level loss 1.39)" in _divergence(5.0, 3.0, chance, 1.2)
+    assert "exceeded 11.7 (diverge_factor x its first batch's loss 3.9)" in _divergence(12.0, 3.0, chance, 3.9)
+    assert _divergence(1.2, 3.0, chance, 1.39) == ""
+    assert "became nan" in _divergence(float("nan"), 3.0, chance, 1.39)
+    assert "became inf" in _divergence(math.inf, 3.0, chance, 9.5)
