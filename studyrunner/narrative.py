@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 from pydantic import Field, field_validator, model_validator
 
 from .config import ConfigError, TrainConfig, apply_overrides, config_to_dict, flatten
-from .spec import Objective, SpecError, StrictModel, SweepSpec, load_with_nodes, load_yaml, parse_spec, where
+from .spec import Objective, Problem, SpecError, StrictModel, SweepSpec, load_spec, load_yaml
 
 __all__ = [
     "Step",
@@ -159,15 +159,10 @@ def is_narrative(path: str | Path) -> bool:
 
 def load_narrative(path: str | Path) -> NarrativeSpec:
     """Parse and validate a narrative study: every step's config at every scale, every claim's steps."""
-    p = Path(path)
-    data, node = load_with_nodes(p)
-    spec: NarrativeSpec = parse_spec(NarrativeSpec, {**data, "source": str(p)}, p, node)
-    for problem, loc in _problems(spec):
-        raise SpecError(f"{where(p, node, loc)}: {problem}")
-    return spec
+    return load_spec(path, NarrativeSpec, _problems)
 
 
-def _problems(spec: NarrativeSpec) -> list[tuple[str, tuple[Any, ...]]]:
+def _problems(spec: NarrativeSpec) -> list[Problem]:
     """Unique step names, valid configs at every scale, ``step:`` inits and claims that name real steps."""
     names = [s.name for s in spec.steps]
     if len(set(names)) != len(names):

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,9 +22,8 @@ from .errors import StudyrunnerError
 __all__ = [
     "SpecError",
     "StrictModel",
-    "load_with_nodes",
-    "parse_spec",
-    "where",
+    "load_spec",
+    "Problem",
     "Objective",
     "Budget",
     "SamplerSpec",
@@ -36,6 +36,7 @@ __all__ = [
     "METRICS",
 ]
 
+Problem = tuple[str, tuple[Any, ...]]  # (message, location in the file)
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss")
 _MAXIMIZE = ("val_acc", "train_acc", "test_acc")
 
@@ -152,11 +153,11 @@ class SweepSpec(StrictModel):
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from ``path``; a missing file or a syntax error names file and line."""
-    data, _ = load_with_nodes(Path(path))
+    data, _ = _load_with_nodes(Path(path))
     return data
 
 
-def load_with_nodes(p: Path) -> tuple[dict[str, Any], yaml.Node | None]:
+def _load_with_nodes(p: Path) -> tuple[dict[str, Any], yaml.Node | None]:
     if not p.is_file():
         raise SpecError(f"{p}: no such file")
     text = p.read_text()
@@ -202,12 +203,12 @@ def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def where(p: Path, node: yaml.Node | None, loc: tuple[Any, ...]) -> str:
+def _where(p: Path, node: yaml.Node | None, loc: tuple[Any, ...]) -> str:
     line = _line(node, loc)
     return f"{p}{f', line {line}' if line else ''}"
 
 
-def parse_spec(cls: type[Any], data: dict[str, Any], p: Path, node: yaml.Node | None) -> Any:
+def _parse(cls: type[Any], data: dict[str, Any], p: Path, node: yaml.Node | None) -> Any:
     """``cls(**data)``; a pydantic error becomes a SpecError naming file, line, key and what is allowed."""
     try:
         return cls(**data)
@@ -223,17 +224,26 @@ def parse_spec(cls: type[Any], data: dict[str, Any], p: Path, node: yaml.Node | 
             msg = "required key is missing"
         shown = err["type"] not in ("missing", "extra_forbidden") and not isinstance(err.get("input"), dict)
         got = f" (got {err['input']!r})" if shown else ""
-        raise SpecError(f"{where(p, node, loc)}: {key}: {msg}{got}") from None
+        raise SpecError(f"{_where(p, node, loc)}: {key}: {msg}{got}") from None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_spec(path: str | Path, cls: type[M], problems: Callable[[M], list[Problem]]) -> M:
+    """``cls`` parsed from the YAML file at ``path`` (its ``source`` set), then checked by
+    ``problems``; the first problem found is a SpecError naming the file and the line."""
+    p = Path(path)
+    data, node = _load_with_nodes(p)
+    spec: M = _parse(cls, {**data, "source": str(p)}, p, node)
+    for problem, loc in problems(spec):
+        raise SpecError(f"{_where(p, node, loc)}: {problem}")
+    return spec
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
     """Parse and fully validate a sweep file (space, train overrides, conditions, values)."""
-    p = Path(path)
-    data, node = load_with_nodes(p)
-    spec: SweepSpec = parse_spec(SweepSpec, {**data, "source": str(p)}, p, node)
-    for problem, loc in _semantic_problems(spec):
-        raise SpecError(f"{where(p, node, loc)}: {problem}")
-    return spec
+    return load_spec(path, SweepSpec, _semantic_problems)
 
 
 def _allowed_fields(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
@@ -250,9 +260,6 @@ def _allowed_fields(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
     if not (isinstance(tp, type) and issubclass(tp, BaseModel)):
         return ["<config key>"]
     return [f for f in tp.model_fields if f != "source"]
-
-
-Problem = tuple[str, tuple[Any, ...]]  # (message, location in the file)
 
 
 def _semantic_problems(spec: SweepSpec) -> list[Problem]:
