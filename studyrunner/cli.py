@@ -56,6 +56,40 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _positive(option: str, value: float | None) -> None:
+    """A count, budget or timeout from the command line must be > 0 (and not a boolean)."""
+    if value is not None and not value > 0:
+        raise StudyrunnerError(f"{option} {value:g}: must be > 0")
+
+
+def _output_file(option: str, path: Path | None) -> None:
+    """Refuse, before any work, an output file that is a folder or lies in a missing folder."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise StudyrunnerError(f"{option} {path}: is a directory; give a file path, e.g. {path / 'result.json'}")
+    if not path.parent.is_dir():
+        raise StudyrunnerError(f"{option} {path}: the directory {path.parent} does not exist; create it first")
+
+
+def _output_folder(option: str, path: Path | str | None) -> None:
+    """Refuse, before any work, an output folder that is a file or lies under a file."""
+    if path is None:
+        return
+    for p in (Path(path), *Path(path).parents):
+        if p.exists() and not p.is_dir():
+            raise StudyrunnerError(f"{option} {path}: {p} is a file, not a folder")
+
+
+def _read_storage(storage: str | None) -> str:
+    """The Optuna storage of a command that only reads it (ls, show, export, report): it must exist."""
+    from .stores import check_storage, resolve_storage
+
+    url = resolve_storage(storage)
+    check_storage(url, must_exist=True)
+    return url
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -117,6 +151,8 @@ def train(
     from .engine import fit, resolve_config
     from .spec import load_train_config
 
+    _output_file("--json", json_path)
+    _output_folder("--out", out)
     overrides: dict[str, Any] = dict(parse_assignments(set_ or []))
     overrides.setdefault("out_dir", out or f"runs/train/{time.strftime('%Y%m%d-%H%M%S')}")
     cfg = load_train_config(config, overrides)
@@ -149,7 +185,6 @@ def train(
         highlight=False,
     )
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({**result.to_dict(), "config": config_to_dict(cfg)}, indent=2))
 
 
@@ -175,6 +210,8 @@ def bench(
     """Training images/s: the documents' pipeline (ImageFolder + PIL + DataLoader, fp32) vs the engine."""
     from .bench import frozen_head, machine, run_bench
 
+    for option, value in (("--images", images), ("--batch-size", batch_size), ("--epochs", epochs)):
+        _positive(option, value)
     console.print(f"on {machine()}", highlight=False)
     if frozen:
         _figures(frozen_head(data_dir, 50, 100, epochs, log=lambda m: console.print(m, highlight=False)))
@@ -218,7 +255,8 @@ def validate(
 ) -> None:
     """Check a sweep or narrative study file (keys, ranges, conditions, data path) without training; print its plan."""
     from .config import parse_assignments
-    from .data import resolve_root
+    from .data import check_objective_split, resolve_root
+    from .engine import resolve_config
     from .narrative import is_narrative
     from .spec import load_sweep
 
@@ -226,8 +264,9 @@ def validate(
         _validate_narrative(sweep, parse_assignments(set_ or []), data_dir)
         return
     spec = load_sweep(sweep)
-    base = spec.base_config(parse_assignments(set_ or []))
+    base = resolve_config(spec.base_config(parse_assignments(set_ or [])))
     root = resolve_root(base.data, data_dir)
+    check_objective_split(spec.objective.metric, base.data, data_dir)
     table = Table(
         "parameter",
         "kind",
@@ -252,10 +291,14 @@ def validate(
 def _validate_narrative(path: Path, overrides: dict[str, str], data_dir: str | None) -> None:
     """Print every step's resolved settings at every scale (each step config is already checked by loading)."""
     from .data import resolve_root
+    from .engine import resolve_config
     from .narrative import load_narrative
 
     story = load_narrative(path)
     scales = story.scale_names()
+    for step in story.steps:  # devices and sizes the way run resolves them
+        for scale in scales:
+            resolve_config(story.step_config(step, scale, overrides))
     table = Table("step", "scale", "seeds", "epochs", "images", "batch", "init", "optimizer", title=story.study)
     for step in story.steps:
         rows: dict[tuple[str, ...], list[str]] = {}  # identical settings at several scales: one row
@@ -297,6 +340,8 @@ def run(
     a nested MLflow run. Every process started on the same --storage is a worker of the study."""
     from .config import parse_assignments
 
+    _positive("--n-trials", n_trials)
+    _positive("--timeout", timeout)
     if jobs > 1:
         from .workers import run_workers
 
@@ -316,12 +361,22 @@ def run(
             outcomes = run_narrative(story, scale, opts, live, announce=lambda m: live.progress.console.print(m))
         for outcome in outcomes:
             live.summary(outcome)
+        _fail_if_nothing_finished(outcomes)
         return
     spec = load_sweep(sweep)
     spec.base_config(opts.overrides)  # refuse bad --set values before opening any store
     with _interruptible(), LiveStudy(console, spec) as live:
         outcome = run_study(spec, opts, live)
     live.summary(outcome)
+    _fail_if_nothing_finished([outcome])
+
+
+def _fail_if_nothing_finished(outcomes: list[Any]) -> None:
+    """Exit 1 when a study's trials all failed (or failures stopped it): the run did not work."""
+    for outcome in outcomes:
+        if outcome.failed:
+            console.print(f"error: study {outcome.study.study_name}: {outcome.failed}", highlight=False)
+            raise typer.Exit(1)
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
@@ -348,10 +403,9 @@ def _interruptible() -> Iterator[None]:
 def ls(storage: StorageOpt = None) -> None:
     """List studies: trials by state and the best value and parameters."""
     from .results import list_studies
-    from .stores import resolve_storage
 
     table = Table("study", "direction", "trials by state", "best value", "best parameters")
-    for row in list_studies(resolve_storage(storage)):
+    for row in list_studies(_read_storage(storage)):
         counts = ", ".join(f"{k.value} {v}" for k, v in sorted(row.counts.items()))
         best = "-" if row.best_value is None else f"{row.best_value:.4f}"
         table.add_row(row.name, row.direction, counts, best, ", ".join(f"{k}={v}" for k, v in row.best_params.items()))
@@ -363,13 +417,13 @@ def ls(storage: StorageOpt = None) -> None:
 def show(study: Annotated[str, typer.Argument(help="Study name.")], storage: StorageOpt = None) -> None:
     """The study's trials: state, value, parameters, test accuracy, epochs, duration."""
     from .results import load_study, trials_frame
-    from .stores import resolve_storage
 
-    df = trials_frame(load_study(study, resolve_storage(storage)))
+    df = trials_frame(load_study(study, _read_storage(storage)))
     cols = ["number", "state", "value", "test_acc", "epochs", "duration_s"] + [c for c in df.columns if c.startswith("param.")]
+    cols += ["reason"]
     table = Table(*cols)
     for _, r in df[cols].iterrows():
-        table.add_row(*["-" if v is None or v != v else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in r])
+        table.add_row(*["-" if v is None or v != v else (f"{v:.4g}" if isinstance(v, float) else str(v)[:160]) for v in r])
     Console().print(table)
 
 
@@ -383,12 +437,12 @@ def export(
 ) -> None:
     """Write the trials joined with their final metrics to CSV or Parquet."""
     from .results import load_study, trials_frame
-    from .stores import resolve_storage
 
     if fmt not in ("csv", "parquet"):
         raise StudyrunnerError(f"--format {fmt!r}: allowed are csv, parquet")
-    df = trials_frame(load_study(study, resolve_storage(storage)))
     path = out or Path(f"{study}.{fmt}")
+    _output_file("--out", path)
+    df = trials_frame(load_study(study, _read_storage(storage)))
     df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path, index=False)
     console.print(f"wrote {len(df)} trials to {path}")
 
@@ -409,9 +463,9 @@ def report(
     from .report import render_narrative, render_sweep_report, write
     from .results import load_study, narrative_result, study_result
     from .spec import load_sweep
-    from .stores import resolve_storage
 
-    url = resolve_storage(storage)
+    _output_folder("--out", out)
+    url = _read_storage(storage)
     store = f" --storage {storage}" if storage else ""
 
     def grid(checkpoint: str, png: Path) -> bool:

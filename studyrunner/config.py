@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -181,7 +183,7 @@ def describe_type(tp: Any) -> str:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"a list of {describe_type(args[0])}"
         return f"a list of {len(args)} {describe_type(args[0])}"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(tp, str(tp))
 
 
 def _parse_scalar(text: str) -> Any:
@@ -202,6 +204,7 @@ def _parse_scalar(text: str) -> Any:
     return text.strip()
 
 
+_DEVICE_RE = r"auto|cpu|mps|cuda(:[0-9]+)?"
 _BAD = object()  # what a scalar coercer returns for a value of the wrong type
 
 
@@ -218,7 +221,8 @@ def _as_int(v: Any) -> Any:
 
 
 def _as_float(v: Any) -> Any:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else _BAD
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else _BAD
 
 
 def _as_str(v: Any) -> Any:
@@ -274,10 +278,10 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in mapping.items():
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, f"{key}."))
-        else:
-            out[key] = v
+        for leaf, value in (flatten(v, f"{key}.") if isinstance(v, Mapping) else {key: v}).items():
+            if leaf in out:
+                raise ConfigError(f"{leaf} is given twice (as a dotted key and nested, or twice); keep one", leaf)
+            out[leaf] = value
     return out
 
 
@@ -336,7 +340,16 @@ def validate(config: TrainConfig) -> None:
             config.model.head_dropout == 0 or config.model.name == "efficientnet_lite0",
             "model.head_dropout applies to efficientnet_lite0 only (cifar_alexnet has model.dropout)",
         ),
+        (0 <= config.seed < 2**32, "seed must be in [0, 2**32) (torch's and numpy's seed range)"),
+        (0 <= config.data.split_seed < 2**32, "data.split_seed must be in [0, 2**32)"),
+        (config.threads >= 0, "threads must be >= 0 (0 = torch's default)"),
+        (re.fullmatch(_DEVICE_RE, config.device) is not None, "device must be auto, cpu, cuda, cuda:N or mps"),
         (config.optim.lr > 0, "optim.lr must be > 0"),
+        (0.0 <= config.optim.beta1 < 1.0, "optim.beta1 must be in [0, 1)"),
+        (0.0 <= config.optim.beta2 < 1.0, "optim.beta2 must be in [0, 1)"),
+        (config.sched.gamma > 0, "sched.gamma must be > 0"),
+        (all(m >= 1 for m in config.sched.milestones), "sched.milestones must be epochs >= 1"),
+        (config.sched.cooldown >= 0, "sched.cooldown must be >= 0"),
         (config.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (0.0 <= config.optim.momentum < 1.0, "optim.momentum must be in [0, 1)"),
         (config.sched.step_size >= 1, "sched.step_size must be >= 1"),

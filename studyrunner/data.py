@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import cachefile
 from .config import DataConfig
 from .errors import StudyrunnerError
 
@@ -36,9 +37,10 @@ __all__ = [
     "available_memory",
     "cache_root",
     "batches",
+    "check_objective_split",
 ]
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # document 004's normalisation statistics
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -236,6 +238,11 @@ def _decode(path: Path, size: int, resize: int = 0) -> torch.Tensor:
                 left, top = (w - size) // 2, (h - size) // 2
                 im = im.crop((left, top, left + size, top + size))
             data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+    except Image.DecompressionBombError:
+        raise DataError(
+            f"cannot read image {path}: it has more pixels than PIL's decompression-bomb limit "
+            f"({Image.MAX_IMAGE_PIXELS} x 2); shrink it or remove it from the folder"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:  # ValueError: a mode PIL cannot convert
         raise DataError(f"cannot read image {path}: {exc}") from None
     return data.view(size, size, 3).permute(2, 0, 1)
@@ -265,18 +272,11 @@ def _cached(cfg: DataConfig, files: list[Path], what: str, build: Callable[[], I
     key = _fingerprint(files, f"{cfg.image_size}|{cfg.resize}")
     name = hashlib.sha1(f"{what}|{cfg.image_size}|{cfg.resize}".encode()).hexdigest()[:16]
     path = cache_root(cfg) / f"{name}.pt"
-    if path.exists():
-        try:
-            blob = torch.load(path, weights_only=True)
-            if blob.get("key") == key:
-                return ImageSet(blob["images"], blob["labels"], list(blob["classes"]))
-        except Exception:  # a truncated or foreign file is rebuilt, never trusted
-            pass
+    blob = cachefile.load(path, key)
+    if blob is not None:
+        return ImageSet(blob["images"], blob["labels"], list(blob["classes"]))
     data = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"key": key, "images": data.images, "labels": data.labels, "classes": data.classes}, tmp)
-    os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+    cachefile.save(path, key, {"images": data.images, "labels": data.labels}, classes=data.classes)
     return data
 
 
@@ -360,10 +360,35 @@ def _own_sources(root: Path) -> tuple[FileSet, FileSet | None, FileSet | None]:
     train = list_folder(root / "train")
     val = list_folder(root / "val") if (root / "val").is_dir() else None
     test = list_folder(root / "test") if (root / "test").is_dir() else None
+    return train, val, test
+
+
+def check_objective_split(metric: str, cfg: DataConfig, data_dir: str | None) -> None:
+    """Refuse an objective on a split that own image folders will not have (looked up, not decoded):
+    test_ metrics need ``test/``, val_ metrics need ``val/`` or ``data.val_fraction`` > 0."""
+    if cfg.dataset != "folder" or not metric.startswith(("test_", "val_")):
+        return
+    root = resolve_root(cfg, data_dir)
+    split = root / "train"
+    has_test = split.is_dir() and (root / "test").is_dir() and cfg.val_from != "test"
+    has_val = cfg.val_fraction > 0 or (split.is_dir() and ((root / "val").is_dir() or cfg.val_from == "test"))
+    if metric.startswith("test_") and not has_test:
+        raise DataError(
+            f"objective {metric}: {root} has no test split (test metrics need {root}/train/ and {root}/test/ "
+            "class folders, and data.val_from=train); use a val_ metric or add a test folder"
+        )
+    if metric.startswith("val_") and not has_val:
+        raise DataError(f"objective {metric}: {root} has no val/ folder and data.val_fraction is 0; set data.val_fraction > 0")
+
+
+def _check_classes(root: Path, cfg: DataConfig, train: Source, val: Source | None, test: Source | None) -> None:
+    """After the class selection: at least two classes, and the same ones in every split."""
+    if len(train.classes) < 2:
+        where = f"data.classes {list(cfg.classes)}" if cfg.classes else f"{root} has one class folder ({train.classes[0]})"
+        raise DataError(f"{where}: a classifier needs at least two classes; add class folders or select more classes")
     for name, s in (("val", val), ("test", test)):
         if s is not None and s.classes != train.classes:
             raise DataError(f"{root / name} has classes {s.classes} but {root / 'train'} has {train.classes}")
-    return train, val, test
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
@@ -433,6 +458,7 @@ def _sources(root: Path, cfg: DataConfig) -> tuple[Source, Source | None, Source
         train = select_classes(train, cfg.classes, root)
         val = None if val is None else select_classes(val, cfg.classes, root)
         test = None if test is None else select_classes(test, cfg.classes, root)
+    _check_classes(root, cfg, train, val, test)
     if cfg.val_from == "test":  # the held-out folder validates; nothing is left to test on
         val, test = (val or test), None
         if val is None:
@@ -449,6 +475,11 @@ def load_splits(cfg: DataConfig, data_dir: str | None = None, progress: Progress
         raise ValueError("load_splits needs a resolved data.image_size (engine.resolve_config decides what 0 means)")
     train, val, test = _sources(root, cfg)
     if val is None and cfg.val_fraction > 0:
+        if round(cfg.val_fraction * len(train)) < 1:
+            raise DataError(
+                f"data.val_fraction {cfg.val_fraction:g} of {len(train)} training images rounds to 0 validation images; "
+                f"use at least {1 / len(train):.3g} (or 0 for no validation split)"
+            )
         keep, held = stratified_split(train.labels, cfg.val_fraction, cfg.split_seed)
         train, val = train.subset(keep), train.subset(held)
     if cfg.train_subset and cfg.train_subset < len(train):

@@ -113,16 +113,30 @@ def _device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else mps, else cpu."""
     if name != "auto":
         try:
-            return torch.device(name)
+            device = torch.device(name)
         except RuntimeError as exc:
             raise ConfigError(
                 f"device: {name!r} is not a device name ({exc}); use auto, cpu, cuda, cuda:N or mps", "device"
             ) from None
+        _check_present(device)
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _check_present(device: torch.device) -> None:
+    """A named device must exist on this machine (found now, not when the first batch moves)."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    here = f"this machine has {count or 'no'} CUDA device{'' if count == 1 else 's'}"
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"device: {str(device)!r} is not available; {here}; use auto or cpu", "device")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device: 'mps' is not available on this machine; use auto or cpu ({here})", "device")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device: {str(device)!r} is not supported; use auto, cpu, cuda, cuda:N or mps", "device")
 
 
 def _precision(precision: str, device: torch.device) -> str:

@@ -13,9 +13,7 @@ the precision, so new weights, another input size or other images never meet sta
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import cachefile
 from .config import AugmentConfig
 
 __all__ = ["FeatureCache", "cache_for", "random_augmentation", "digest", "extract"]
@@ -88,19 +87,14 @@ class FeatureCache:
         if key in self._memo:
             return self._memo[key], "memory"
         path = None if self.folder is None else self.folder / f"features-{key[:24]}.pt"
-        if path is not None and path.exists():
-            with contextlib.suppress(Exception):  # a truncated or foreign file is recomputed, never trusted
-                blob = torch.load(path, weights_only=True)
-                if blob.get("key") == key:
-                    self._memo[key] = blob["features"]
-                    return self._memo[key], "disk"
+        blob = None if path is None else cachefile.load(path, key)
+        if blob is not None:
+            self._memo[key] = blob["features"]
+            return self._memo[key], "disk"
         features = compute()
         self._memo[key] = features
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"key": key, "features": features.cpu()}, tmp)
-            os.replace(tmp, path)
+            cachefile.save(path, key, {"features": features})
         return features, "computed"
 
 

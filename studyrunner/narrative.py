@@ -40,7 +40,7 @@ _METRIC_RE = r"^(best_val_acc|final_val_acc|final_train_acc|test_acc|final_gap|(
 class Step(StrictModel):
     """One step of a narrative: a fixed configuration run with ``repeats`` seeds."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    name: str = Field(max_length=30, pattern=r"^[A-Za-z0-9_\-]+$")
     title: str
     setup: str = ""  # the document's setup in words
     train: dict[str, Any] = Field(default_factory=dict)  # on top of the narrative's base
@@ -85,7 +85,7 @@ class Claim(StrictModel):
 
 
 class NarrativeSpec(StrictModel):
-    study: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")
+    study: str = Field(min_length=1, max_length=60, pattern=r"^[A-Za-z0-9_\-]+$")
     title: str = ""  # the report's heading
     description: str = ""
     source_document: str = ""
@@ -152,9 +152,15 @@ class NarrativeSpec(StrictModel):
         )
 
 
+_NARRATIVE_ONLY = {"steps", "claims", "scales", "base", "notes", "source_document", "title"}
+_SWEEP_ONLY = {"space", "train", "budget", "sampler", "pruner", "max_retries"}
+
+
 def is_narrative(path: str | Path) -> bool:
-    """True for a narrative study file (it has ``steps:``), False for a sweep."""
-    return "steps" in load_yaml(path)
+    """True for a narrative study file (``steps:``, or narrative keys and no sweep keys), False for
+    a sweep: a narrative whose ``steps:`` is missing is told so, not read as a broken sweep."""
+    keys = set(load_yaml(path))
+    return "steps" in keys or bool(keys & _NARRATIVE_ONLY and not keys & _SWEEP_ONLY)
 
 
 def load_narrative(path: str | Path) -> NarrativeSpec:
@@ -186,7 +192,33 @@ def _problems(spec: NarrativeSpec) -> list[Problem]:
         for ref in filter(None, (claim.a, claim.b)):
             if ref not in names:
                 return [(f"claim {claim.id}: no step named {ref!r}; steps: {', '.join(names)}", ("claims", i))]
+        problem = _claim_problem(spec, claim)
+        if problem:
+            return [(problem, ("claims", i))]
     return []
+
+
+def _claim_problem(spec: NarrativeSpec, claim: Claim) -> str:
+    """Thresholds and margins on the metrics' scale (fractions, not percent); epochs the steps run."""
+    if claim.threshold is not None and not -1.0 <= claim.threshold <= 1.0:
+        return (
+            f"claim {claim.id}: threshold {claim.threshold:g} is not on the metric's scale; accuracies are fractions "
+            f"(write {claim.threshold / 100:g} for {claim.threshold:g}%)"
+        )
+    if claim.margin >= 1.0:
+        return f"claim {claim.id}: margin {claim.margin:g} is not on the metric's scale; accuracies are fractions (0.02 = 2 pts)"
+    if "@" not in claim.metric:
+        return ""
+    epoch = int(claim.metric.split("@")[1])
+    for ref in filter(None, (claim.a, claim.b)):
+        for scale in spec.scale_names():
+            epochs = spec.step_config(spec.step(ref), scale).epochs
+            if not 1 <= epoch <= epochs:
+                return (
+                    f"claim {claim.id}: {claim.metric} refers to epoch {epoch}, "
+                    f"but step {ref} runs {epochs} epochs at the {scale} scale"
+                )
+    return ""
 
 
 # --------------------------------------------------------------------------- judging claims

@@ -30,7 +30,7 @@ from .states import OPTUNA_FINISHED, state_of
 if TYPE_CHECKING:
     from .tracking import Tracker
 
-__all__ = ["StudyEvents", "DataSource", "Objective", "SurplusTrial", "run_value", "best_checkpoint"]
+__all__ = ["StudyEvents", "DataSource", "Objective", "SurplusTrial", "run_value", "best_checkpoint", "failure_reason"]
 
 
 class StudyEvents:
@@ -120,9 +120,17 @@ class Objective:
             trial.set_user_attr("outcome", "surplus")  # another worker took the last slot first
             raise SurplusTrial(f"the study already holds or runs {self.target} trials")
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
-        sampled = suggest(trial, self.spec, self.base)
-        run = _Trial(getattr(trial, "number", 0), self._trial_config(trial, sampled))
-        splits = self.data(run.cfg.data)
+        try:
+            sampled = suggest(trial, self.spec, self.base)
+            run = _Trial(getattr(trial, "number", 0), self._trial_config(trial, sampled))
+            splits = self.data(run.cfg.data)
+        except Exception as exc:  # before training: the reason is recorded all the same (never a FAIL without one)
+            if "fail_reason" not in getattr(trial, "user_attrs", {}):
+                trial.set_user_attr("fail_reason", failure_reason(exc))
+            if isinstance(exc, StudyrunnerError):  # bad data or config: the same on every retry
+                trial.set_user_attr("invalid", True)
+            trial.set_user_attr("outcome", "failed")
+            raise
         self.events.trial_started(run.number, sampled)
         if self.tracker is not None:
             tags = {
@@ -146,7 +154,7 @@ class Objective:
             )
             raise
         except BaseException as exc:  # recorded, then re-raised for Optuna to mark FAIL
-            run.outcome, run.reason = "failed", f"{type(exc).__name__}: {exc}"
+            run.outcome, run.reason = "failed", failure_reason(exc)
             raise
         finally:
             self._record(trial, run)
@@ -241,6 +249,13 @@ def _summarise(trial: optuna.Trial, run: _Trial) -> None:
         if vals:
             trial.set_user_attr(key, statistics.fmean(vals))
     trial.set_user_attr("epochs", len(best.history))
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What a FAILed trial records, shows and logs: the error's type and message, never empty."""
+    text = str(exc).strip() or "no message"
+    kind = "" if isinstance(exc, StudyrunnerError) else f"{type(exc).__name__}: "
+    return f"{kind}{text}"[:2000]
 
 
 def _surplus(trial: optuna.Trial, target: int) -> bool:

@@ -58,7 +58,7 @@ def make_sampler(spec: SweepSpec, base: TrainConfig, offset: int = 0) -> optuna.
     s = spec.sampler
     if s.name not in SAMPLERS:
         raise StudyrunnerError(f"{spec.source or spec.study}: sampler.name {s.name!r} is not known; valid: {', '.join(SAMPLERS)}")
-    seed = None if s.seed is None else s.seed + offset
+    seed = None if s.seed is None else (s.seed + offset) % 2**32  # numpy's seed range
     startup: dict[str, Any] = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
     with warnings.catch_warnings():  # GP and QMC are marked experimental by Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

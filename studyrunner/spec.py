@@ -8,13 +8,14 @@ categorical ``choices`` and conditional parameters with ``when``). See README, "
 from __future__ import annotations
 
 import json
+import math
 import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .config import ConfigError, TrainConfig, allowed_keys, apply_overrides, flatten
 from .errors import StudyrunnerError
@@ -37,6 +38,9 @@ __all__ = [
 ]
 
 Problem = tuple[str, tuple[Any, ...]]  # (message, location in the file)
+MAX_NAME = 100  # characters of a study name (an MLflow experiment and run name too)
+MAX_GRID = 100_000  # grid points the grid sampler may enumerate
+MAX_YAML_NODES = 100_000  # YAML nodes a file may expand to (aliases included)
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss")
 _MAXIMIZE = ("val_acc", "train_acc", "test_acc")
 
@@ -46,9 +50,24 @@ class SpecError(StudyrunnerError):
 
 
 class StrictModel(BaseModel):
-    """Frozen, and every unknown key is an error."""
+    """Frozen; every unknown key, non-finite number (.nan, .inf) and boolean given for a number
+    is an error."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(v, bool) and field is not None and not _allows_bool(field.annotation):
+            raise ValueError("expected a number or text, got a boolean (true/false/yes/no/on/off)")
+        return v
+
+
+def _allows_bool(tp: Any) -> bool:
+    if tp is bool or tp is Any:
+        return True
+    return any(_allows_bool(a) for a in typing.get_args(tp) if a is not type(None))
 
 
 class Objective(StrictModel):
@@ -67,7 +86,7 @@ class Budget(StrictModel):
 
 class SamplerSpec(StrictModel):
     name: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"] = "tpe"
-    seed: int | None = 0
+    seed: int | None = Field(0, ge=0, lt=2**32)  # numpy's seed range
     n_startup_trials: int | None = Field(None, ge=0)  # tpe/cmaes/gp: random trials before modelling
 
 
@@ -116,6 +135,13 @@ class ParamSpec(StrictModel):
             raise ValueError("log and step cannot be combined")
         return self
 
+    def grid_count(self) -> int:
+        """Points of this dimension on a grid (choices, or low..high by step), counted, not listed."""
+        if self.choices is not None:
+            return len(self.choices)
+        assert self.low is not None and self.high is not None and self.step is not None
+        return int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+
     def kind(self, base: TrainConfig, key: str) -> str:
         """categorical, int (an int config field, or type: int) or float."""
         if self.type:
@@ -126,7 +152,7 @@ class ParamSpec(StrictModel):
 
 
 class SweepSpec(StrictModel):
-    study: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    study: str = Field(min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
     objective: Objective = Objective()
     budget: Budget = Budget()
@@ -143,6 +169,10 @@ class SweepSpec(StrictModel):
     def _flat(cls, v: Any) -> Any:
         return flatten(v) if isinstance(v, dict) else v
 
+    def grid_size(self) -> int:
+        """Points of the full grid (the grid sampler needs choices or a step on every parameter)."""
+        return math.prod(p.grid_count() for p in self.space.values())
+
     def base_config(self, overrides: dict[str, Any] | None = None) -> TrainConfig:
         """TrainConfig with the fixed ``train`` part and command-line overrides applied."""
         return apply_overrides(apply_overrides(TrainConfig(), self.train), overrides or {})
@@ -157,12 +187,70 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _load_with_nodes(p: Path) -> tuple[dict[str, Any], yaml.Node | None]:
+def _read_text(p: Path) -> str:
+    """The file's text; a missing file, a folder, a binary or non-UTF-8 file is named as such."""
+    if p.is_dir():
+        raise SpecError(f"{p}: is a directory; expected a YAML file")
     if not p.is_file():
         raise SpecError(f"{p}: no such file")
-    text = p.read_text()
+    raw = p.read_bytes()
+    if len(raw) > 2**20:
+        raise SpecError(f"{p}: {len(raw)} bytes is too large for a sweep or study file (at most 1 MiB)")
+    if b"\x00" in raw:
+        raise SpecError(f"{p}: not a text file (it holds NUL bytes); expected a YAML file")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecError(
+            f"{p}, line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save the file as UTF-8"
+        ) from None
+
+
+def _check_keys(node: yaml.MappingNode, p: Path) -> None:
+    """No key twice in one mapping (YAML would keep the last one silently)."""
+    seen: dict[str, int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        if key.value in seen:
+            raise SpecError(
+                f"{p}, line {key.start_mark.line + 1}: key {key.value!r} is given twice "
+                f"(first on line {seen[key.value]}); keep one"
+            )
+        seen[key.value] = key.start_mark.line + 1
+
+
+def _check_nodes(root: yaml.Node | None, p: Path) -> None:
+    """Refuse keys given twice in one mapping, aliases that contain themselves and alias bombs."""
+    count = 0
+
+    def walk(node: yaml.Node, above: frozenset[int]) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_YAML_NODES:
+            raise SpecError(f"{p}: expands to more than {MAX_YAML_NODES} YAML nodes (nested aliases?); simplify the file")
+        if id(node) in above:
+            raise SpecError(f"{p}, line {node.start_mark.line + 1}: a recursive YAML alias (a node that contains itself)")
+        if isinstance(node, yaml.MappingNode):
+            _check_keys(node, p)
+        children: list[yaml.Node] = list(node.value) if isinstance(node, yaml.SequenceNode) else []
+        children += [v for _, v in node.value] if isinstance(node, yaml.MappingNode) else []
+        for child in children:
+            walk(child, above | {id(node)})
+
+    if root is not None:
+        try:
+            walk(root, frozenset())
+        except RecursionError:
+            raise SpecError(f"{p}: nested too deeply to be a sweep or study file") from None
+
+
+def _load_with_nodes(p: Path) -> tuple[dict[str, Any], yaml.Node | None]:
+    text = _read_text(p)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_nodes(node, p)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -275,14 +363,47 @@ def _semantic_problems(spec: SweepSpec) -> list[Problem]:
         problems = _condition_problems(spec, name, p, list(spec.space)[:i]) + _range_problems(spec, base, name, p)
         if problems:
             return problems[:1]
-    problems = []
-    if spec.objective.metric.startswith("val_") and base.data.val_fraction == 0 and base.data.dataset == "cifar10":
-        problems.append(
-            (f"objective: {spec.objective.metric} needs a validation split; set train.data.val_fraction > 0", ("objective",))
-        )
+    problems = _grid_problems(spec) + _metric_problems(spec, base)
     if spec.pruner.name == "threshold" and spec.pruner.lower is None and spec.pruner.upper is None:
         problems.append(("pruner: the threshold pruner needs lower and/or upper", ("pruner",)))
     return problems
+
+
+def _grid_problems(spec: SweepSpec) -> list[Problem]:
+    """A grid must be small enough to enumerate, and hold at least the budget's trials."""
+    if spec.sampler.name != "grid":
+        return []
+    for name, p in spec.space.items():
+        if p.choices is None and p.step is None:
+            return [(f"space.{name}: the grid sampler needs choices or a step for every parameter", ("space", name))]
+    points = spec.grid_size()
+    if points > MAX_GRID:
+        return [(f"space: the grid has {points} points, more than {MAX_GRID}; use coarser steps or another sampler", ("space",))]
+    if spec.budget.n_trials > points:
+        return [
+            (
+                f"budget.n_trials {spec.budget.n_trials} exceeds the grid's {points} points (each runs once); "
+                f"set it to at most {points}",
+                ("budget", "n_trials"),
+            )
+        ]
+    return []
+
+
+def _metric_problems(spec: SweepSpec, base: TrainConfig) -> list[Problem]:
+    """The objective's split must exist: no val_* without a validation split, no test_* without a test set."""
+    metric = spec.objective.metric
+    if metric.startswith("val_") and base.data.val_fraction == 0 and base.data.dataset == "cifar10":
+        return [(f"objective: {metric} needs a validation split; set train.data.val_fraction > 0", ("objective",))]
+    if metric.startswith("test_") and base.data.val_from == "test":
+        return [
+            (
+                f"objective: {metric} needs a test set, but train.data.val_from=test makes the test images the "
+                "validation set; use a val_ metric",
+                ("objective",),
+            )
+        ]
+    return []
 
 
 def _condition_problems(spec: SweepSpec, name: str, p: ParamSpec, earlier: list[str]) -> list[Problem]:
@@ -308,8 +429,6 @@ def _range_problems(spec: SweepSpec, base: TrainConfig, name: str, p: ParamSpec)
             return [(f"space.{name}: value {v!r} is not allowed: {exc}", loc)]
     if p.kind(base, name) == "int" and not all(float(v).is_integer() for v in (p.low, p.high)):  # type: ignore[arg-type]
         return [(f"space.{name}: int range needs whole-number bounds, got {p.low}..{p.high}", loc)]
-    if spec.sampler.name == "grid" and p.choices is None and p.step is None:
-        return [(f"space.{name}: the grid sampler needs choices or a step for every parameter", loc)]
     return []
 
 

@@ -4,14 +4,27 @@ on such a URL."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .errors import StudyrunnerError
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["resolve_storage", "resolve_tracking_uri", "open_storage"]
+__all__ = [
+    "resolve_storage",
+    "resolve_tracking_uri",
+    "open_storage",
+    "StoreError",
+    "check_storage",
+    "check_tracking",
+    "connect_timeout",
+    "setup_lock",
+]
 
 
 def _store(given: str | None, env: str, filename: str) -> str:
@@ -58,3 +71,206 @@ def open_storage(url: str, max_retries: int = 1) -> optuna.storages.BaseStorage:
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries),
             **kwargs,
         )
+
+
+# --------------------------------------------------------------------------- checks before anything is created
+
+OPTUNA, MLFLOW = "optuna", "mlflow"
+_MARKERS = {OPTUNA: {"studies", "trials"}, MLFLOW: {"experiments", "runs"}}  # tables that say whose a database is
+_NEUTRAL = {"alembic_version", "sqlite_sequence"}  # tables both tools' schema migrations create
+_ROLE = {OPTUNA: "Optuna storage (--storage)", MLFLOW: "MLflow tracking store (--tracking-uri)"}
+_SCHEMES = {
+    OPTUNA: ("sqlite", "postgresql", "mysql"),
+    MLFLOW: ("sqlite", "postgresql", "mysql", "http", "https", "file"),
+}
+_EXTRAS = {"postgresql": "postgres", "mysql": "mysql"}  # the studyrunner extra that installs a backend's driver
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class StoreError(StudyrunnerError):
+    """A store URL, path or server that cannot be used; nothing was created or written."""
+
+
+def connect_timeout() -> float:
+    """Seconds a network store or tracking server may take to answer the up-front check."""
+    return float(os.environ.get("STUDYRUNNER_CONNECT_TIMEOUT_S", "5"))
+
+
+def check_storage(url: str, must_exist: bool = False) -> None:
+    """Refuse an Optuna storage that cannot work, before anything is created: an unknown scheme,
+    a missing driver, a server that does not answer, a path in a missing directory or that is not
+    a database, or a database that belongs to MLflow or to something else. ``must_exist``: the
+    command only reads (ls, show, export, report), so an absent SQLite file is an error too."""
+    if url.startswith("journal:"):
+        _check_file_path(Path(url.removeprefix("journal:")).expanduser(), url, OPTUNA, must_exist)
+        return
+    _check_database(url, OPTUNA, must_exist)
+
+
+def check_tracking(uri: str) -> None:
+    """Refuse an MLflow tracking URI that cannot work, before a study is created ("none" is off)."""
+    if uri.lower() == "none":
+        return
+    scheme = uri.split(":", 1)[0].lower() if "://" in uri or uri.startswith("file:") else ""
+    if scheme in ("http", "https"):
+        _check_server(uri)
+    elif scheme in ("", "file"):  # MLflow's file store: a folder
+        folder = Path(uri.removeprefix("file://").removeprefix("file:")).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise StoreError(f"{_ROLE[MLFLOW]} {uri!r}: {folder} is a file, not a folder; give a folder or sqlite:///PATH.db")
+        if not folder.exists() and not folder.parent.is_dir():
+            raise StoreError(f"{_ROLE[MLFLOW]} {uri!r}: the directory {folder.parent} does not exist; create it first")
+    else:
+        _check_database(uri, MLFLOW, False)
+
+
+def _parse(url: str, role: str) -> Any:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    allowed = ", ".join(f"{s}://" for s in _SCHEMES[role]) + (", journal:PATH" if role == OPTUNA else ", none")
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise StoreError(f"{_ROLE[role]} {url!r} is not a database URL; allowed: {allowed}") from None
+    if parsed.get_backend_name() not in _SCHEMES[role]:
+        raise StoreError(f"{_ROLE[role]} {url!r}: unknown scheme {parsed.get_backend_name()!r}; allowed: {allowed}")
+    return parsed
+
+
+def _check_database(url: str, role: str, must_exist: bool) -> None:
+    parsed = _parse(url, role)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            return
+        path = Path(parsed.database).expanduser()
+        _check_file_path(path, url, role, must_exist)
+        if path.is_file() and path.stat().st_size:
+            with path.open("rb") as fh:
+                if fh.read(16) != _SQLITE_MAGIC:
+                    raise StoreError(f"{_ROLE[role]} {url!r}: {path} is not an SQLite database; give a new file or one of ours")
+            _check_owner(url, role, _sqlite_tables(path))
+        return
+    _check_driver(parsed, url, role)
+    _check_listening(parsed, url, role)
+    _check_owner(url, role, _server_tables(url, role))
+
+
+def _check_file_path(path: Path, url: str, role: str, must_exist: bool) -> None:
+    if path.is_dir():
+        raise StoreError(f"{_ROLE[role]} {url!r}: {path} is a directory; give a file path in it, e.g. {path / (role + '.db')}")
+    if not path.parent.is_dir():
+        raise StoreError(f"{_ROLE[role]} {url!r}: the directory {path.parent} does not exist; create it or choose another path")
+    if must_exist and not path.exists():
+        raise StoreError(f"{_ROLE[role]} {url!r}: {path} does not exist; nothing has run there yet (run a sweep first)")
+
+
+def _sqlite_tables(path: Path) -> set[str]:
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as db:
+            return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path}: cannot be read as an SQLite database ({exc})") from None
+
+
+def _check_driver(parsed: Any, url: str, role: str) -> None:
+    """The URL's database driver is importable; otherwise name the extra that installs it."""
+    from sqlalchemy.exc import NoSuchModuleError
+
+    backend = parsed.get_backend_name()
+    extra = f"pip install 'studyrunner[{_EXTRAS[backend]}]'" if backend in _EXTRAS else "install its driver"
+    try:
+        parsed.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise StoreError(f"{_ROLE[role]} {url!r}: SQLAlchemy knows no driver {parsed.drivername!r}") from None
+    except ImportError as exc:
+        raise StoreError(
+            f"{_ROLE[role]} {url!r}: the {parsed.drivername} driver is not installed ({exc.name or exc}); {extra}"
+        ) from None
+
+
+def _check_listening(parsed: Any, url: str, role: str) -> None:
+    import socket
+
+    ports = {"postgresql": 5432, "mysql": 3306}
+    host, port = parsed.host or "localhost", parsed.port or ports.get(parsed.get_backend_name(), 0)
+    if parsed.host is None and parsed.query.get("host"):  # a Unix socket folder
+        return
+    try:
+        socket.create_connection((host, port), timeout=connect_timeout()).close()
+    except OSError as exc:
+        raise StoreError(
+            f"{_ROLE[role]} {parsed.render_as_string(hide_password=True)!r}: no server answers at {host}:{port} "
+            f"within {connect_timeout():.0f} s ({exc.strerror or exc}); start it or check host and port"
+        ) from None
+
+
+def _server_tables(url: str, role: str) -> set[str]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, connect_args={"connect_timeout": max(1, int(connect_timeout()))}, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return set(sa.inspect(conn).get_table_names())
+    except sa.exc.SQLAlchemyError as exc:
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        safe = sa.engine.make_url(url).render_as_string(hide_password=True)
+        raise StoreError(f"{_ROLE[role]} {safe!r}: cannot connect ({first})") from None
+    finally:
+        engine.dispose()
+
+
+def _check_owner(url: str, role: str, tables: set[str]) -> None:
+    """Never write into a database that belongs to the other tool or to something else."""
+    tables = tables - _NEUTRAL
+    if not tables or _MARKERS[role] <= tables:
+        return
+    other = MLFLOW if role == OPTUNA else OPTUNA
+    if _MARKERS[other] <= tables:
+        raise StoreError(
+            f"{_ROLE[role]} {url!r} is {'an Optuna' if other == OPTUNA else 'an MLflow'} database "
+            f"(it holds {', '.join(sorted(_MARKERS[other]))}); the two stores must be separate files or databases: "
+            f"did you swap --storage and --tracking-uri?"
+        )
+    shown = ", ".join(sorted(tables)[:6])
+    raise StoreError(
+        f"{_ROLE[role]} {url!r} holds tables of another application ({shown}); studyrunner writes only into "
+        "an empty database or one it created"
+    )
+
+
+def _check_server(uri: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=connect_timeout()):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code < 500:  # it answers (a proxy or an older server without /health)
+            return
+        raise StoreError(f"{_ROLE[MLFLOW]} {uri!r}: the server answers HTTP {exc.code}; is it an MLflow server?") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise StoreError(
+            f"{_ROLE[MLFLOW]} {uri!r}: no MLflow server answers within {connect_timeout():.0f} s ({reason}); "
+            "start it (mlflow server) or use --tracking-uri none"
+        ) from None
+
+
+@contextlib.contextmanager
+def setup_lock() -> Iterator[None]:
+    """Serialise store setup (schema creation and migration, the study, the parent run) between
+    the processes of this machine, so that several started at once on fresh stores do not race."""
+    import fcntl
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / f"studyrunner-setup-{os.getuid()}.lock"
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -10,7 +10,6 @@ times. What a trial's outcome means is decided in ``states``; the trial itself i
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from .config import TrainConfig, apply_overrides, config_to_dict, flatten
+from .data import check_objective_split
 from .engine import resolve_config
 from .errors import StudyrunnerError
 from .narrative import NarrativeSpec
@@ -27,12 +27,12 @@ from .objective import DataSource, Objective, StudyEvents
 from .samplers import make_pruner, make_sampler
 from .spec import SweepSpec
 from .states import TrialState, count_states, finished_count, trial_state
-from .stores import open_storage, resolve_storage, resolve_tracking_uri
+from .stores import check_storage, check_tracking, open_storage, resolve_storage, resolve_tracking_uri, setup_lock
 
 if TYPE_CHECKING:
     from .tracking import Tracker
 
-__all__ = ["RunOptions", "StudyOutcome", "run_study", "run_narrative", "POLL_S"]
+__all__ = ["RunOptions", "StudyOutcome", "run_study", "run_narrative", "check_stores", "check_budget", "POLL_S"]
 
 POLL_S = 2.0  # seconds between looks at a study whose last trials run in other workers
 _WORKER_STRIDE = 7919  # seed offset between parallel workers' sampler streams (a prime)
@@ -58,6 +58,18 @@ class StudyOutcome:
     stopped: str = ""  # why the invocation ended before the target, if it did
     timings: dict[str, float] = field(default_factory=dict)  # seconds in training and in epoch logging (Objective.timings)
 
+    @property
+    def failed(self) -> str:
+        """Why the study did not work (failures stopped it, or every trial failed); "" when it did."""
+        if self.stopped.startswith(("failed", "all")) or "in a row failed" in self.stopped:
+            return self.stopped
+        worked = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.DIVERGED)
+        if not self.counts.get(TrialState.FAIL) or any(self.counts.get(s) for s in worked):
+            return ""
+        fails = [t for t in self.study.get_trials(deepcopy=False) if trial_state(t) == TrialState.FAIL]
+        reason = fails[-1].user_attrs.get("fail_reason", "no reason recorded")
+        return f"all {len(fails)} trials failed; last: {reason}"
+
 
 def run_study(
     spec: SweepSpec, opts: RunOptions, events: StudyEvents | None = None, data: DataSource | None = None
@@ -68,11 +80,16 @@ def run_study(
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial failures are reported by studyrunner itself
     events = events or StudyEvents()
     base = resolve_config(spec.base_config(opts.overrides))
-    url = resolve_storage(opts.storage)
-    storage = open_storage(url, spec.max_retries)
-    study = _open_study(spec, base, storage)
-    tracker = _tracker(spec, opts)
     target = opts.n_trials or spec.budget.n_trials
+    check_budget(spec, target)
+    if data is None:  # a test_ objective on folders without test/, before any store is touched
+        check_objective_split(spec.objective.metric, base.data, opts.data_dir)
+    url = resolve_storage(opts.storage)
+    with setup_lock():  # processes started at once on fresh stores take turns creating them
+        check_stores(url, opts.tracking_uri)
+        storage = open_storage(url, spec.max_retries)
+        study = _open_study(spec, base, storage)
+        tracker = _tracker(spec, opts)
     objective = Objective(spec, base, data or DataSource(opts.data_dir, events.data_progress), tracker, events, target, url)
     heartbeat = isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None
     driver = _Driver(study, spec, objective, tracker, events, target, heartbeat)
@@ -101,13 +118,41 @@ def _open_study(spec: SweepSpec, base: TrainConfig, storage: optuna.storages.Bas
             f"study {spec.study!r} exists with direction {study.direction.name.lower()}; "
             f"the sweep asks {spec.objective.resolved_direction}: use another study name"
         )
-    worker = int(os.environ.get("STUDYRUNNER_WORKER", "0"))
-    if study.trials or worker:
-        study.sampler = make_sampler(spec, base, offset=len(study.trials) + _WORKER_STRIDE * worker)
     _check_same_config(study, base)
+    stream = _claim_stream(study)
+    if stream:
+        study.sampler = make_sampler(spec, base, offset=_WORKER_STRIDE * stream)
     study.set_user_attr("sweep", spec.model_dump(mode="json"))
     study.set_user_attr("base_config", config_to_dict(base))
     return study
+
+
+def _claim_stream(study: optuna.Study) -> int:
+    """This process's sampler stream: 0 for the first process on a fresh study (the sweep's seed,
+    reproducible), then 1, 2, ... for every later process, resumed or parallel. Claimed under
+    ``setup_lock``, so two processes started at once never draw the same parameters."""
+    claimed = int(study.user_attrs.get("sampler_streams", 1 if study.trials else 0))
+    study.set_user_attr("sampler_streams", claimed + 1)
+    return claimed
+
+
+def check_stores(url: str, tracking_uri: str | None) -> None:
+    """Both stores usable (see ``stores.check_storage``), checked before either is written."""
+    check_storage(url)
+    if (tracking_uri or "").lower() != "none":
+        check_tracking(resolve_tracking_uri(tracking_uri))
+
+
+def check_budget(spec: SweepSpec, target: int) -> None:
+    """A grid sampler runs each point once: a budget beyond the grid is refused."""
+    if spec.sampler.name != "grid":
+        return
+    points = spec.grid_size()
+    if target > points:
+        raise StudyrunnerError(
+            f"{spec.source or spec.study}: n_trials {target} exceeds the grid's {points} points; "
+            f"set budget.n_trials (or --n-trials) to at most {points}"
+        )
 
 
 @dataclass
@@ -170,7 +215,8 @@ class _Driver:
         self.events.trial_finished(self.study, trial)
         self._update_parent()
         if self.fails_in_row > self.spec.max_retries + 2:
-            return f"{self.fails_in_row} trials in a row failed; last: {trial.user_attrs.get('fail_reason', '?')}"
+            why = trial.user_attrs.get("fail_reason", "no reason recorded")
+            return f"{self.fails_in_row} trials in a row failed; last: {why}"
         return ""
 
     def _after_trial(self, trial: optuna.trial.FrozenTrial) -> None:

@@ -18,7 +18,7 @@ from rich.console import Console
 from .errors import StudyrunnerError
 from .narrative import is_narrative, load_narrative
 from .spec import load_sweep
-from .stores import open_storage, resolve_storage, resolve_tracking_uri
+from .stores import open_storage, resolve_storage, resolve_tracking_uri, setup_lock
 
 __all__ = ["run_workers", "worker_command"]
 
@@ -99,12 +99,16 @@ def run_workers(
 
 
 def _prepare_stores(url: str, uri: str) -> None:
-    """Create the Optuna tables and run MLflow's schema migrations once, before the workers
-    start, so that they do not race to initialise the same SQLite files."""
+    """Check both stores, then create the Optuna tables and run MLflow's schema migrations once,
+    under the setup lock, before the workers start."""
+    from .study import check_stores
     from .tracking import prepare_store
 
-    open_storage(url)
-    prepare_store(uri)
+    with setup_lock():
+        check_stores(url, uri)
+        open_storage(url)
+        if uri.lower() != "none":
+            prepare_store(uri)
 
 
 def _progress_line(url: str, name: str) -> str:
