@@ -320,7 +320,14 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
 
 def validate(config: TrainConfig) -> None:
     """Range checks that types alone cannot express."""
-    checks: list[tuple[bool, str]] = [
+    for ok, message in _run_checks(config) + _training_checks(config):
+        if not ok:
+            raise ConfigError(message, message.split(" ")[0])
+
+
+def _run_checks(config: TrainConfig) -> list[tuple[bool, str]]:
+    """The run, the data and the model."""
+    return [
         (config.epochs >= 1, "epochs must be >= 1"),
         (config.batch_size >= 1, "batch_size must be >= 1"),
         (config.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
@@ -344,6 +351,12 @@ def validate(config: TrainConfig) -> None:
         (0 <= config.data.split_seed < 2**32, "data.split_seed must be in [0, 2**32)"),
         (config.threads >= 0, "threads must be >= 0 (0 = torch's default)"),
         (re.fullmatch(_DEVICE_RE, config.device) is not None, "device must be auto, cpu, cuda, cuda:N or mps"),
+    ]
+
+
+def _training_checks(config: TrainConfig) -> list[tuple[bool, str]]:
+    """The optimizer, schedule, augmentation and transfer settings."""
+    checks: list[tuple[bool, str]] = [
         (config.optim.lr > 0, "optim.lr must be > 0"),
         (0.0 <= config.optim.beta1 < 1.0, "optim.beta1 must be in [0, 1)"),
         (0.0 <= config.optim.beta2 < 1.0, "optim.beta2 must be in [0, 1)"),
@@ -379,9 +392,7 @@ def validate(config: TrainConfig) -> None:
     ]
     for name in ("brightness", "contrast", "saturation"):
         checks.append((0.0 <= getattr(config.augment, name) <= 1.0, f"augment.{name} must be in [0, 1]"))
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message, message.split(" ")[0])
+    return checks
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

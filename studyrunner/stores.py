@@ -83,7 +83,7 @@ _SCHEMES = {
     OPTUNA: ("sqlite", "postgresql", "mysql"),
     MLFLOW: ("sqlite", "postgresql", "mysql", "http", "https", "file"),
 }
-_EXTRAS = {"postgresql": "postgres", "mysql": "mysql"}  # the studyrunner extra that installs a backend's driver
+_EXTRAS = {"postgresql": "postgres"}  # the studyrunner extra that installs a backend's drivers
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 

@@ -255,7 +255,11 @@ class _Driver:
             best = self.study.best_trial
             metrics.update(best_value=float(best.value or 0.0), best_trial=float(best.number))
             params = best.params
-        self.tracker.update_parent(metrics, params, {"n_trials_finished": str(self.finished())})
+        tags = {"n_trials_finished": str(self.finished())}
+        failed = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+        if failed:  # the parent run says why trials fail, not only how many
+            tags["last_fail_reason"] = f"trial {failed[-1].number}: {failed[-1].user_attrs.get('fail_reason', 'no reason')}"[:5000]
+        self.tracker.update_parent(metrics, params, tags)
 
     def close(self, status: str) -> None:
         if self.tracker is not None:

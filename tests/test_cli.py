@@ -71,7 +71,7 @@ def test_train_reads_a_yaml_config(tmp_path, monkeypatch):
 def test_bad_input_is_one_clean_message_and_exit_1(tmp_path):
     cases = [
         (["train", "--set", "optim.lrr=1"], "unknown config key 'optim.lrr'"),
-        (["train", "--set", "optim.lr=fast"], "optim.lr: got 'fast', expected a number"),
+        (["train", "--set", "optim.lr=fast"], "optim.lr: got 'fast', expected a finite number"),
         (["train", "--set", "epochs"], "expected key=value"),
         (["train", "--set", f"data.path={tmp_path / 'missing'}"], "does not exist"),
         (["train", str(tmp_path / "none.yaml")], "none.yaml: no such file"),

@@ -57,7 +57,7 @@ def test_unknown_key_lists_allowed_keys_and_suggests():
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
-        ("optim.lr", "fast", "optim.lr: got 'fast', expected a number"),
+        ("optim.lr", "fast", "optim.lr: got 'fast', expected a finite number"),
         ("epochs", 2.5, "epochs: got 2.5, expected an integer"),
         ("model.batchnorm", "maybe", "expected true or false"),
         ("optim.name", "lion", "one of 'sgd', 'adam', 'adamw', 'rmsprop'"),

@@ -144,7 +144,7 @@ def test_cifar_missing_offline_says_where_to_put_it(tmp_path, monkeypatch):
 
 
 def test_empty_class_folder_and_unreadable_image_are_named(tmp_path):
-    root = make_folder(tmp_path / "d", classes=2, per_class=2, split=None)
+    root = make_folder(tmp_path / "d", classes=2, per_class=5, split=None)
     (root / "empty").mkdir()
     with pytest.raises(DataError, match=r"class folder .*empty holds no images"):
         load_splits(DataConfig(dataset="folder", path=str(root), image_size=32, cache_dir=str(tmp_path / "c")))

@@ -68,7 +68,7 @@ def pg_url():
         check=True,
         capture_output=True,
     )
-    yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
     shutil.rmtree(home, ignore_errors=True)
 
