@@ -258,7 +258,8 @@ class _Driver:
         tags = {"n_trials_finished": str(self.finished())}
         failed = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
         if failed:  # the parent run says why trials fail, not only how many
-            tags["last_fail_reason"] = f"trial {failed[-1].number}: {failed[-1].user_attrs.get('fail_reason', 'no reason')}"[:5000]
+            last = failed[-1]
+            tags["last_fail_reason"] = f"trial {last.number}: {last.user_attrs.get('fail_reason', 'no reason')}"[:5000]
         self.tracker.update_parent(metrics, params, tags)
 
     def close(self, status: str) -> None:
