@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from .errors import StudyrunnerError, Terminated
 
@@ -54,6 +54,12 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _table(*headers: str, title: str | None = None) -> Table:
+    """A table whose cells wrap (folding long words) instead of ending in an ellipsis: at 80
+    columns a user still reads every value."""
+    return Table(*[Column(h, overflow="fold") for h in headers], title=title)
 
 
 def _positive(option: str, value: float | None) -> None:
@@ -114,7 +120,7 @@ class _EpochTable:
     HEADERS = ("epoch", "train loss", "train acc %", "val loss", "val acc %", "lr", "s", "img/s")
 
     def __init__(self, bar: Progress) -> None:
-        self.bar, self.table = bar, Table(*self.HEADERS)
+        self.bar, self.table = bar, _table(*self.HEADERS)
         self.task = bar.add_task("epoch 1", total=None)
 
     def on_epoch(self, r: Any) -> None:
@@ -224,14 +230,14 @@ def bench(
         return
 
     rows = run_bench(data_dir, images, batch_size, workers, log=lambda m: console.print(m, highlight=False))
-    table = Table("pipeline", "images/s", "x documents'")
+    table = _table("pipeline", "images/s", "x documents'")
     for name, speed, ratio in rows:
         table.add_row(name, f"{speed:.0f}", f"{ratio:.2f}")
     Console().print(table)
 
 
 def _figures(figures: dict[str, float]) -> None:
-    out = Table("figure", "value")
+    out = _table("figure", "value")
     for key, val in figures.items():
         out.add_row(key, f"{100 * val:.2f}%" if key.startswith(("share", "best_val")) else f"{val:.3f}")
     Console().print(out)
@@ -267,7 +273,7 @@ def validate(
     base = resolve_config(spec.base_config(parse_assignments(set_ or [])))
     root = resolve_root(base.data, data_dir)
     check_objective_split(spec.objective.metric, base.data, data_dir)
-    table = Table(
+    table = _table(
         "parameter",
         "kind",
         "range / choices",
@@ -299,7 +305,7 @@ def _validate_narrative(path: Path, overrides: dict[str, str], data_dir: str | N
     for step in story.steps:  # devices and sizes the way run resolves them
         for scale in scales:
             resolve_config(story.step_config(step, scale, overrides))
-    table = Table("step", "scale", "seeds", "epochs", "images", "batch", "init", "optimizer", title=story.study)
+    table = _table("step", "scale", "seeds", "epochs", "images", "batch", "init", "optimizer", title=story.study)
     for step in story.steps:
         rows: dict[tuple[str, ...], list[str]] = {}  # identical settings at several scales: one row
         for scale in scales:
@@ -404,7 +410,7 @@ def ls(storage: StorageOpt = None) -> None:
     """List studies: trials by state and the best value and parameters."""
     from .results import list_studies
 
-    table = Table("study", "direction", "trials by state", "best value", "best parameters")
+    table = _table("study", "direction", "trials by state", "best value", "best parameters")
     for row in list_studies(_read_storage(storage)):
         counts = ", ".join(f"{k.value} {v}" for k, v in sorted(row.counts.items()))
         best = "-" if row.best_value is None else f"{row.best_value:.4f}"
@@ -420,11 +426,13 @@ def show(study: Annotated[str, typer.Argument(help="Study name.")], storage: Sto
 
     df = trials_frame(load_study(study, _read_storage(storage)))
     cols = ["number", "state", "value", "test_acc", "epochs", "duration_s"] + [c for c in df.columns if c.startswith("param.")]
-    cols += ["reason"]
-    table = Table(*cols)
+    table = _table(*cols)
     for _, r in df[cols].iterrows():
-        table.add_row(*["-" if v is None or v != v else (f"{v:.4g}" if isinstance(v, float) else str(v)[:160]) for v in r])
+        table.add_row(*["-" if v is None or v != v else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in r])
     Console().print(table)
+    explained = df[df["reason"] != ""] if "reason" in df else df.iloc[:0]
+    for _, r in explained.iterrows():  # why trials were pruned, diverged or failed, one line each
+        Console().print(f"trial {r['number']} {r['state']}: {r['reason']}", highlight=False, soft_wrap=True)
 
 
 @app.command()
