@@ -144,7 +144,7 @@ class NarrativeSpec(StrictModel):
                 "objective": self.objective.model_dump(),
                 "budget": {"n_trials": seeds},
                 "sampler": {"name": "grid", "seed": 0},
-                "pruner": {"name": "none"},
+                "pruner": {"name": "none", "no_learning_epochs": 0},
                 "train": {k: v for k, v in flatten(config_to_dict(cfg)).items() if k != "seed"},
                 "space": {"seed": {"choices": list(range(seeds))}},
                 "source": self.source,

@@ -23,6 +23,7 @@ from .config import DataConfig, TrainConfig, apply_overrides
 from .data import Progress, Splits, load_splits
 from .engine import EpochRecord, FitResult, fit, resolve_config
 from .errors import StudyrunnerError, Terminated
+from .rules import no_learning
 from .space import suggest
 from .spec import SweepSpec
 from .states import OPTUNA_FINISHED, state_of
@@ -182,7 +183,8 @@ class Objective:
         for r in range(self.spec.repeats):
             start = time.perf_counter()
             cfg = apply_overrides(run.cfg, {"seed": run.cfg.seed + r})
-            result = fit(cfg, splits, self._on_epoch(trial, run, r), self.events.batch_done)
+            n_eval = len(splits.val) if splits.val is not None else len(splits.train)
+            result = fit(cfg, splits, self._on_epoch(trial, run, r, len(splits.classes), n_eval), self.events.batch_done)
             self.timings["fit_s"] += time.perf_counter() - start
             run.results.append(result)
             if result.outcome == "diverged":
@@ -195,8 +197,11 @@ class Objective:
         run.outcome = "completed"
         return statistics.fmean(run.values)
 
-    def _on_epoch(self, trial: optuna.Trial, run: _Trial, repeat: int) -> Callable[[EpochRecord], None]:
+    def _on_epoch(
+        self, trial: optuna.Trial, run: _Trial, repeat: int, classes: int, n_eval: int
+    ) -> Callable[[EpochRecord], None]:
         metric = self.spec.objective.metric
+        after = self.spec.pruner.no_learning_epochs
 
         def on_epoch(record: EpochRecord) -> None:
             if run.run_id and self.tracker:
@@ -210,8 +215,11 @@ class Objective:
             value = _intermediate(record, metric)
             if value is not None:  # the first seed drives pruning
                 trial.report(value, record.epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned after epoch {record.epoch} ({metric} {value:.4f})")
+            stuck = no_learning(run.records, classes, n_eval, after)
+            if stuck:  # hopeless whatever the pruner's warm-up
+                raise optuna.TrialPruned(stuck)
+            if value is not None and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {record.epoch} ({metric} {value:.4f})")
 
         return on_epoch
 

@@ -30,6 +30,7 @@ __all__ = [
     "SamplerSpec",
     "PrunerSpec",
     "ParamSpec",
+    "WarmStart",
     "SweepSpec",
     "load_yaml",
     "load_sweep",
@@ -82,6 +83,10 @@ class Objective(StrictModel):
 class Budget(StrictModel):
     n_trials: int = Field(20, ge=1)  # finished trials the study holds in total (resume tops up to this)
     timeout: float | None = Field(None, gt=0)  # seconds for this invocation
+    # stop the study early once the best value has not improved by more than min_improvement over
+    # the last `patience` finished trials (None = run all n_trials)
+    patience: int | None = Field(None, ge=1)
+    min_improvement: float | Literal["noise"] = "noise"  # noise = twice the seeds' standard deviation (needs repeats >= 2)
 
 
 class SamplerSpec(StrictModel):
@@ -101,6 +106,8 @@ class PrunerSpec(StrictModel):
     upper: float | None = None  # threshold pruner: prune above this
     patience: int = Field(3, ge=0)  # patient pruner: epochs without improvement
     min_delta: float = Field(0.0, ge=0)  # patient pruner: least improvement that counts
+    # any pruner (none too): stop a trial still at chance level after this many epochs, PRUNED "no learning"; 0 = off
+    no_learning_epochs: int = Field(2, ge=0)
 
 
 Scalar = bool | int | float | str
@@ -151,6 +158,11 @@ class ParamSpec(StrictModel):
         return "int" if _is_int_field(base, key) else "float"
 
 
+class WarmStart(StrictModel):
+    study: str = Field(min_length=1)  # an earlier study's name
+    storage: str | None = None  # its Optuna storage (default: this study's)
+
+
 class SweepSpec(StrictModel):
     study: str = Field(min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
@@ -162,6 +174,8 @@ class SweepSpec(StrictModel):
     max_retries: int = Field(1, ge=0)  # re-runs of a trial that failed by exception
     train: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, ParamSpec] = Field(default_factory=dict)
+    enqueue: list[dict[str, Any]] = Field(default_factory=list)  # known configurations run first (space keys -> values)
+    warm_start: WarmStart | None = None  # finished trials of an earlier study that fit this space inform the sampler
     source: str = ""  # the file it came from (set by load_sweep)
 
     @field_validator("train", mode="before")
@@ -363,7 +377,14 @@ def _semantic_problems(spec: SweepSpec) -> list[Problem]:
         problems = _condition_problems(spec, name, p, list(spec.space)[:i]) + _range_problems(spec, base, name, p)
         if problems:
             return problems[:1]
-    problems = _grid_problems(spec) + _metric_problems(spec, base)
+    problems = _grid_problems(spec) + _metric_problems(spec, base) + _enqueue_problems(spec, base)
+    if spec.budget.patience and spec.budget.min_improvement == "noise" and spec.repeats < 2:
+        problems.append(
+            (
+                "budget.min_improvement: noise is measured with repeats >= 2; set repeats or give a number (e.g. 0.005)",
+                ("budget", "min_improvement"),
+            )
+        )
     if spec.pruner.name == "threshold" and spec.pruner.lower is None and spec.pruner.upper is None:
         problems.append(("pruner: the threshold pruner needs lower and/or upper", ("pruner",)))
     return problems
@@ -387,6 +408,29 @@ def _grid_problems(spec: SweepSpec) -> list[Problem]:
                 ("budget", "n_trials"),
             )
         ]
+    return []
+
+
+def _enqueue_problems(spec: SweepSpec, base: TrainConfig) -> list[Problem]:
+    """Each enqueued configuration names space keys only, with values inside their ranges or choices."""
+    for i, entry in enumerate(spec.enqueue):
+        loc = ("enqueue", i)
+        for key, value in flatten(entry).items():
+            p = spec.space.get(key)
+            if p is None:
+                return [(f"enqueue[{i}]: {key!r} is not a space parameter; space: {', '.join(spec.space)}", loc)]
+            inside = (
+                _label(value) in [_label(c) for c in p.choices]
+                if p.choices is not None
+                else isinstance(value, (int, float)) and not isinstance(value, bool) and p.low <= value <= p.high  # type: ignore[operator]
+            )
+            if not inside:
+                allowed = p.choices if p.choices is not None else f"{p.low} .. {p.high}"
+                return [(f"enqueue[{i}]: {key}={value!r} is outside the space ({allowed})", loc)]
+        try:
+            apply_overrides(base, flatten(entry))
+        except ConfigError as exc:
+            return [(f"enqueue[{i}]: {exc}", loc)]
     return []
 
 
