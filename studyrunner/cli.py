@@ -439,20 +439,46 @@ def show(study: Annotated[str, typer.Argument(help="Study name.")], storage: Sto
 @user_errors
 def export(
     study: Annotated[str, typer.Argument(help="Study name.")],
-    fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
-    out: Annotated[Path | None, typer.Option(help="Output file (default STUDY.csv / STUDY.parquet).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet (all trials); yaml (with --best).")] = "csv",
+    best: Annotated[bool, typer.Option("--best", help="The best trial's full config as a YAML file for `train`.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Output file (default runs/exports/STUDY.csv, or STUDY-best.yaml).")] = None,
     storage: StorageOpt = None,
 ) -> None:
-    """Write the trials joined with their final metrics to CSV or Parquet."""
-    from .results import load_study, trials_frame
+    """Write the trials joined with their final metrics to CSV or Parquet, or (--best) the best
+    trial's configuration as YAML that `studyrunner train FILE` runs again."""
+    from .results import load_study
 
-    if fmt not in ("csv", "parquet"):
-        raise StudyrunnerError(f"--format {fmt!r}: allowed are csv, parquet")
-    path = out or Path(f"{study}.{fmt}")
-    _output_file("--out", path)
-    df = trials_frame(load_study(study, _read_storage(storage)))
+    allowed = ("yaml",) if best else ("csv", "parquet")
+    fmt = "yaml" if best and fmt == "csv" else fmt  # --best alone means yaml
+    if fmt not in allowed:
+        raise StudyrunnerError(f"--format {fmt!r}: allowed {'with --best' if best else 'without --best'}: {', '.join(allowed)}")
+    path = out or Path("runs/exports") / (f"{study}-best.yaml" if best else f"{study}.{fmt}")
+    if out is not None:
+        _output_file("--out", path)
+    loaded = load_study(study, _read_storage(storage))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if best:
+        _export_best(loaded, path)
+        return
+    from .results import trials_frame
+
+    df = trials_frame(loaded)
     df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path, index=False)
     console.print(f"wrote {len(df)} trials to {path}")
+
+
+def _export_best(study: Any, path: Path) -> None:
+    import yaml
+
+    from .results import best_config
+
+    found = best_config(study)
+    header = (
+        f"# study {study.study_name}: trial {found['trial']}, value {found['value']:.4f}\n"
+        f"# train it again:  studyrunner train {path}\n"
+    )
+    path.write_text(header + yaml.safe_dump(found["config"], sort_keys=False))
+    console.print(f"wrote the config of trial {found['trial']} (value {found['value']:.4f}) to {path}")
 
 
 @app.command()

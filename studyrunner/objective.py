@@ -272,7 +272,9 @@ def _surplus(trial: optuna.Trial, target: int) -> bool:
     if study is None:
         return False
     live = [optuna.trial.TrialState[name] for name in (*OPTUNA_FINISHED, "RUNNING", "WAITING")]
-    ahead = [t for t in study.get_trials(deepcopy=False, states=live) if t.number < trial.number]
+    trials = study.get_trials(deepcopy=False, states=live)
+    imported = {t.number for t in trials if t.user_attrs.get("outcome") == "imported"}  # warm-start trials do not count
+    ahead = [t for t in trials if t.number < trial.number and t.number not in imported]
     return len(ahead) >= target
 
 

@@ -15,6 +15,7 @@ from .narrative import NarrativeSpec, Verdict, judge
 from .states import TrialState, count_states, trial_state
 
 __all__ = [
+    "best_config",
     "StudyRow",
     "TrialResult",
     "StudyResult",
@@ -36,6 +37,27 @@ class StudyRow:
     counts: dict[TrialState, int]
     best_value: float | None
     best_params: dict[str, Any]
+
+
+_PORTABLE = {"out_dir": "", "device": "auto", "threads": 0, "precision": "auto", "data.path": "", "data.cache_dir": ""}
+
+
+def best_config(study: optuna.Study) -> dict[str, Any]:
+    """The best COMPLETE trial's full training configuration (the study's fixed config with the
+    trial's parameters), ready for ``studyrunner train``; where and how fast it ran are left to
+    the machine that trains it (device, precision, threads, paths)."""
+    from .config import apply_overrides, config_from_dict, flatten
+    from .space import decode
+
+    complete = [t for t in study.get_trials(deepcopy=False) if trial_state(t) == TrialState.COMPLETE and t.value is not None]
+    stored = study.user_attrs.get("base_config")
+    if not complete or not stored:
+        raise StudyrunnerError(f"study {study.study_name!r} has no completed trial of studyrunner's to export")
+    sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+    best = max(complete, key=lambda t: sign * float(t.value or 0.0))
+    cfg = apply_overrides(config_from_dict(stored), {k: decode(v) for k, v in best.params.items()})
+    flat = {**flatten(config_to_dict(cfg)), **_PORTABLE}
+    return {"trial": best.number, "value": best.value, "config": config_to_dict(config_from_dict(flat))}
 
 
 def list_studies(storage: str) -> list[StudyRow]:

@@ -16,9 +16,10 @@ import math
 from collections.abc import Sequence
 from typing import Protocol
 
-__all__ = ["EpochLike", "no_learning", "chance_band", "converged", "LOSS_AT_CHANCE"]
+__all__ = ["EpochLike", "no_learning", "chance_band", "converged", "LOSS_AT_CHANCE", "LOSS_STILL"]
 
 LOSS_AT_CHANCE = 0.98  # a training loss at or above this share of ln(C) has not moved from chance level
+LOSS_STILL = 0.001  # a training loss that changed by at most this share since epoch 1 has not moved
 
 
 class EpochLike(Protocol):
@@ -36,21 +37,25 @@ def chance_band(classes: int, n_eval: int) -> float:
 
 
 def no_learning(history: Sequence[EpochLike], classes: int, n_eval: int, after: int) -> str:
-    """The reason the trial cannot learn, or "": from epoch ``after`` on (0 = never), its latest
-    validation accuracy (training accuracy without a validation split) is within the chance band
-    and its training loss is still at least 98% of ln(C)."""
+    """The reason the trial cannot learn, or "": from epoch ``after`` on (0 = never), its training
+    loss is still at least 98% of ln(C) and either its latest validation accuracy (training
+    accuracy without a validation split) is within the chance band or the loss has not moved
+    (by 0.1%) since epoch 1."""
     if after <= 0 or len(history) < after or classes < 2:
         return ""
-    last = history[-1]
+    first, last = history[0], history[-1]
     acc = last.val_acc if last.val_acc is not None else last.train_acc
     band = chance_band(classes, n_eval)
-    at_chance_loss = math.isfinite(last.train_loss) and last.train_loss >= LOSS_AT_CHANCE * math.log(classes)
-    if acc <= band and at_chance_loss:
-        return (
-            f"no learning: after epoch {last.epoch} accuracy {acc:.4f} is within chance ({band:.4f} for "
-            f"{classes} classes) and the training loss {last.train_loss:.3f} has not left ln({classes}) = {math.log(classes):.3f}"
-        )
-    return ""
+    if not (math.isfinite(last.train_loss) and last.train_loss >= LOSS_AT_CHANCE * math.log(classes)):
+        return ""  # the loss has left chance level: something is being learned
+    still = len(history) >= 2 and abs(last.train_loss - first.train_loss) <= LOSS_STILL * first.train_loss
+    if acc > band and not still:
+        return ""
+    why = f"accuracy {acc:.4f} is within chance ({band:.4f} for {classes} classes)" if acc <= band else "the loss has not moved"
+    return (
+        f"no learning: after epoch {last.epoch} {why} and the training loss {last.train_loss:.3f} "
+        f"has not left ln({classes}) = {math.log(classes):.3f}"
+    )
 
 
 def converged(values: Sequence[float], maximize: bool, window: int, margin: float) -> str:

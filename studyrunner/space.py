@@ -16,7 +16,7 @@ import optuna
 from .config import TrainConfig
 from .spec import ParamSpec, SweepSpec
 
-__all__ = ["suggest", "grid_space", "decode"]
+__all__ = ["suggest", "grid_space", "decode", "distributions", "optuna_params"]
 
 
 def _label(v: Any) -> Any:
@@ -73,3 +73,39 @@ def grid_space(spec: SweepSpec, base: TrainConfig) -> dict[str, list[Any]]:
         vals = [p.low + i * p.step for i in range(n) if p.low + i * p.step <= p.high + 1e-12]
         grid[key] = [int(v) for v in vals] if p.kind(base, key) == "int" else [round(v, 12) for v in vals]
     return grid
+
+
+def distributions(spec: SweepSpec, base: TrainConfig) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Every parameter's Optuna distribution, as ``suggest`` samples it."""
+    out: dict[str, optuna.distributions.BaseDistribution] = {}
+    for key, p in spec.space.items():
+        kind = p.kind(base, key)
+        if kind == "categorical":
+            out[key] = optuna.distributions.CategoricalDistribution([_label(c) for c in p.choices or []])
+        elif kind == "int":
+            assert p.low is not None and p.high is not None
+            out[key] = optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+        else:
+            assert p.low is not None and p.high is not None
+            out[key] = optuna.distributions.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+    return out
+
+
+def optuna_params(
+    values: dict[str, Any], dists: dict[str, optuna.distributions.BaseDistribution]
+) -> dict[str, Any] | None:
+    """``values`` (space keys -> values) as Optuna parameters, or None when one lies outside its
+    distribution or is not a parameter of the space."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        dist = dists.get(key)
+        if dist is None:
+            return None
+        v = _label(value)
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            if v not in dist.choices:
+                return None
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not dist.low <= v <= dist.high:  # type: ignore[attr-defined]
+            return None
+        out[key] = int(v) if isinstance(dist, optuna.distributions.IntDistribution) else v
+    return out

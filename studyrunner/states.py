@@ -8,7 +8,9 @@ hide, from the user attribute ``outcome`` the objective records:
 * DIVERGED - stored as PRUNED (samplers still learn from it), outcome ``diverged``;
 * INTERRUPTED - stored as FAIL, outcome ``interrupted`` (Ctrl-C; the study is resumable);
 * CANCELLED - stored as FAIL, outcome ``surplus``: a parallel worker's trial that would have taken
-  the study past its ``n_trials``, stopped before it trained.
+  the study past its ``n_trials``, stopped before it trained;
+* IMPORTED - stored as COMPLETE, outcome ``imported``: a finished trial of an earlier study added by
+  ``warm_start`` so that the sampler starts informed; it does not count towards ``n_trials``.
 
 Plain strings only: this module imports neither Optuna nor MLflow, so every layer can use it.
 """
@@ -39,6 +41,7 @@ class TrialState(str, enum.Enum):
     FAIL = "FAIL"  # an exception; retried with the same parameters
     INTERRUPTED = "INTERRUPTED"  # Ctrl-C / SIGTERM while it ran
     CANCELLED = "CANCELLED"  # a surplus trial of a parallel worker, never trained
+    IMPORTED = "IMPORTED"  # an earlier study's finished trial, added by warm_start (not trained here)
     RUNNING = "RUNNING"
     WAITING = "WAITING"  # queued (a retry, or an enqueued configuration)
 
@@ -66,6 +69,7 @@ _MLFLOW_STATUS = {
     TrialState.FAIL: "FAILED",
     TrialState.INTERRUPTED: "KILLED",
     TrialState.CANCELLED: "KILLED",
+    TrialState.IMPORTED: "FINISHED",
     TrialState.RUNNING: "RUNNING",
     TrialState.WAITING: "SCHEDULED",
 }
@@ -74,6 +78,7 @@ _BY_OUTCOME = {
     ("PRUNED", "diverged"): TrialState.DIVERGED,
     ("FAIL", "interrupted"): TrialState.INTERRUPTED,
     ("FAIL", "surplus"): TrialState.CANCELLED,
+    ("COMPLETE", "imported"): TrialState.IMPORTED,
 }
 
 

@@ -10,6 +10,7 @@ times. What a trial's outcome means is decided in ``states``; the trial itself i
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -24,7 +25,9 @@ from .engine import resolve_config
 from .errors import StudyrunnerError
 from .narrative import NarrativeSpec
 from .objective import DataSource, Objective, StudyEvents
+from .rules import converged
 from .samplers import make_pruner, make_sampler
+from .seeding import ENVIRONMENT_KEYS, enqueue_configs, warm_start
 from .spec import SweepSpec
 from .states import TrialState, count_states, finished_count, trial_state
 from .stores import check_storage, check_tracking, open_storage, resolve_storage, resolve_tracking_uri, setup_lock
@@ -36,8 +39,6 @@ __all__ = ["RunOptions", "StudyOutcome", "run_study", "run_narrative", "check_st
 
 POLL_S = 2.0  # seconds between looks at a study whose last trials run in other workers
 _WORKER_STRIDE = 7919  # seed offset between parallel workers' sampler streams (a prime)
-# keys that say where or how fast a study runs, not what it trains: they may differ between runs
-_ENVIRONMENT_KEYS = {"out_dir", "threads", "device", "precision", "data.path", "data.cache_dir", "eval_batch_size"}
 
 
 @dataclass
@@ -89,6 +90,8 @@ def run_study(
         check_stores(url, opts.tracking_uri)
         storage = open_storage(url, spec.max_retries)
         study = _open_study(spec, base, storage)
+        warm_start(study, spec, base, url)
+        enqueue_configs(study, spec, base)
         tracker = _tracker(spec, opts)
     objective = Objective(spec, base, data or DataSource(opts.data_dir, events.data_progress), tracker, events, target, url)
     heartbeat = isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None
@@ -98,7 +101,10 @@ def run_study(
     except KeyboardInterrupt:
         driver.close("KILLED")
         raise
-    driver.close("FINISHED" if finished_count(study.get_trials(deepcopy=False)) >= target else "KILLED")
+    done = finished_count(study.get_trials(deepcopy=False)) >= target or stopped.startswith("converged")
+    if stopped and tracker is not None:
+        tracker.update_parent({}, {}, {"stop_reason": stopped[:5000]})
+    driver.close("FINISHED" if done else "KILLED")
     return StudyOutcome(study, driver.counts(), target, stopped, objective.timings)
 
 
@@ -214,10 +220,28 @@ class _Driver:
         self._after_trial(trial)
         self.events.trial_finished(self.study, trial)
         self._update_parent()
+        converged = self._converged()
+        if converged:
+            return converged
         if self.fails_in_row > self.spec.max_retries + 2:
             why = trial.user_attrs.get("fail_reason", "no reason recorded")
             return f"{self.fails_in_row} trials in a row failed; last: {why}"
         return ""
+
+    def _converged(self) -> str:
+        """The study's stopping rule (``budget.patience``): why it converged, or ""."""
+        budget = self.spec.budget
+        if not budget.patience:
+            return ""
+        complete = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        done = sorted((t for t in complete if trial_state(t) == TrialState.COMPLETE), key=lambda t: t.number)
+        if isinstance(budget.min_improvement, str):  # noise: twice the seeds' standard deviation, averaged over trials
+            sds = [float(t.user_attrs["value_sd"]) for t in done if "value_sd" in t.user_attrs]
+            margin = 2 * statistics.fmean(sds) if sds else 0.0
+        else:
+            margin = budget.min_improvement
+        maximize = self.spec.objective.resolved_direction == "maximize"
+        return converged([float(t.value or 0.0) for t in done], maximize, budget.patience, margin)
 
     def _after_trial(self, trial: optuna.trial.FrozenTrial) -> None:
         """Re-queue a failed trial's parameters while it has retries left; count failures in a row."""
@@ -279,7 +303,7 @@ def _check_same_config(study: optuna.Study, base: TrainConfig) -> None:
     with contextlib.suppress(StudyrunnerError):  # resolved as today, so that a new "auto" key compares equal
         old = flatten(config_to_dict(resolve_config(apply_overrides(TrainConfig(), old))))
     new = flatten(config_to_dict(base))
-    changed = sorted(k for k in set(old) | set(new) if k not in _ENVIRONMENT_KEYS and old.get(k) != new.get(k))
+    changed = sorted(k for k in set(old) | set(new) if k not in ENVIRONMENT_KEYS and old.get(k) != new.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
         raise StudyrunnerError(
