@@ -143,6 +143,9 @@ class TrainConfig:
         3.0  # diverged when train loss > factor x the larger of ln(classes) and the first batch's loss, or non-finite
     )
     out_dir: str = ""  # where best.pt / last.pt go; "" = no checkpoints
+    # epochs between saves of the run's full state (weights, optimizer, schedule, RNG, history) to
+    # out_dir/state-seed<seed>.pt, from which a retried trial continues; 0 = never
+    state_every: int = 1
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -350,6 +353,7 @@ def _run_checks(config: TrainConfig) -> list[tuple[bool, str]]:
         (0 <= config.seed < 2**32, "seed must be in [0, 2**32) (torch's and numpy's seed range)"),
         (0 <= config.data.split_seed < 2**32, "data.split_seed must be in [0, 2**32)"),
         (config.threads >= 0, "threads must be >= 0 (0 = torch's default)"),
+        (config.state_every >= 0, "state_every must be >= 0 (0 = never)"),
         (re.fullmatch(_DEVICE_RE, config.device) is not None, "device must be auto, cpu, cuda, cuda:N or mps"),
     ]
 

@@ -45,6 +45,7 @@ __all__ = [
     "resolve_config",
     "is_resolved",
     "placement",
+    "state_path",
 ]
 
 Outcome = Literal["completed", "diverged", "stopped"]
@@ -456,6 +457,69 @@ def _keep_if_best(run: _Run, record: EpochRecord) -> None:
             _save(run.out / "best.pt", run.ctx, run.cfg, record, run.splits.classes)
 
 
+_STATE_KEYS_IGNORED = {"out_dir", "threads", "device", "precision", "eval_batch_size", "data.path", "data.cache_dir"}
+
+
+def state_path(cfg: TrainConfig) -> Path | None:
+    """Where a run of ``cfg`` keeps its full state between epochs (None: no out_dir, or state_every 0)."""
+    return Path(cfg.out_dir) / f"state-seed{cfg.seed}.pt" if cfg.out_dir and cfg.state_every else None
+
+
+def _identity(cfg: TrainConfig) -> dict[str, Any]:
+    """What a state file must match to be resumed: the config, less where and how fast it runs."""
+    from .config import flatten
+
+    return {k: v for k, v in flatten(config_to_dict(cfg)).items() if k not in _STATE_KEYS_IGNORED}
+
+
+def _save_state(run: _Run) -> None:
+    """Everything the next epoch needs, written atomically every ``state_every`` epochs."""
+    path = state_path(run.cfg)
+    if path is None or len(run.result.history) % run.cfg.state_every:
+        return
+    blob = {
+        "config": _identity(run.cfg),
+        "model": run.ctx.model.state_dict(),
+        "optimizer": run.opt.state_dict(),
+        "schedule": run.schedule.state_dict(),
+        "generator": run.gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history": [asdict(r) for r in run.result.history],
+        "best": {"state": run.best_state, "epoch": run.result.best_epoch, "val_acc": run.result.best_val_acc},
+        "start_loss": run.start_loss,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+
+
+def _resume(run: _Run, on_epoch: OnEpoch) -> int:
+    """Restore the run from its state file (when it is this config's): the epochs already done."""
+    path = state_path(run.cfg)
+    if path is None or not path.is_file():
+        return 0
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)  # tensors are copied into the run's own
+    except Exception:  # a damaged state file: start over rather than continue from garbage
+        return 0
+    if blob.get("config") != _identity(run.cfg):
+        return 0
+    run.ctx.model.load_state_dict(blob["model"])
+    run.opt.load_state_dict(blob["optimizer"])
+    run.schedule.load_state_dict(blob["schedule"])
+    run.gen.set_state(blob["generator"])
+    torch.set_rng_state(blob["torch_rng"])
+    best = blob["best"]
+    run.best_state, run.result.best_epoch, run.result.best_val_acc = best["state"], best["epoch"], best["val_acc"]
+    run.start_loss = blob["start_loss"]
+    run.result.history = [EpochRecord(**r) for r in blob["history"]]
+    run.result.notes.append(f"resumed after epoch {len(run.result.history)} from {path}")
+    for record in run.result.history:
+        if on_epoch:
+            on_epoch(record)
+    return len(run.result.history)
+
+
 def _finish(run: _Run) -> None:
     """Last checkpoint; then, on the best weights, the validation confusion matrix and the test set."""
     result, ctx, splits, cfg = run.result, run.ctx, run.splits, run.cfg
@@ -470,16 +534,22 @@ def _finish(run: _Run) -> None:
         result.test_loss, result.test_acc = evaluate(ctx, splits.test, cfg.eval_batch_size)
 
 
-def fit(cfg: TrainConfig, splits: Splits, on_epoch: OnEpoch = None, on_batch: OnBatch = None) -> FitResult:
+def fit(
+    cfg: TrainConfig, splits: Splits, on_epoch: OnEpoch = None, on_batch: OnBatch = None, resume: bool = False
+) -> FitResult:
     """Train ``cfg`` (resolved) on ``splits``: one EpochRecord per epoch, then the test set on the best weights.
+
+    ``resume``: continue from the state file in ``out_dir`` (``state_every``) when one of the same
+    configuration is there; its epochs are passed to ``on_epoch`` again, in order, first.
 
     ``on_epoch`` sees every record as it is made and may return True to stop early (outcome
     ``stopped``); exceptions it raises (a pruner's, say) propagate. A non-finite or exploding
     training loss ends the run with outcome ``diverged`` instead of an exception.
     """
     run = _start(cfg, splits)
+    done = _resume(run, on_epoch) if resume else 0
     chance = math.log(max(2, len(splits.classes)))  # the loss of a uniform guess
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(done + 1, cfg.epochs + 1):
         record = _epoch(run, epoch, on_batch)
         run.result.history.append(record)
         reason = _divergence(record.train_loss, cfg.diverge_factor, chance, run.start_loss)
@@ -488,6 +558,7 @@ def fit(cfg: TrainConfig, splits: Splits, on_epoch: OnEpoch = None, on_batch: On
             break
         _keep_if_best(run, record)
         run.schedule.after_epoch({k: v for k, v in (("val_acc", record.val_acc), ("val_loss", record.val_loss)) if v is not None})
+        _save_state(run)
         if on_epoch and on_epoch(record):
             run.result.outcome, run.result.reason = "stopped", f"stopped by the caller after epoch {epoch}"
             break

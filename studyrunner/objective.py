@@ -91,6 +91,7 @@ class _Trial:
     values: list[float] = field(default_factory=list)
     results: list[FitResult] = field(default_factory=list)
     records: list[EpochRecord] = field(default_factory=list)  # first seed's epochs seen so far (pruned trials too)
+    retry: bool = False  # a retry of an earlier attempt: continue from its saved state
 
     @property
     def history(self) -> list[EpochRecord]:
@@ -124,6 +125,7 @@ class Objective:
         try:
             sampled = suggest(trial, self.spec, self.base)
             run = _Trial(getattr(trial, "number", 0), self._trial_config(trial, sampled))
+            run.retry = int(trial.user_attrs.get("origin", run.number)) != run.number if hasattr(trial, "user_attrs") else False
             splits = self.data(run.cfg.data)
         except Exception as exc:  # before training: the reason is recorded all the same (never a FAIL without one)
             if "fail_reason" not in getattr(trial, "user_attrs", {}):
@@ -164,11 +166,14 @@ class Objective:
         """The trial's resolved config: sampled values, its checkpoint folder, study:NAME inits.
         An invalid combination fails the trial with the reason and is not retried."""
         number = getattr(trial, "number", 0)
+        origin = int(getattr(trial, "user_attrs", {}).get("origin", number))  # a retry continues its first attempt's folder
+        if origin == number:
+            trial.set_user_attr("origin", number)
         try:
             cfg = apply_overrides(self.base, sampled)
             over: dict[str, Any] = {}
             if not cfg.out_dir:
-                over["out_dir"] = str(Path("runs/checkpoints").resolve() / self.spec.study / f"trial-{number}")
+                over["out_dir"] = str(Path("runs/checkpoints").resolve() / self.spec.study / f"trial-{origin}")
             if cfg.model.init.startswith("study:"):
                 over["model.init"] = best_checkpoint(cfg.model.init.removeprefix("study:"), self.storage_url)
             cfg = resolve_config(apply_overrides(cfg, over))
@@ -184,7 +189,8 @@ class Objective:
             start = time.perf_counter()
             cfg = apply_overrides(run.cfg, {"seed": run.cfg.seed + r})
             n_eval = len(splits.val) if splits.val is not None else len(splits.train)
-            result = fit(cfg, splits, self._on_epoch(trial, run, r, len(splits.classes), n_eval), self.events.batch_done)
+            on_epoch = self._on_epoch(trial, run, r, len(splits.classes), n_eval)
+            result = fit(cfg, splits, on_epoch, self.events.batch_done, resume=run.retry)
             self.timings["fit_s"] += time.perf_counter() - start
             run.results.append(result)
             if result.outcome == "diverged":
@@ -226,6 +232,9 @@ class Objective:
     def _record(self, trial: optuna.Trial, run: _Trial) -> None:
         """The outcome as user attributes (what results and reports read), then the MLflow run's end."""
         trial.set_user_attr("outcome", run.outcome)
+        if run.outcome in ("completed", "pruned", "diverged") and run.cfg.out_dir:  # finished: nothing to resume
+            for saved in Path(run.cfg.out_dir).glob("state-seed*.pt"):
+                saved.unlink(missing_ok=True)
         if run.outcome in ("diverged", "pruned"):
             trial.set_user_attr("reason", run.reason)
         elif run.outcome != "completed":

@@ -67,6 +67,13 @@ class Schedule:
         else:
             self.impl.step()  # type: ignore[attr-defined]
 
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.impl is None else dict(self.impl.state_dict())  # type: ignore[attr-defined]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.impl is not None and state:
+            self.impl.load_state_dict(state)  # type: ignore[attr-defined]
+
     @property
     def lr(self) -> float:
         """The head's learning rate (the last parameter group)."""

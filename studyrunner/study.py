@@ -91,6 +91,7 @@ def run_study(
         storage = open_storage(url, spec.max_retries)
         study = _open_study(spec, base, storage)
         warm_start(study, spec, base, url)
+        _requeue_interrupted(study)
         enqueue_configs(study, spec, base)
         tracker = _tracker(spec, opts)
     objective = Objective(spec, base, data or DataSource(opts.data_dir, events.data_progress), tracker, events, target, url)
@@ -131,6 +132,17 @@ def _open_study(spec: SweepSpec, base: TrainConfig, storage: optuna.storages.Bas
     study.set_user_attr("sweep", spec.model_dump(mode="json"))
     study.set_user_attr("base_config", config_to_dict(base))
     return study
+
+
+def _requeue_interrupted(study: optuna.Study) -> None:
+    """Queue every INTERRUPTED trial (Ctrl-C, SIGTERM) again, once, with its parameters: the
+    retry continues from the last epoch its state file holds."""
+    trials = study.get_trials(deepcopy=False)
+    queued = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:
+        if trial_state(t) == TrialState.INTERRUPTED and t.number not in queued and t.params:
+            origin = t.user_attrs.get("origin", t.number)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "origin": origin}, skip_if_exists=False)
 
 
 def _claim_stream(study: optuna.Study) -> int:
@@ -251,9 +263,9 @@ class _Driver:
         self.fails_in_row += 1
         tries = int(trial.user_attrs.get("retry", 0))
         if tries < self.spec.max_retries and trial.params and not trial.user_attrs.get("invalid"):  # retrying cannot help those
-            self.study.enqueue_trial(
-                trial.params, user_attrs={"retry": tries + 1, "retry_of": trial.number}, skip_if_exists=False
-            )
+            origin = trial.user_attrs.get("origin", trial.number)
+            attrs = {"retry": tries + 1, "retry_of": trial.number, "origin": origin}
+            self.study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
 
     def _reap_dead_runs(self) -> None:
         """End the MLflow run of every FAILed trial whose run was left RUNNING (its worker died)."""

@@ -200,3 +200,6 @@ def test_ctrl_c_or_sigterm_marks_the_trial_ends_its_run_and_the_study_resumes(tm
     assert again.returncode == 0, again.stdout + again.stderr
     study = optuna.load_study(study_name="intr", storage=storage)
     assert [trial_state(t) for t in study.trials] == ["INTERRUPTED", "COMPLETE"]  # an interrupted trial is not a failure
+    first, retry = study.trials  # re-queued with its parameters, continued from its saved epochs: one history
+    assert retry.params == first.params and retry.user_attrs["origin"] == first.number
+    assert sorted(retry.intermediate_values) == list(range(1, 61))
