@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -12,7 +12,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-__all__ = ["learning_curves", "confusion_figure", "prediction_figure", "history_figure", "params_figure", "close"]
+__all__ = [
+    "learning_curves",
+    "confusion_figure",
+    "prediction_figure",
+    "history_figure",
+    "params_figure",
+    "anytime_figure",
+    "close",
+]
 
 
 def learning_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], title: str = "") -> Figure:
@@ -104,6 +112,28 @@ def params_figure(info: Mapping[str, tuple[str, Sequence[tuple[Any, float]]]], l
             if kind == "log-float":
                 ax.set_xscale("log")
         ax.set(xlabel=p, ylabel="objective")
+    fig.tight_layout()
+    return fig
+
+
+def anytime_figure(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    target: float | None = None,
+    title: str = "",
+    xlabel: str = "epochs trained (cumulative)",
+    ylabel: str = "best val_acc of a complete trial",
+    dashed: Collection[str] = (),
+) -> Figure:
+    """Best value found so far against the training spent (``searchbench.anytime_info``), one
+    line per strategy (those in ``dashed``, the references, dashed); ``target`` as a dotted
+    horizontal line."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for i, (label, (x, y)) in enumerate(curves.items()):
+        ax.step(x, y, where="post", color=f"C{i % 10}", ls="--" if label in dashed else "-", lw=1.4, label=label)
+    if target is not None:
+        ax.axhline(target, color="grey", ls=":", lw=1, label=f"target {target:.3f}")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
 
