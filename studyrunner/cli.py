@@ -62,6 +62,15 @@ def _table(*headers: str, title: str | None = None) -> Table:
     return Table(*[Column(h, overflow="fold") for h in headers], title=title)
 
 
+def _cell(v: Any) -> str:
+    """A table cell: 4 significant digits for numbers, values of several objectives joined by /."""
+    if isinstance(v, list):
+        return " / ".join(_cell(x) for x in v)
+    if v is None or v != v:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _positive(option: str, value: float | None) -> None:
     """A count, budget or timeout from the command line must be > 0 (and not a boolean)."""
     if value is not None and not value > 0:
@@ -414,6 +423,7 @@ def ls(storage: StorageOpt = None) -> None:
     for row in list_studies(_read_storage(storage)):
         counts = ", ".join(f"{k.value} {v}" for k, v in sorted(row.counts.items()))
         best = "-" if row.best_value is None else f"{row.best_value:.4f}"
+        best += f" (front: {row.front} trials)" if row.front else ""
         table.add_row(row.name, row.direction, counts, best, ", ".join(f"{k}={v}" for k, v in row.best_params.items()))
     Console().print(table)
 
@@ -422,14 +432,23 @@ def ls(storage: StorageOpt = None) -> None:
 @user_errors
 def show(study: Annotated[str, typer.Argument(help="Study name.")], storage: StorageOpt = None) -> None:
     """The study's trials: state, value, parameters, test accuracy, epochs, duration."""
-    from .results import load_study, trials_frame
+    from .results import load_study, pareto_front, trials_frame
 
-    df = trials_frame(load_study(study, _read_storage(storage)))
-    cols = ["number", "state", "value", "test_acc", "epochs", "duration_s"] + [c for c in df.columns if c.startswith("param.")]
+    loaded = load_study(study, _read_storage(storage))
+    df = trials_frame(loaded)
+    value = "values" if "values" in df and df["values"].notna().any() else "value"  # multi-objective: all of them
+    cols = ["number", "state", value, "test_acc", "epochs", "duration_s"] + [c for c in df.columns if c.startswith("param.")]
     table = _table(*cols)
     for _, r in df[cols].iterrows():
-        table.add_row(*["-" if v is None or v != v else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in r])
+        table.add_row(*[_cell(v) for v in r])
     Console().print(table)
+    front = pareto_front(loaded)
+    if front:  # multi-objective: the trials no other trial beats on every objective
+        names = [o["metric"] for o in loaded.user_attrs.get("sweep", {}).get("objectives", [])]
+        Console().print(f"Pareto front ({', '.join(names)}):", highlight=False)
+        for t in sorted(front, key=lambda t: t.values[0]):
+            values = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, t.values, strict=False))
+            Console().print(f"  trial {t.number}: {values}  {t.params}", highlight=False, soft_wrap=True)
     explained = df[df["reason"] != ""] if "reason" in df else df.iloc[:0]
     for _, r in explained.iterrows():  # why trials were pruned, diverged or failed, one line each
         Console().print(f"trial {r['number']} {r['state']}: {r['reason']}", highlight=False, soft_wrap=True)

@@ -13,8 +13,8 @@ from rich.table import Table
 from .engine import EpochRecord
 from .objective import StudyEvents
 from .spec import SweepSpec
-from .states import TrialState, count_states, finished_count, trial_state
-from .study import StudyOutcome
+from .states import TrialState, count_states, finished_count, first_value, trial_state
+from .study import StudyOutcome, best_trial
 
 __all__ = ["LiveStudy"]
 
@@ -65,12 +65,12 @@ class LiveStudy(StudyEvents):
         trials = study.get_trials(deepcopy=False)
         counts = count_states(trials)
         state = trial_state(trial)
-        value = "" if trial.value is None else f" value {trial.value:.4f}"
+        value = "" if not trial.values else " value " + " / ".join(f"{v:.4g}" for v in trial.values)
         why = trial.user_attrs.get("reason") or trial.user_attrs.get("fail_reason") or ""
-        try:
-            best = f"best {study.best_value:.4f} (trial {study.best_trial.number}: {_params(study.best_params)})"
-        except ValueError:
-            best = "no completed trial yet"
+        top = best_trial(study)
+        best = "no completed trial yet"
+        if top is not None:
+            best = f"best {first_value(top) or 0.0:.4f} (trial {top.number}: {_params(top.params)})"
         shown = {
             TrialState.COMPLETE: "complete",
             TrialState.PRUNED: "pruned",
@@ -104,7 +104,7 @@ class LiveStudy(StudyEvents):
             table.add_row(
                 str(t.number),
                 state,
-                "-" if t.value is None else f"{t.value:.4f}",
+                "-" if not t.values else " / ".join(f"{v:.4g}" for v in t.values),
                 "-" if test is None else f"{100 * test:.2f}%",
                 str(len(t.intermediate_values)),
                 *[(f"{t.params[k]:.3g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, "-"))) for k in params],

@@ -12,6 +12,7 @@ import math
 import os
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,8 +26,8 @@ from .engine import EpochRecord, FitResult, fit, resolve_config
 from .errors import StudyrunnerError, Terminated
 from .rules import no_learning
 from .space import suggest
-from .spec import SweepSpec
-from .states import OPTUNA_FINISHED, state_of
+from .spec import SweepSpec, parse_constraint
+from .states import OPTUNA_FINISHED, best_of, state_of
 
 if TYPE_CHECKING:
     from .tracking import Tracker
@@ -64,7 +65,11 @@ class SurplusTrial(StudyrunnerError):
 
 def run_value(result: FitResult, metric: str, direction: str) -> float | None:
     """A run's objective value: the best epoch's value for train/val metrics, the test metric
-    (of the best-validation weights) for test metrics."""
+    (of the best-validation weights) for test metrics; the parameter count; the mean seconds per epoch."""
+    if metric == "num_params":
+        return float(result.num_params)
+    if metric == "epoch_seconds":
+        return statistics.fmean(r.epoch_seconds for r in result.history) if result.history else None
     if metric.startswith("test_"):
         value: float | None = getattr(result, metric)
         return value
@@ -88,8 +93,10 @@ class _Trial:
     run_id: str | None = None
     outcome: str = "failed"  # completed | pruned | diverged | failed | interrupted
     reason: str = ""
-    values: list[float] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)  # the first objective's value per seed
+    others: list[list[float]] = field(default_factory=list)  # further objectives' values per seed
     results: list[FitResult] = field(default_factory=list)
+    shadow: optuna.Trial | None = None  # multi-objective: the pruning study's trial that mirrors this one
     records: list[EpochRecord] = field(default_factory=list)  # first seed's epochs seen so far (pruned trials too)
     retry: bool = False  # a retry of an earlier attempt: continue from its saved state
 
@@ -110,14 +117,18 @@ class Objective:
         events: StudyEvents | None = None,
         target: int | None = None,
         storage_url: str = "",
+        pruning: optuna.Study | None = None,
     ) -> None:
         self.spec, self.base, self.data, self.tracker, self.target = spec, base, data, tracker, target
+        # multi-objective studies cannot prune (Optuna refuses trial.report there): each trial is mirrored by a
+        # trial of this single-objective study of the first objective, whose pruner decides
+        self.pruning = pruning
         self.events = events or StudyEvents()
         self.storage_url = storage_url  # where model.init=study:NAME finds the earlier study
         self.direction = spec.objective.resolved_direction
         self.timings = {"fit_s": 0.0, "epoch_logging_s": 0.0}  # seconds spent training and logging epochs, all trials
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         if self.target is not None and _surplus(trial, self.target):
             trial.set_user_attr("outcome", "surplus")  # another worker took the last slot first
             raise SurplusTrial(f"the study already holds or runs {self.target} trials")
@@ -184,7 +195,11 @@ class Objective:
         trial.set_user_attr("checkpoint", str(Path(cfg.out_dir) / "best.pt"))
         return cfg
 
-    def _train(self, trial: optuna.Trial, run: _Trial, splits: Splits) -> float:
+    def _train(self, trial: optuna.Trial, run: _Trial, splits: Splits) -> float | list[float]:
+        if self.pruning is not None:
+            with warnings.catch_warnings():  # Optuna suggests heartbeats with optimize(); the mirror is driven by hand
+                warnings.simplefilter("ignore", UserWarning)
+                run.shadow = self.pruning.ask()
         for r in range(self.spec.repeats):
             start = time.perf_counter()
             cfg = apply_overrides(run.cfg, {"seed": run.cfg.seed + r})
@@ -196,12 +211,31 @@ class Objective:
             if result.outcome == "diverged":
                 run.outcome, run.reason = "diverged", result.reason
                 raise optuna.TrialPruned(result.reason)
-            value = run_value(result, self.spec.objective.metric, self.direction)
-            if value is None:
-                raise StudyrunnerError(f"objective metric {self.spec.objective.metric} was never measured")
-            run.values.append(value)
+            values = [run_value(result, o.metric, o.resolved_direction) for o in self.spec.targets]
+            missing = [o.metric for o, v in zip(self.spec.targets, values, strict=True) if v is None]
+            if missing:
+                raise StudyrunnerError(f"objective metric {', '.join(missing)} was never measured")
+            run.values.append(values[0])  # type: ignore[arg-type]
+            run.others.append(values[1:])  # type: ignore[arg-type]
         run.outcome = "completed"
-        return statistics.fmean(run.values)
+        means = [statistics.fmean(run.values)] + [statistics.fmean(col) for col in zip(*run.others, strict=True)]
+        self._constrain(trial, means, run.results[0])
+        return means if len(means) > 1 else means[0]
+
+    def _constrain(self, trial: optuna.Trial, means: list[float], first: FitResult) -> None:
+        """Each constraint as ``value - bound`` (<= 0 is feasible), for the sampler's constraints_func."""
+        if not self.spec.constraints:
+            return
+        measured: dict[str, float] = {o.metric: v for o, v in zip(self.spec.targets, means, strict=True)}
+        out = []
+        for text in self.spec.constraints:
+            metric, op, bound = parse_constraint(text)
+            value: float | None = measured.get(metric)
+            if value is None:
+                value = run_value(first, metric, "maximize" if metric in ("val_acc", "train_acc", "test_acc") else "minimize")
+            v = float("inf") if value is None else value
+            out.append(v - bound if op == "<=" else bound - v)
+        trial.set_user_attr("constraints", out)
 
     def _on_epoch(
         self, trial: optuna.Trial, run: _Trial, repeat: int, classes: int, n_eval: int
@@ -219,22 +253,29 @@ class Objective:
                 return
             run.records.append(record)
             value = _intermediate(record, metric)
-            if value is not None:  # the first seed drives pruning
-                trial.report(value, record.epoch)
+            # multi-objective: the mirrored single-objective trial judges (none without a pruner)
+            judge = run.shadow if len(self.spec.targets) > 1 else trial
+            if value is not None and judge is not None:  # the first seed drives pruning
+                judge.report(value, record.epoch)
             stuck = no_learning(run.records, classes, n_eval, after)
             if stuck:  # hopeless whatever the pruner's warm-up
                 raise optuna.TrialPruned(stuck)
-            if value is not None and trial.should_prune():
+            if value is not None and judge is not None and judge.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {record.epoch} ({metric} {value:.4f})")
 
         return on_epoch
 
+    def _settle(self, run: _Trial) -> None:
+        """The pruning study's mirror told; a finished trial's state files removed (nothing to resume)."""
+        _settle_shadow(self.pruning, run)
+        if run.outcome in ("completed", "pruned", "diverged") and run.cfg.out_dir:
+            for saved in Path(run.cfg.out_dir).glob("state-seed*.pt"):
+                saved.unlink(missing_ok=True)
+
     def _record(self, trial: optuna.Trial, run: _Trial) -> None:
         """The outcome as user attributes (what results and reports read), then the MLflow run's end."""
         trial.set_user_attr("outcome", run.outcome)
-        if run.outcome in ("completed", "pruned", "diverged") and run.cfg.out_dir:  # finished: nothing to resume
-            for saved in Path(run.cfg.out_dir).glob("state-seed*.pt"):
-                saved.unlink(missing_ok=True)
+        self._settle(run)
         if run.outcome in ("diverged", "pruned"):
             trial.set_user_attr("reason", run.reason)
         elif run.outcome != "completed":
@@ -252,6 +293,15 @@ class Objective:
             for record in first.history[len(run.records) :]:
                 self.tracker.log_epoch(run.run_id, record)
         self.tracker.end_trial(run.run_id, state, run.reason, run.values, first, run.history)
+
+
+def _settle_shadow(pruning: optuna.Study | None, run: _Trial) -> None:
+    """Tell the pruning study how the mirrored trial ended (multi-objective studies)."""
+    if run.shadow is None or pruning is None:
+        return
+    done = run.outcome == "completed"
+    status = optuna.trial.TrialState.COMPLETE if done else optuna.trial.TrialState.PRUNED
+    pruning.tell(run.shadow, statistics.fmean(run.values) if done else None, state=status)
 
 
 def _summarise(trial: optuna.Trial, run: _Trial) -> None:
@@ -293,10 +343,9 @@ def best_checkpoint(study_name: str, storage: str) -> str:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         raise StudyrunnerError(f"model.init=study:{study_name}: no study named {study_name!r} in {storage}") from None
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise StudyrunnerError(f"model.init=study:{study_name}: the study has no completed trial yet") from None
+    best = best_of(study.get_trials(deepcopy=False), study.directions[0] == optuna.study.StudyDirection.MAXIMIZE)
+    if best is None:
+        raise StudyrunnerError(f"model.init=study:{study_name}: the study has no completed trial yet")
     path = best.user_attrs.get("checkpoint")
     if not path or not Path(path).is_file():
         raise StudyrunnerError(

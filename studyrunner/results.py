@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -12,10 +11,11 @@ import pandas as pd
 from .config import config_to_dict
 from .errors import StudyrunnerError
 from .narrative import NarrativeSpec, Verdict, judge
-from .states import TrialState, count_states, trial_state
+from .states import TrialState, best_of, count_states, first_value, trial_state
 
 __all__ = [
     "best_config",
+    "pareto_front",
     "StudyRow",
     "TrialResult",
     "StudyResult",
@@ -35,8 +35,9 @@ class StudyRow:
     name: str
     direction: str
     counts: dict[TrialState, int]
-    best_value: float | None
+    best_value: float | None  # on the first objective
     best_params: dict[str, Any]
+    front: int = 0  # multi-objective: trials on the Pareto front
 
 
 _PORTABLE = {"out_dir": "", "device": "auto", "threads": 0, "precision": "auto", "data.path": "", "data.cache_dir": ""}
@@ -49,27 +50,46 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
     from .config import apply_overrides, config_from_dict, flatten
     from .space import decode
 
-    complete = [t for t in study.get_trials(deepcopy=False) if trial_state(t) == TrialState.COMPLETE and t.value is not None]
+    best = best_of(study.get_trials(deepcopy=False), _maximize(study))
     stored = study.user_attrs.get("base_config")
-    if not complete or not stored:
+    if best is None or not stored:
         raise StudyrunnerError(f"study {study.study_name!r} has no completed trial of studyrunner's to export")
-    sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
-    best = max(complete, key=lambda t: sign * float(t.value or 0.0))
     cfg = apply_overrides(config_from_dict(stored), {k: decode(v) for k, v in best.params.items()})
     flat = {**flatten(config_to_dict(cfg)), **_PORTABLE}
-    return {"trial": best.number, "value": best.value, "config": config_to_dict(config_from_dict(flat))}
+    return {"trial": best.number, "value": first_value(best), "config": config_to_dict(config_from_dict(flat))}
+
+
+def _maximize(study: optuna.Study) -> bool:
+    """The study's first objective is maximised."""
+    return bool(study.directions[0] == optuna.study.StudyDirection.MAXIMIZE)
+
+
+def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """A multi-objective study's non-dominated COMPLETE trials (Optuna's best_trials); [] for one objective."""
+    if len(study.directions) < 2:
+        return []
+    return [t for t in study.best_trials if trial_state(t) == TrialState.COMPLETE]
 
 
 def list_studies(storage: str) -> list[StudyRow]:
     """One row per study in ``storage``: trials by state and the best trial."""
     rows = []
-    for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if s.study_name.endswith(".pruning"):  # a multi-objective study's pruning mirror, not a study of its own
+            continue
         study = optuna.load_study(study_name=s.study_name, storage=storage)
-        counts = count_states(study.get_trials(deepcopy=False))
-        best = s.best_trial
+        trials = study.get_trials(deepcopy=False)
+        best = best_of(trials, _maximize(study))
+        direction = ", ".join(d.name.lower() for d in study.directions)
+        front = len(pareto_front(study))
         rows.append(
             StudyRow(
-                s.study_name, s.direction.name.lower(), counts, best.value if best else None, dict(best.params) if best else {}
+                s.study_name,
+                direction,
+                count_states(trials),
+                first_value(best) if best else None,
+                dict(best.params) if best else {},
+                front,
             )
         )
     return rows
@@ -93,7 +113,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row: dict[str, Any] = {
             "number": t.number,
             "state": trial_state(t),
-            "value": t.value,
+            "value": first_value(t),
+            "values": list(t.values) if t.values and len(t.values) > 1 else None,
             "value_sd": ua.get("value_sd"),
             "best_val_acc": ua.get("best_val_acc"),
             "test_acc": ua.get("test_acc"),
@@ -101,7 +122,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "final_train_acc": last.get("train_acc"),
             "final_val_acc": last.get("val_acc"),
             "best_epoch": ua.get("best_epoch"),
-            "epochs": ua.get("epochs", len(t.intermediate_values)),
+            "epochs": ua.get("epochs") or len(history) or len(t.intermediate_values),  # a diverged epoch counts too
             "duration_s": t.duration.total_seconds() if t.duration else None,
             "reason": ua.get("reason") or ua.get("fail_reason") or "",
         }
@@ -123,6 +144,7 @@ class TrialResult:
     test_acc: float | None = None
     duration_s: float | None = None
     reason: str = ""
+    values: list[float] | None = None  # every objective's value (multi-objective studies)
 
     def metric(self, name: str) -> float | None:
         """best_val_acc, final_val_acc, final_train_acc, test_acc, final_gap, train_acc@N, val_acc@N."""
@@ -160,6 +182,8 @@ class StudyResult:
     importances: dict[str, float]  # parameter -> importance (fANOVA, seeded), empty when not computable
     distributions: dict[str, str]  # parameter -> categorical | int | float | log-float
     checkpoint: str = ""  # best trial's best-validation checkpoint, when one was saved
+    objectives: list[tuple[str, str]] = field(default_factory=list)  # (metric, direction) of each objective
+    front: list[int] = field(default_factory=list)  # multi-objective: trial numbers on the Pareto front
 
     @property
     def complete(self) -> list[TrialResult]:
@@ -175,12 +199,13 @@ def _trial_result(t: optuna.trial.FrozenTrial) -> TrialResult:
     return TrialResult(
         t.number,
         trial_state(t),
-        t.value,
+        first_value(t),
         dict(t.params),
         list(ua.get("history") or []),
         ua.get("test_acc"),
         t.duration.total_seconds() if t.duration else None,
         ua.get("reason") or ua.get("fail_reason") or "",
+        list(t.values) if t.values and len(t.values) > 1 else None,
     )
 
 
@@ -196,16 +221,17 @@ def study_result(study: optuna.Study) -> StudyResult:
     """Everything a report needs from one study, as plain data."""
     sweep = study.user_attrs.get("sweep", {})
     trials = [_trial_result(t) for t in study.get_trials(deepcopy=False)]
-    checkpoint = ""
-    with contextlib.suppress(ValueError):  # no complete trial: no checkpoint to show
-        checkpoint = str(study.best_trial.user_attrs.get("checkpoint", ""))
+    best = best_of(study.get_trials(deepcopy=False), _maximize(study))
+    checkpoint = "" if best is None else str(best.user_attrs.get("checkpoint", ""))
+    targets = sweep.get("objectives") or [sweep.get("objective", {})]
+    objectives = [(o.get("metric", "value"), d.name.lower()) for o, d in zip(targets, study.directions, strict=False)]
     dists: dict[str, str] = {}
     for t in study.get_trials(deepcopy=False):
         for k, d in t.distributions.items():
             dists.setdefault(k, _kind(d))
     return StudyResult(
         study.study_name,
-        study.direction.name.lower(),
+        study.directions[0].name.lower(),
         sweep.get("objective", {}).get("metric", "value"),
         sweep.get("sampler", {}).get("name", "?"),
         sweep.get("pruner", {}).get("name", "?"),
@@ -213,6 +239,8 @@ def study_result(study: optuna.Study) -> StudyResult:
         importances(study),
         dists,
         checkpoint,
+        objectives,
+        [t.number for t in pareto_front(study)],
     )
 
 
@@ -225,7 +253,8 @@ def importances(study: optuna.Study) -> dict[str, float]:
         return {}
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        found = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        first = (lambda t: t.values[0]) if len(study.directions) > 1 else None  # on the first objective
+        found = optuna.importance.get_param_importances(study, evaluator=evaluator, target=first)
         return {k: round(float(v), 6) for k, v in found.items()}
     except (RuntimeError, ValueError):
         return {}
@@ -273,8 +302,8 @@ def narrative_result(spec: NarrativeSpec, scale: str, storage: str) -> Narrative
         if study_name in names:
             study = optuna.load_study(study_name=study_name, storage=storage)
             runs = sorted((_trial_result(t) for t in study.trials), key=lambda r: (r.params.get("seed", 0), r.number))
-            with contextlib.suppress(ValueError):  # no complete trial: no checkpoint to show
-                checkpoint = str(study.best_trial.user_attrs.get("checkpoint", ""))
+            best = best_of(study.get_trials(deepcopy=False), _maximize(study))
+            checkpoint = "" if best is None else str(best.user_attrs.get("checkpoint", ""))
         steps.append(
             StepResult(
                 step.name,

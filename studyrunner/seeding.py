@@ -42,6 +42,10 @@ def warm_start(study: optuna.Study, spec: SweepSpec, base: TrainConfig, storage:
         earlier = optuna.load_study(study_name=source, storage=spec.warm_start.storage or storage)
     except KeyError:
         raise StudyrunnerError(f"warm_start.study: no study named {source!r} in {spec.warm_start.storage or storage}") from None
+    if len(earlier.directions) != len(spec.targets):
+        raise StudyrunnerError(
+            f"warm_start.study {source!r} has {len(earlier.directions)} objective(s), this sweep {len(spec.targets)}"
+        )
     _check_comparable(earlier, spec, base)
     dists = distributions(spec, base)
     done = {t.user_attrs.get("imported_from") for t in study.get_trials(deepcopy=False)}
@@ -49,10 +53,10 @@ def warm_start(study: optuna.Study, spec: SweepSpec, base: TrainConfig, storage:
     for t in earlier.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         tag = f"{source}#{t.number}"
         params = optuna_params(t.params, dists)
-        if tag in done or params is None or t.user_attrs.get("outcome") == "imported" or t.value is None:
+        if tag in done or params is None or t.user_attrs.get("outcome") == "imported" or not t.values:
             continue
         attrs = {"outcome": "imported", "imported_from": tag}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.value, user_attrs=attrs))
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, values=t.values, user_attrs=attrs))
         added += 1
     return added
 

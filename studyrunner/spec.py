@@ -36,6 +36,7 @@ __all__ = [
     "load_sweep",
     "load_train_config",
     "METRICS",
+    "parse_constraint",
 ]
 
 Problem = tuple[str, tuple[Any, ...]]  # (message, location in the file)
@@ -72,7 +73,10 @@ def _allows_bool(tp: Any) -> bool:
 
 
 class Objective(StrictModel):
-    metric: Literal["val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss"] = "val_acc"
+    # num_params and epoch_seconds (mean seconds per epoch) are for multi-objective studies (`objectives:`)
+    metric: Literal[
+        "val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss", "num_params", "epoch_seconds"
+    ] = "val_acc"
     direction: Literal["maximize", "minimize"] | None = None  # default: maximize accuracies, minimize losses
 
     @property
@@ -174,6 +178,9 @@ class SweepSpec(StrictModel):
     max_retries: int = Field(1, ge=0)  # re-runs of a trial that failed by exception
     train: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, ParamSpec] = Field(default_factory=dict)
+    # two or more: a multi-objective study (Pareto front); the first objective drives pruning and reports
+    objectives: list[Objective] = Field(default_factory=list)
+    constraints: list[str] = Field(default_factory=list)  # "num_params <= 2e6": a trial that breaks one is infeasible
     enqueue: list[dict[str, Any]] = Field(default_factory=list)  # known configurations run first (space keys -> values)
     warm_start: WarmStart | None = None  # finished trials of an earlier study that fit this space inform the sampler
     source: str = ""  # the file it came from (set by load_sweep)
@@ -182,6 +189,27 @@ class SweepSpec(StrictModel):
     @classmethod
     def _flat(cls, v: Any) -> Any:
         return flatten(v) if isinstance(v, dict) else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_objective(cls, data: Any) -> Any:
+        """With ``objectives:``, ``objective`` is the first of them (it drives pruning and reports)."""
+        if isinstance(data, dict) and isinstance(data.get("objectives"), list) and data["objectives"]:
+            if "objective" in data and data["objective"] != data["objectives"][0]:  # a dumped spec holds both, equal
+                raise ValueError("give objective (one) or objectives (several), not both")
+            if len(data["objectives"]) == 1:
+                raise ValueError("objectives needs two or more entries; for one, use objective")
+            data = {**data, "objective": data["objectives"][0]}
+        return data
+
+    @property
+    def targets(self) -> list[Objective]:
+        """The study's objectives, in order (one for an ordinary study)."""
+        return list(self.objectives) or [self.objective]
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.resolved_direction for o in self.targets]
 
     def grid_size(self) -> int:
         """Points of the full grid (the grid sampler needs choices or a step on every parameter)."""
@@ -377,7 +405,7 @@ def _semantic_problems(spec: SweepSpec) -> list[Problem]:
         problems = _condition_problems(spec, name, p, list(spec.space)[:i]) + _range_problems(spec, base, name, p)
         if problems:
             return problems[:1]
-    problems = _grid_problems(spec) + _metric_problems(spec, base) + _enqueue_problems(spec, base)
+    problems = _grid_problems(spec) + _objective_problems(spec, base) + _enqueue_problems(spec, base)
     if spec.budget.patience and spec.budget.min_improvement == "noise" and spec.repeats < 2:
         problems.append(
             (
@@ -411,6 +439,43 @@ def _grid_problems(spec: SweepSpec) -> list[Problem]:
     return []
 
 
+_CONSTRAINT_RE = r"^\s*([a-z_]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$"
+
+
+def parse_constraint(text: str) -> tuple[str, str, float]:
+    """``"num_params <= 2e6"`` -> ("num_params", "<=", 2e6); a ValueError says what is allowed."""
+    import re
+
+    match = re.match(_CONSTRAINT_RE, text)
+    allowed = ", ".join(typing.get_args(Objective.model_fields["metric"].annotation))
+    if not match or match.group(1) not in allowed.split(", "):
+        raise ValueError(f"constraint {text!r}: expected 'METRIC <= NUMBER' or 'METRIC >= NUMBER'; metrics: {allowed}")
+    try:
+        bound = float(match.group(3))
+    except ValueError:
+        raise ValueError(f"constraint {text!r}: {match.group(3)!r} is not a number") from None
+    if not math.isfinite(bound):
+        raise ValueError(f"constraint {text!r}: the bound must be finite")
+    return match.group(1), match.group(2), bound
+
+
+def _objective_problems(spec: SweepSpec, base: TrainConfig) -> list[Problem]:
+    """Each objective's split exists; constraints parse and need a sampler that honours them."""
+    for i, target in enumerate(spec.targets):
+        for problem, loc in _metric_problems(target.metric, base):
+            return [(problem, ("objectives", i) if spec.objectives else loc)]
+    if len({o.metric for o in spec.targets}) != len(spec.targets):
+        return [("objectives: each metric may appear once", ("objectives",))]
+    for i, text in enumerate(spec.constraints):
+        try:
+            parse_constraint(text)
+        except ValueError as exc:
+            return [(f"constraints[{i}]: {exc}", ("constraints", i))]
+    if spec.constraints and spec.sampler.name != "tpe":
+        return [(f"constraints: the {spec.sampler.name} sampler ignores constraints; use sampler.name tpe", ("constraints",))]
+    return []
+
+
 def _enqueue_problems(spec: SweepSpec, base: TrainConfig) -> list[Problem]:
     """Each enqueued configuration names space keys only, with values inside their ranges or choices."""
     for i, entry in enumerate(spec.enqueue):
@@ -434,9 +499,8 @@ def _enqueue_problems(spec: SweepSpec, base: TrainConfig) -> list[Problem]:
     return []
 
 
-def _metric_problems(spec: SweepSpec, base: TrainConfig) -> list[Problem]:
+def _metric_problems(metric: str, base: TrainConfig) -> list[Problem]:
     """The objective's split must exist: no val_* without a validation split, no test_* without a test set."""
-    metric = spec.objective.metric
     if metric.startswith("val_") and base.data.val_fraction == 0 and base.data.dataset == "cifar10":
         return [(f"objective: {metric} needs a validation split; set train.data.val_fraction > 0", ("objective",))]
     if metric.startswith("test_") and base.data.val_from == "test":

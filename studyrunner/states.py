@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 __all__ = [
     "TrialState",
@@ -31,6 +31,8 @@ __all__ = [
     "trial_state",
     "count_states",
     "finished_count",
+    "first_value",
+    "best_of",
 ]
 
 
@@ -89,6 +91,8 @@ class _Trial(Protocol):
     def state(self) -> Any: ...
     @property
     def user_attrs(self) -> dict[str, Any]: ...
+    @property
+    def values(self) -> list[float] | None: ...
 
 
 def state_of(optuna_state: str, attrs: Mapping[str, Any]) -> TrialState:
@@ -109,3 +113,19 @@ def count_states(trials: Iterable[_Trial]) -> dict[TrialState, int]:
 def finished_count(trials: Iterable[_Trial]) -> int:
     """Trials that count towards ``n_trials`` (COMPLETE, PRUNED, DIVERGED)."""
     return sum(1 for t in trials if trial_state(t).finished)
+
+
+def first_value(trial: _Trial) -> float | None:
+    """The trial's value on the study's first (or only) objective; None when it has none."""
+    values = trial.values
+    return float(values[0]) if values else None
+
+
+T = TypeVar("T", bound=_Trial)
+
+
+def best_of(trials: Iterable[T], maximize: bool) -> T | None:
+    """The COMPLETE trial (trained in this study, not imported) best on the first objective."""
+    done = [t for t in trials if trial_state(t) == TrialState.COMPLETE and first_value(t) is not None]
+    sign = 1.0 if maximize else -1.0
+    return max(done, key=lambda t: sign * (first_value(t) or 0.0), default=None)

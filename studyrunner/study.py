@@ -29,13 +29,13 @@ from .rules import converged
 from .samplers import make_pruner, make_sampler
 from .seeding import ENVIRONMENT_KEYS, enqueue_configs, warm_start
 from .spec import SweepSpec
-from .states import TrialState, count_states, finished_count, trial_state
+from .states import TrialState, best_of, count_states, finished_count, first_value, trial_state
 from .stores import check_storage, check_tracking, open_storage, resolve_storage, resolve_tracking_uri, setup_lock
 
 if TYPE_CHECKING:
     from .tracking import Tracker
 
-__all__ = ["RunOptions", "StudyOutcome", "run_study", "run_narrative", "check_stores", "check_budget", "POLL_S"]
+__all__ = ["RunOptions", "StudyOutcome", "run_study", "run_narrative", "check_stores", "check_budget", "best_trial", "POLL_S"]
 
 POLL_S = 2.0  # seconds between looks at a study whose last trials run in other workers
 _WORKER_STRIDE = 7919  # seed offset between parallel workers' sampler streams (a prime)
@@ -94,7 +94,8 @@ def run_study(
         _requeue_interrupted(study)
         enqueue_configs(study, spec, base)
         tracker = _tracker(spec, opts)
-    objective = Objective(spec, base, data or DataSource(opts.data_dir, events.data_progress), tracker, events, target, url)
+    source = data or DataSource(opts.data_dir, events.data_progress)
+    objective = Objective(spec, base, source, tracker, events, target, url, _pruning_study(spec, storage))
     heartbeat = isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None
     driver = _Driver(study, spec, objective, tracker, events, target, heartbeat)
     try:
@@ -116,14 +117,15 @@ def _open_study(spec: SweepSpec, base: TrainConfig, storage: optuna.storages.Bas
         study_name=spec.study,
         storage=storage,
         load_if_exists=True,
-        direction=spec.objective.resolved_direction,  # type: ignore[arg-type]
+        directions=spec.directions,  # type: ignore[arg-type]
         sampler=make_sampler(spec, base),
         pruner=make_pruner(spec),
     )
-    if study.direction.name.lower() != spec.objective.resolved_direction:
+    found = [d.name.lower() for d in study.directions]
+    if found != spec.directions:
         raise StudyrunnerError(
-            f"study {spec.study!r} exists with direction {study.direction.name.lower()}; "
-            f"the sweep asks {spec.objective.resolved_direction}: use another study name"
+            f"study {spec.study!r} exists with direction(s) {', '.join(found)}; "
+            f"the sweep asks {', '.join(spec.directions)}: use another study name"
         )
     _check_same_config(study, base)
     stream = _claim_stream(study)
@@ -132,6 +134,20 @@ def _open_study(spec: SweepSpec, base: TrainConfig, storage: optuna.storages.Bas
     study.set_user_attr("sweep", spec.model_dump(mode="json"))
     study.set_user_attr("base_config", config_to_dict(base))
     return study
+
+
+def _pruning_study(spec: SweepSpec, storage: optuna.storages.BaseStorage) -> optuna.Study | None:
+    """Multi-objective studies: the single-objective study of the first objective whose pruner
+    decides for them (``NAME.pruning``; Optuna cannot prune multi-objective trials itself)."""
+    if len(spec.targets) < 2 or spec.pruner.name == "none":
+        return None
+    return optuna.create_study(
+        study_name=f"{spec.study}.pruning",
+        storage=storage,
+        load_if_exists=True,
+        direction=spec.objective.resolved_direction,  # type: ignore[arg-type]
+        pruner=make_pruner(spec),
+    )
 
 
 def _requeue_interrupted(study: optuna.Study) -> None:
@@ -143,6 +159,11 @@ def _requeue_interrupted(study: optuna.Study) -> None:
         if trial_state(t) == TrialState.INTERRUPTED and t.number not in queued and t.params:
             origin = t.user_attrs.get("origin", t.number)
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "origin": origin}, skip_if_exists=False)
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The COMPLETE trial (trained here, not imported) best on the study's first objective."""
+    return best_of(study.get_trials(deepcopy=False), study.directions[0] == optuna.study.StudyDirection.MAXIMIZE)
 
 
 def _claim_stream(study: optuna.Study) -> int:
@@ -253,7 +274,7 @@ class _Driver:
         else:
             margin = budget.min_improvement
         maximize = self.spec.objective.resolved_direction == "maximize"
-        return converged([float(t.value or 0.0) for t in done], maximize, budget.patience, margin)
+        return converged([first_value(t) or 0.0 for t in done], maximize, budget.patience, margin)
 
     def _after_trial(self, trial: optuna.trial.FrozenTrial) -> None:
         """Re-queue a failed trial's parameters while it has retries left; count failures in a row."""
@@ -286,10 +307,9 @@ class _Driver:
         counts = self.counts()
         metrics = {f"n_{s.value.lower()}": float(counts.get(s, 0)) for s in TrialState if s != TrialState.WAITING}
         params: dict[str, Any] = {}
-        complete = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if complete:
-            best = self.study.best_trial
-            metrics.update(best_value=float(best.value or 0.0), best_trial=float(best.number))
+        best = best_trial(self.study)
+        if best is not None:  # on the first objective; a multi-objective study's front is in `show`
+            metrics.update(best_value=first_value(best) or 0.0, best_trial=float(best.number))
             params = best.params
         tags = {"n_trials_finished": str(self.finished())}
         failed = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
