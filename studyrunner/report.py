@@ -30,6 +30,7 @@ __all__ = [
     "history_info",
     "params_info",
     "curves_info",
+    "pareto_section",
     "EFFECT_BINS",
 ]
 
@@ -238,13 +239,31 @@ def _save_curves(histories: dict[str, list[dict[str, Any]]], title: str, path: P
     return True
 
 
+def pareto_section(r: StudyResult) -> list[str]:
+    """Multi-objective studies: the trials no other trial beats on every objective."""
+    if not r.front:
+        return []
+    names = [f"{metric} ({'max' if d == 'maximize' else 'min'})" for metric, d in r.objectives]
+    on_front = [t for t in r.trials if t.number in r.front and t.values]
+    rows = [[t.number, *[_num(v) for v in t.values or []], _params(t.params)] for t in sorted(on_front, key=lambda t: t.number)]
+    return [
+        "### Pareto front",
+        "",
+        f"{len(on_front)} trials no other trial beats on every objective; pruning and the tables above use the first.",
+        "",
+        md_table(["trial", *names, "parameters"], rows),
+        "",
+    ]
+
+
 def render_study(r: StudyResult, out: Path | None, gallery: Callable[[str, Path], bool] | None = None) -> str:
     """One study's section: summary, leaderboard, effects, importances, plots (and with ``gallery``,
     the best trial's predictions on validation images)."""
     parts = [
         f"## {r.name}",
         "",
-        f"Objective: {r.direction} `{r.metric}`; sampler `{r.sampler}`, pruner `{r.pruner}`.",
+        f"Objective: {', '.join(f'{d} `{m}`' for m, d in r.objectives) or f'{r.direction} `{r.metric}`'}; "
+        f"sampler `{r.sampler}`, pruner `{r.pruner}`.",
         "",
         md_table(SUMMARY_HEADERS, summary_rows(r)),
         "",
@@ -253,6 +272,7 @@ def render_study(r: StudyResult, out: Path | None, gallery: Callable[[str, Path]
         leaderboard(r),
         "",
     ]
+    parts += pareto_section(r)
     tables = effects(r)
     if tables:
         parts += ["### Parameter effects", ""]

@@ -40,6 +40,9 @@ def test_a_two_objective_study_runs_and_reports_its_front(tmp_path, tiny_train, 
     assert ls.exit_code == 0 and "front:" in ls.output and ".pruning" not in ls.output
     show = CliRunner().invoke(app, ["show", "s", "--storage", storage])
     assert show.exit_code == 0 and "Pareto front (val_acc, num_params)" in show.output
+    report = CliRunner().invoke(app, ["report", "s", "--storage", storage, "--out", str(tmp_path / "rep")])
+    text = (tmp_path / "rep" / "README.md").read_text()
+    assert report.exit_code == 0 and "### Pareto front" in text and "num_params (min)" in text
 
 
 def _dominates(a, b) -> bool:
