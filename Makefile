@@ -28,7 +28,8 @@ $(DATA)/cifar10-jpg/.unpacked:
 # The main job: document 004's first question (optimizer x learning rate) as an Optuna study,
 # CPU-sized; trials land in runs/optuna.db and runs/mlflow.db (see them with `studyrunner ui`).
 run: install data
-	$(BIN)/studyrunner run sweeps/cifar_lr.yaml --n-trials 12 --set data.train_subset=3000 --set epochs=8
+	$(BIN)/studyrunner run sweeps/cifar_lr.yaml --n-trials 12 --set data.train_subset=3000 --set data.val_subset=1000 \
+	    --set epochs=8
 
 # One configuration: document 004's BatchNorm step on 10,000 CIFAR-10 images, 10 epochs.
 train: install data

@@ -141,7 +141,7 @@ def trial_overhead(
         {
             "study": "overhead",
             "budget": {"n_trials": trials},
-            "pruner": {"name": "median"},
+            "pruner": {"name": "median", "no_learning_epochs": 0},  # every trial runs all its epochs
             "train": {"epochs": epochs, "data": {"train_subset": subset}},
             "space": {"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}},
         }

@@ -291,10 +291,12 @@ def validate(
         f"{spec.objective.metric}, {spec.budget.n_trials} trials, sampler {spec.sampler.name}, pruner {spec.pruner.name}",
     )
     for key, p in spec.space.items():
+        whole = p.kind(base, key) == "int"  # an int key's range prints as ints
+        low, high, step = ((int(v) if whole and v is not None else v) for v in (p.low, p.high, p.step))
         rng = (
             str(p.choices)
             if p.choices is not None
-            else f"{p.low} .. {p.high}" + (" log" if p.log else "") + (f" step {p.step}" if p.step else "")
+            else f"{low} .. {high}" + (" log" if p.log else "") + (f" step {step}" if step else "")
         )
         table.add_row(key, p.kind(base, key), rng, str(p.when or ""))
     Console().print(table)

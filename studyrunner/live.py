@@ -106,7 +106,7 @@ class LiveStudy(StudyEvents):
                 state,
                 "-" if not t.values else " / ".join(f"{v:.4g}" for v in t.values),
                 "-" if test is None else f"{100 * test:.2f}%",
-                str(len(t.intermediate_values)),
+                str(t.user_attrs.get("epochs") or len(t.user_attrs.get("history") or []) or len(t.intermediate_values)),
                 *[(f"{t.params[k]:.3g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, "-"))) for k in params],
             )
         Console().print(table)

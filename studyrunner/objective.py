@@ -205,8 +205,10 @@ class Objective:
             cfg = apply_overrides(run.cfg, {"seed": run.cfg.seed + r})
             n_eval = len(splits.val) if splits.val is not None else len(splits.train)
             on_epoch = self._on_epoch(trial, run, r, len(splits.classes), n_eval)
-            result = fit(cfg, splits, on_epoch, self.events.batch_done, resume=run.retry)
-            self.timings["fit_s"] += time.perf_counter() - start
+            try:
+                result = fit(cfg, splits, on_epoch, self.events.batch_done, resume=run.retry)
+            finally:  # pruned runs end in an exception: their training time counts all the same
+                self.timings["fit_s"] += time.perf_counter() - start
             run.results.append(result)
             if result.outcome == "diverged":
                 run.outcome, run.reason = "diverged", result.reason
@@ -235,6 +237,7 @@ class Objective:
                 value = run_value(first, metric, "maximize" if metric in ("val_acc", "train_acc", "test_acc") else "minimize")
             v = float("inf") if value is None else value
             out.append(v - bound if op == "<=" else bound - v)
+            trial.set_constraint(text, out[-1])  # the sampler reads it (<= 0: feasible)
         trial.set_user_attr("constraints", out)
 
     def _on_epoch(
@@ -275,6 +278,8 @@ class Objective:
     def _record(self, trial: optuna.Trial, run: _Trial) -> None:
         """The outcome as user attributes (what results and reports read), then the MLflow run's end."""
         trial.set_user_attr("outcome", run.outcome)
+        if not (Path(run.cfg.out_dir) / "best.pt").is_file():  # a diverged first epoch leaves no checkpoint: name none
+            trial.set_user_attr("checkpoint", "")
         self._settle(run)
         if run.outcome in ("diverged", "pruned"):
             trial.set_user_attr("reason", run.reason)

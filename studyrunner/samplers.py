@@ -21,14 +21,9 @@ __all__ = ["SAMPLERS", "PRUNERS", "make_sampler", "make_pruner"]
 
 SamplerFactory = Callable[[SweepSpec, TrainConfig, int | None, dict[str, Any]], optuna.samplers.BaseSampler]
 
-def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """The trial's constraint values (<= 0 feasible) as the objective recorded them; a trial that
-    ended before it could measure them counts as infeasible."""
-    return [float(v) for v in trial.user_attrs.get("constraints", [1.0])]
-
-
 def _tpe(spec: SweepSpec, seed: int | None, startup: dict[str, Any]) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(seed=seed, constraints_func=_constraints if spec.constraints else None, **startup)
+    """TPE; constraints reach it through ``trial.set_constraint`` (the objective sets them)."""
+    return optuna.samplers.TPESampler(seed=seed, **startup)
 
 
 SAMPLERS: dict[str, SamplerFactory] = {

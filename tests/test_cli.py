@@ -116,7 +116,7 @@ def test_validate_run_ls_show_export(tmp_path, tiny_train, monkeypatch):
     res = runner.invoke(app, ["show", "nope", *store])
     assert res.exit_code == 1 and "no study named 'nope'" in flat(res) and "cli_s" in flat(res)
     res = runner.invoke(app, ["export", "cli_s", "--format", "xlsx", *store])
-    assert res.exit_code == 1 and "allowed are csv, parquet" in flat(res)
+    assert res.exit_code == 1 and "allowed without --best: csv, parquet" in flat(res)
     res = runner.invoke(app, ["report", str(sweep), *store, "--gallery", "--out", str(tmp_path / "rep")])
     assert res.exit_code == 0, res.output
     text = (tmp_path / "rep" / "README.md").read_text()
