@@ -38,6 +38,7 @@ __all__ = [
     "cache_root",
     "batches",
     "check_objective_split",
+    "project_folder",
 ]
 
 CACHE_VERSION = 3
@@ -162,9 +163,21 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
 # --------------------------------------------------------------------------- sources
 
 
+def project_folder(name: str) -> Path | None:
+    """``.data/NAME`` of the project this command runs in (the working directory or a parent), as
+    ``make`` unpacks it: found without any environment variable."""
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / ".data" / name
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
 def resolve_root(cfg: DataConfig, data_dir: str | None = None) -> Path:
-    """The data root: ``data.path``, else ``--data-dir``, else ``$STUDYRUNNER_DATA_DIR``."""
-    raw = cfg.path or data_dir or os.environ.get("STUDYRUNNER_DATA_DIR", "")
+    """The data root: ``data.path``, else ``--data-dir``, else ``$STUDYRUNNER_DATA_DIR``, else the
+    project's ``.data/cifar10-jpg`` (what ``make`` unpacks)."""
+    raw = cfg.path or data_dir or os.environ.get("STUDYRUNNER_DATA_DIR", "") or str(project_folder("cifar10-jpg") or "")
     if not raw:
         raise DataError(
             "no data directory: set data.path, pass --data-dir DIR or export STUDYRUNNER_DATA_DIR. "
@@ -263,7 +276,7 @@ def _decode_all(files: list[Path], size: int, resize: int, what: str, progress: 
 
 def cache_root(cfg: DataConfig) -> Path:
     """Where decoded images (and a frozen backbone's features) are cached."""
-    raw = cfg.cache_dir or os.environ.get("STUDYRUNNER_CACHE_DIR") or "~/.cache/studyrunner"
+    raw = cfg.cache_dir or os.environ.get("STUDYRUNNER_CACHE_DIR") or str(project_folder("cache") or "~/.cache/studyrunner")
     return Path(raw).expanduser()
 
 

@@ -128,6 +128,7 @@ def test_missing_directory_names_it(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="nope.* does not exist"):
         load_splits(DataConfig(path=str(tmp_path / "nope")))
     monkeypatch.delenv("STUDYRUNNER_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # outside any project with a .data/ folder
     with pytest.raises(DataError, match="no data directory.*--data-dir"):
         load_splits(DataConfig())
 
@@ -248,3 +249,17 @@ def test_validation_and_test_subsets_are_stratified_and_seeded(tmp_path):
         and torch.bincount(s.test.labels).tolist() == [3] * 3
     )
     assert torch.equal(load_splits(cfg).val.images, s.val.images)
+
+
+def test_the_projects_data_folder_is_found_without_any_variable(tmp_path, monkeypatch):
+    """After `make`, commands run anywhere inside the project find .data/cifar10-jpg and .data/cache."""
+    from studyrunner.data import cache_root, resolve_root
+
+    (tmp_path / ".data" / "cifar10-jpg").mkdir(parents=True)
+    (tmp_path / ".data" / "cache").mkdir()
+    (tmp_path / "sweeps").mkdir()
+    monkeypatch.delenv("STUDYRUNNER_DATA_DIR", raising=False)
+    monkeypatch.delenv("STUDYRUNNER_CACHE_DIR", raising=False)
+    monkeypatch.chdir(tmp_path / "sweeps")
+    assert resolve_root(DataConfig()) == (tmp_path / ".data" / "cifar10-jpg").resolve()
+    assert cache_root(DataConfig()) == (tmp_path / ".data" / "cache").resolve()
