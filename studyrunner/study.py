@@ -128,6 +128,9 @@ def _open_study(spec: SweepSpec, base: TrainConfig, storage: optuna.storages.Bas
             f"the sweep asks {', '.join(spec.directions)}: use another study name"
         )
     _check_same_config(study, base)
+    with warnings.catch_warnings():  # marked experimental by Optuna; optuna-dashboard shows these names
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([o.metric for o in spec.targets])
     stream = _claim_stream(study)
     if stream:
         study.sampler = make_sampler(spec, base, offset=_WORKER_STRIDE * stream)

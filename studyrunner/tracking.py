@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["Tracker", "metric_key", "git_commit", "prepare_store", "ROLE", "STUDY"]
 
 ROLE, STUDY = "studyrunner.role", "studyrunner.study"  # tags that tell a study's parent run from its trials
+EXPERIMENT_KIND = "mlflow.experimentKind"
+PATH_KEYS = ("out_dir", "data.path", "data.cache_dir")  # per-trial or per-machine paths: tags, not params
 
 
 def _artifact_root(uri: str) -> str | None:
@@ -87,7 +89,8 @@ class Tracker:
         if exp:
             return str(exp.experiment_id)
         try:
-            return str(self.client.create_experiment(self.study, artifact_location=_artifact_root(self.uri)))
+            kind = {EXPERIMENT_KIND: "custom_model_development"}  # the UI opens on training runs, not GenAI traces
+            return str(self.client.create_experiment(self.study, artifact_location=_artifact_root(self.uri), tags=kind))
         except MlflowException:  # created by another worker in the meantime
             exp = self.client.get_experiment_by_name(self.study)
             if exp is None:
@@ -141,8 +144,10 @@ class Tracker:
                 **({"classes": ", ".join(classes)[:5000]} if classes else {}),
             },
         )
-        params = [Param(k, str(v)) for k, v in flatten(config_to_dict(config)).items()]
+        flat = flatten(config_to_dict(config))  # where a trial writes is a tag: as a param it would top every comparison
+        params = [Param(k, str(v)) for k, v in flat.items() if k not in PATH_KEYS]
         sampled_tags = [RunTag(f"sampled.{k}", str(v)) for k, v in sampled.items()]
+        sampled_tags += [RunTag(k, str(flat[k])) for k in PATH_KEYS if flat.get(k)]
         for i in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[i : i + 100], tags=sampled_tags if i == 0 else ())
         self.client.log_text(run.info.run_id, yaml.safe_dump(config_to_dict(config), sort_keys=False), "config.yaml")

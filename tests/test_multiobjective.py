@@ -28,6 +28,7 @@ def test_a_two_objective_study_runs_and_reports_its_front(tmp_path, tiny_train, 
     spec = sweep_spec(tmp_path, tiny_train.replace("epochs: 3", "epochs: 2"), head=HEAD + "budget: {n_trials: 4}\n", space=SPACE)
     study = run_study(spec, _opts(tmp_path)).study
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val_acc", "num_params"]  # what optuna-dashboard labels the axes with
     done = [t for t in study.trials if trial_state(t) == TrialState.COMPLETE]
     assert len(done) == 4 and all(len(t.values) == 2 for t in done)
     assert {t.values[1] for t in done} <= {float(t.values[1]) for t in done} and all(t.values[1] > 1000 for t in done)

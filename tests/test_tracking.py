@@ -43,7 +43,7 @@ def test_parent_run_is_found_again_on_resume(tmp_path, tracker):
 
 
 def test_a_complete_trial_gets_params_epochs_metrics_and_artifacts(tmp_path, tracker):
-    run_id = tracker.start_trial(0, TrainConfig(), {"optim.lr": 0.01}, {"seed": "0"}, ["cat", "dog"])
+    run_id = tracker.start_trial(0, TrainConfig(out_dir="/x/trial-0"), {"optim.lr": 0.01}, {"seed": "0"}, ["cat", "dog"])
     result = _result()
     for record in result.history:
         tracker.log_epoch(run_id, record)
@@ -52,6 +52,9 @@ def test_a_complete_trial_gets_params_epochs_metrics_and_artifacts(tmp_path, tra
     assert run.info.status == "FINISHED" and run.data.tags["state"] == "COMPLETE"
     assert run.data.tags["mlflow.parentRunId"] == tracker.parent_id and run.data.tags["sampled.optim.lr"] == "0.01"
     assert run.data.params["optim.lr"] == "0.01" and run.data.params["model.name"] == "cifar_alexnet"
+    assert "out_dir" not in run.data.params and run.data.tags["out_dir"] == "/x/trial-0"  # a path is no parameter to compare
+    exp = tracker.client.get_experiment(tracker.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on training runs
     assert run.data.metrics["value"] == pytest.approx(0.74) and run.data.metrics["value_sd"] > 0
     assert run.data.metrics["val_acc_dog"] == 1.0 and run.data.metrics["epochs_run"] == 3
     history = tracker.client.get_metric_history(run_id, "val_acc")
