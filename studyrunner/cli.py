@@ -221,6 +221,16 @@ def bench(
         ),
     ] = False,
     epochs: Annotated[int, typer.Option(help="--frozen: epochs per trial.")] = 3,
+    search: Annotated[
+        Path | None,
+        typer.Option(
+            "--search",
+            help="Time-to-quality of search strategies on this sweep's space: every configuration trained once "
+            "(a resumable table), then samplers x pruners x stopping rules replayed over several seeds.",
+        ),
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="--search: sampler seeds per strategy.")] = 5,
+    out: Annotated[Path, typer.Option(help="--search: report folder.")] = Path("reports/search_bench"),
 ) -> None:
     """Training images/s: the documents' pipeline (ImageFolder + PIL + DataLoader, fp32) vs the engine."""
     from .bench import frozen_head, machine, run_bench
@@ -228,6 +238,13 @@ def bench(
     for option, value in (("--images", images), ("--batch-size", batch_size), ("--epochs", epochs)):
         _positive(option, value)
     console.print(f"on {machine()}", highlight=False)
+    if search is not None:
+        from .searchbench import run_search_bench
+
+        _positive("--seeds", seeds)
+        _output_folder("--out", out)
+        _figures(run_search_bench(search, {}, data_dir, out, seeds=seeds, log=lambda m: console.print(m, highlight=False)))
+        return
     if frozen:
         _figures(frozen_head(data_dir, 50, 100, epochs, log=lambda m: console.print(m, highlight=False)))
         return
