@@ -36,15 +36,21 @@ SAMPLERS: dict[str, SamplerFactory] = {
 }
 
 
+def _warmup(p: PrunerSpec) -> int:
+    """Optuna's n_warmup_steps: a trial can be pruned from step == n_warmup_steps on, and steps are
+    1-based epochs here, so ``warmup_epochs`` epochs are safe when it is warmup_epochs + 1."""
+    return p.warmup_epochs + 1
+
+
 def _median(p: PrunerSpec) -> optuna.pruners.BasePruner:
-    return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs)
+    return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=_warmup(p))
 
 
 PRUNERS: dict[str, Callable[[PrunerSpec], optuna.pruners.BasePruner]] = {
     "none": lambda p: optuna.pruners.NopPruner(),
     "median": _median,
     "percentile": lambda p: optuna.pruners.PercentilePruner(
-        p.percentile, n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs
+        p.percentile, n_startup_trials=p.startup_trials, n_warmup_steps=_warmup(p)
     ),
     "successive_halving": lambda p: optuna.pruners.SuccessiveHalvingPruner(
         min_resource=p.min_resource, reduction_factor=p.reduction_factor
@@ -52,7 +58,7 @@ PRUNERS: dict[str, Callable[[PrunerSpec], optuna.pruners.BasePruner]] = {
     "hyperband": lambda p: optuna.pruners.HyperbandPruner(
         min_resource=1 if p.min_resource == "auto" else p.min_resource, reduction_factor=p.reduction_factor
     ),
-    "threshold": lambda p: optuna.pruners.ThresholdPruner(lower=p.lower, upper=p.upper, n_warmup_steps=p.warmup_epochs),
+    "threshold": lambda p: optuna.pruners.ThresholdPruner(lower=p.lower, upper=p.upper, n_warmup_steps=_warmup(p)),
     "patient": lambda p: optuna.pruners.PatientPruner(_median(p), patience=p.patience, min_delta=p.min_delta),
 }
 

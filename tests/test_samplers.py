@@ -72,3 +72,28 @@ def test_an_offset_gives_another_stream_and_the_same_offset_the_same_one():
         return [t.params["x"] for t in study.trials]
 
     assert first_lrs(0) == first_lrs(0) and first_lrs(0) != first_lrs(7919)
+
+
+def test_warmup_epochs_are_the_epochs_that_cannot_be_pruned(tmp_path):
+    """Epochs are 1-based steps and Optuna prunes from step == n_warmup_steps: warmup_epochs 2
+    keeps epochs 1 and 2 safe, the earliest prune is at epoch 3."""
+    import optuna
+
+    from studyrunner.samplers import make_pruner
+    from studyrunner.spec import load_sweep
+
+    from .conftest import write_sweep
+
+    spec = load_sweep(write_sweep(tmp_path, "study: w\npruner: {name: median, warmup_epochs: 2, startup_trials: 0}\n"))
+    study = optuna.create_study(pruner=make_pruner(spec))
+    for value in (0.9, 0.9):  # two finished trials at 0.9 every epoch
+        t = study.ask()
+        for epoch in (1, 2, 3):
+            t.report(value, epoch)
+        study.tell(t, value)
+    bad = study.ask()
+    verdicts = []
+    for epoch in (1, 2, 3):
+        bad.report(0.1, epoch)
+        verdicts.append(bad.should_prune())
+    assert verdicts == [False, False, True]
