@@ -85,7 +85,7 @@ def test_warmup_epochs_are_the_epochs_that_cannot_be_pruned(tmp_path):
     from .conftest import write_sweep
 
     spec = load_sweep(write_sweep(tmp_path, "study: w\npruner: {name: median, warmup_epochs: 2, startup_trials: 0}\n"))
-    study = optuna.create_study(pruner=make_pruner(spec))
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(spec))
     for value in (0.9, 0.9):  # two finished trials at 0.9 every epoch
         t = study.ask()
         for epoch in (1, 2, 3):
