@@ -163,7 +163,7 @@ def train(
     """Train one configuration and print a per-epoch table."""
     from .config import config_to_dict, parse_assignments
     from .data import load_splits
-    from .engine import fit, resolve_config
+    from .engine import fit, resolve_config, state_path
     from .spec import load_train_config
 
     _output_file("--json", json_path)
@@ -190,6 +190,9 @@ def train(
         )
         epochs = _EpochTable(bar)
         result = fit(cfg, splits, epochs.on_epoch, epochs.on_batch)
+    saved = state_path(cfg)
+    if saved is not None:  # the run is over: nothing to resume
+        saved.unlink(missing_ok=True)
     console.print(epochs.table)
     for note in result.notes:
         console.print(note, highlight=False)
