@@ -8,8 +8,6 @@ cache with batched on-device augmentation. Both are timed in steady state (after
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +20,7 @@ from torchvision import datasets, transforms
 from .config import TrainConfig, apply_overrides
 from .data import DataError, ImageSet, load_splits, resolve_root
 from .engine import build_context, fit, resolve_config, train_one_epoch
+from .environment import machine
 from .models import CifarAlexNet
 from .optim import Schedule, build_optimizer
 
@@ -172,18 +171,6 @@ def trial_overhead(
         "epoch_logging_per_epoch_s": logging / (trials * epochs),
         "share_of_1min_trial": per_trial / 60.0,
     }
-
-
-def machine() -> str:
-    """The CPU model, the flags that decide its speed here (AVX2, AVX-512, AVX512-BF16, AMX) and the GPU, if any."""
-    text = ""
-    with contextlib.suppress(OSError):
-        text = Path("/proc/cpuinfo").read_text()
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "unknown CPU")
-    words = set(text.split())
-    flags: list[str] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in words] or ["no avx2/avx512"]
-    gpu = f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{model} ({os.cpu_count()} cores; {', '.join(flags)}){gpu}"
 
 
 FROZEN_CLASSES = ("frog", "horse", "ship", "truck")  # the committed transfer study's "own" classes

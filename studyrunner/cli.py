@@ -587,6 +587,8 @@ def ui(tracking_uri: TrackingOpt = None, port: Annotated[int, typer.Option(help=
     uri = resolve_tracking_uri(tracking_uri)
     console.print(f"MLflow UI on http://127.0.0.1:{port} for {uri} (Ctrl-C stops it)")
     subprocess.run(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
+        # one worker process: a UI for one user does not need MLflow's default four (and their memory)
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+        + ["--workers", "1"],
         check=False,
     )

@@ -29,15 +29,18 @@ def learning_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], title:
     for i, (label, history) in enumerate(histories.items()):
         colour = f"C{i % 10}"
         epochs = [r["epoch"] for r in history]
-        for ax, key in ((acc, "acc"), (loss, "loss")):
-            ax.plot(epochs, [r[f"train_{key}"] for r in history], "--", color=colour, alpha=0.7)
+        for ax, key in ((acc, "acc"), (loss, "loss")):  # markers: a diverged run of one epoch still shows
+            ax.plot(epochs, [r[f"train_{key}"] for r in history], "--", color=colour, alpha=0.7, marker=".")
             vals = [r.get(f"val_{key}") for r in history]
             if any(v is not None for v in vals):
-                ax.plot(epochs, [float("nan") if v is None else v for v in vals], "-", color=colour, label=label)
+                ax.plot(epochs, [float("nan") if v is None else v for v in vals], "-", color=colour, label=label, marker=".")
             elif not ax.get_legend_handles_labels()[1] or label not in ax.get_legend_handles_labels()[1]:
                 ax.plot([], [], "--", color=colour, label=label)
     acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy (train dashed, val solid)")
     loss.set(xlabel="epoch", ylabel="loss", title="loss (train dashed, val solid)")
+    top = _loss_ceiling(histories)
+    if top is not None:  # one exploding run must not flatten every other curve
+        loss.set_ylim(0, top)
     acc.legend(fontsize=7, loc="lower right")
     for ax in (acc, loss):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -45,6 +48,21 @@ def learning_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _loss_ceiling(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> float | None:
+    """The loss axis's top when some loss lies far above the rest: twice the smaller of the largest
+    first-epoch loss and four times the median loss (the scale of the curves that learn); None
+    when every loss fits below it."""
+    import math
+
+    starts = [float(h[0]["train_loss"]) for h in histories.values() if h and math.isfinite(float(h[0]["train_loss"]))]
+    losses = [float(v) for h in histories.values() for r in h for v in (r.get("train_loss"), r.get("val_loss")) if v is not None]
+    finite = [v for v in losses if math.isfinite(v)]
+    if not starts or not finite:
+        return None
+    ceiling = 2.0 * min(max(starts), sorted(finite)[len(finite) // 2] * 4)
+    return ceiling if max(finite) > ceiling else None
 
 
 def confusion_figure(classes: Sequence[str], matrix: Sequence[Sequence[int]]) -> Figure:

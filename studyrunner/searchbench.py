@@ -27,10 +27,10 @@ from typing import Any
 import optuna
 
 from . import plots
-from .bench import machine
 from .config import TrainConfig, apply_overrides
 from .data import Splits, load_splits
 from .engine import fit, resolve_config
+from .environment import machine
 from .errors import StudyrunnerError
 from .report import md_table
 from .rules import chance_band, no_learning

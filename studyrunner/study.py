@@ -22,6 +22,7 @@ import optuna
 from .config import TrainConfig, apply_overrides, config_to_dict, flatten
 from .data import check_objective_split
 from .engine import resolve_config
+from .environment import environment_tags
 from .errors import StudyrunnerError
 from .narrative import NarrativeSpec
 from .objective import DataSource, Objective, StudyEvents
@@ -357,7 +358,8 @@ def _tracker(spec: SweepSpec, opts: RunOptions) -> Tracker | None:
         "pruner": spec.pruner.name,
         "git_commit": git_commit(),
         "sweep_file": spec.source,
-        "objective": f"{spec.objective.resolved_direction} {spec.objective.metric}",
+        "objective": ", ".join(f"{o.resolved_direction} {o.metric}" for o in spec.targets),
+        **environment_tags(),
     }
     return Tracker(resolve_tracking_uri(opts.tracking_uri), spec.study, tags)
 

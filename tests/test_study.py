@@ -36,6 +36,7 @@ def test_study_resumes_to_n_trials_and_mlflow_nests_every_trial(tmp_path, tiny_t
         assert child.info.status == "FINISHED" and child.data.tags["state"] == "COMPLETE"
         assert child.data.params["optim.name"] == "adam" and "augment.flip" in child.data.params
         assert child.data.tags["git_commit"] and child.data.tags["sampler"] == "tpe"
+        assert "cores" in child.data.tags["env.machine"] and child.data.tags["env.torch"]  # the machine behind the figures
         history = client.get_metric_history(child.info.run_id, "val_acc")
         assert [m.step for m in history] == [1, 2, 3]
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
