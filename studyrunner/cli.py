@@ -11,7 +11,7 @@ import functools
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -124,15 +124,22 @@ def _fmt(v: float | None, pct: bool = False) -> str:
 
 
 class _EpochTable:
-    """Per-epoch rows of ``studyrunner train``: printed as they come, kept for the final table."""
+    """Per-epoch rows of ``studyrunner train`` under one header, printed as they come (once)."""
 
     HEADERS = ("epoch", "train loss", "train acc %", "val loss", "val acc %", "lr", "s", "img/s")
+    WIDTHS = (5, 10, 11, 9, 9, 9, 6, 6)
 
     def __init__(self, bar: Progress) -> None:
-        self.bar, self.table = bar, _table(*self.HEADERS)
+        self.bar = bar
         self.task = bar.add_task("epoch 1", total=None)
+        self.rows = 0
+
+    def _line(self, cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) for c, w in zip(cells, self.WIDTHS, strict=True))
 
     def on_epoch(self, r: Any) -> None:
+        if not self.rows:
+            self.bar.console.print(self._line(self.HEADERS), highlight=False, style="bold")
         row = (
             str(r.epoch),
             _fmt(r.train_loss),
@@ -143,8 +150,8 @@ class _EpochTable:
             f"{r.epoch_seconds:.1f}",
             f"{r.images_per_s:.0f}",
         )
-        self.table.add_row(*row)
-        self.bar.console.print("  ".join(row), highlight=False)
+        self.rows += 1
+        self.bar.console.print(self._line(row), highlight=False)
         self.bar.update(self.task, description=f"epoch {r.epoch + 1}", completed=0)
 
     def on_batch(self, done: int, total: int) -> None:
@@ -193,7 +200,6 @@ def train(
     saved = state_path(cfg)
     if saved is not None:  # the run is over: nothing to resume
         saved.unlink(missing_ok=True)
-    console.print(epochs.table)
     for note in result.notes:
         console.print(note, highlight=False)
     test = f"test acc {_fmt(result.test_acc, True)}%  test loss {_fmt(result.test_loss)}" if result.test_acc is not None else ""

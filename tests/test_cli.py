@@ -56,6 +56,10 @@ def test_train_on_own_folder_writes_json(tmp_path, monkeypatch):
     assert len(result["history"]) == 2 and result["config"]["data"]["dataset"] == "folder"
     assert {"train_acc", "val_acc", "train_loss", "val_loss", "lr", "epoch_seconds", "images_per_s"} <= set(result["history"][0])
     assert "test_acc" in result and (tmp_path / "ck" / "last.pt").exists()
+    lines = res.output.splitlines()
+    assert sum("train loss" in line for line in lines) == 1  # one header, above the rows, no second table
+    assert [line.split()[0] for line in lines if line.strip()[:1].isdigit()][:2] == ["1", "2"]
+    assert not list((tmp_path / "ck").glob("state-*.pt"))  # the run is over: no state left to resume
 
 
 def test_train_reads_a_yaml_config(tmp_path, monkeypatch):
