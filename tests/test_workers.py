@@ -73,10 +73,10 @@ def pg_url():
     shutil.rmtree(home, ignore_errors=True)
 
 
-def _sweep(tmp_path: Path, tiny_train: str, n_trials: int, epochs: int = 3, name: str = "w") -> Path:
+def _sweep(tmp_path: Path, tiny_train: str, n_trials: int, epochs: int = 3, name: str = "w", head: str = "") -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(
-        f"study: {name}\nbudget: {{n_trials: {n_trials}}}\n"
+        f"study: {name}\nbudget: {{n_trials: {n_trials}}}\n{head}"
         + tiny_train.replace("epochs: 3", f"epochs: {epochs}")
         + "space:\n  optim.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n  seed: {low: 0, high: 1000}\n"
     )
@@ -172,7 +172,8 @@ def test_sigkilled_worker_trial_is_failed_retried_and_its_run_ended(tmp_path, ti
 
 @pytest.mark.parametrize(("sig", "code", "why"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_ctrl_c_or_sigterm_marks_the_trial_ends_its_run_and_the_study_resumes(tmp_path, tiny_train, sig, code, why):
-    sweep = _sweep(tmp_path, tiny_train, n_trials=2, epochs=60, name="intr")
+    # every trial must still be running when the signal comes: nothing stops it early
+    sweep = _sweep(tmp_path, tiny_train, n_trials=2, epochs=60, name="intr", head="pruner: {no_learning_epochs: 0}\n")
     storage, tracking = f"sqlite:///{tmp_path / 'o.db'}", f"sqlite:///{tmp_path / 'm.db'}"
     args = [sys.executable, "-m", "studyrunner", "run", str(sweep), "--storage", storage, "--tracking-uri", tracking]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
