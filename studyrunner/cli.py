@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
-from .errors import StudyrunnerError, Terminated
+from .errors import StudyrunnerError, Terminated, note_signal
 
 app = typer.Typer(
     name="studyrunner",
@@ -423,7 +423,13 @@ def _fail_if_nothing_finished(outcomes: list[Any]) -> None:
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
+    note_signal(signum)
     raise Terminated()
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    note_signal(signum)
+    raise KeyboardInterrupt()
 
 
 @contextlib.contextmanager
@@ -431,6 +437,7 @@ def _interruptible() -> Iterator[None]:
     """Ctrl-C (exit 130) and SIGTERM (exit 143) end the current trial INTERRUPTED, its MLflow run
     and the study's parent run KILLED, and leave the study to resume; one line says so."""
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_int = signal.signal(signal.SIGINT, _raise_interrupted)
     try:
         yield
     except KeyboardInterrupt as exc:
@@ -439,6 +446,7 @@ def _interruptible() -> Iterator[None]:
         raise typer.Exit(code) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 @app.command("ls")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import statistics
 import time
 import warnings
@@ -23,7 +24,7 @@ import optuna
 from .config import DataConfig, TrainConfig, apply_overrides
 from .data import Progress, Splits, load_splits
 from .engine import EpochRecord, FitResult, fit, resolve_config
-from .errors import StudyrunnerError, Terminated
+from .errors import StudyrunnerError, Terminated, signalled
 from .rules import no_learning
 from .space import suggest
 from .spec import SweepSpec, parse_constraint
@@ -168,6 +169,11 @@ class Objective:
             )
             raise
         except BaseException as exc:  # recorded, then re-raised for Optuna to mark FAIL
+            sig = signalled()
+            if sig is not None:  # Ctrl-C/SIGTERM surfaced as another error (inside torch.save, a driver): an interruption
+                run.outcome = "interrupted"
+                run.reason = "terminated (SIGTERM)" if sig == signal.SIGTERM else "interrupted (Ctrl-C)"
+                raise (Terminated() if sig == signal.SIGTERM else KeyboardInterrupt()) from exc
             run.outcome, run.reason = "failed", failure_reason(exc)
             raise
         finally:
