@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import augment_batch, normalize
-from .config import AugmentConfig, ConfigError, TrainConfig, config_to_dict
+from .config import ENVIRONMENT_KEYS, AugmentConfig, ConfigError, TrainConfig, config_to_dict, flatten
 from .data import ImageSet, Splits, batches, cache_root
 from .features import cache_for, digest, extract, random_augmentation
 from .models import build_model, head_module, imagenet_pretrained, input_size, load_init, weights_normalisation
@@ -457,7 +457,6 @@ def _keep_if_best(run: _Run, record: EpochRecord) -> None:
             _save(run.out / "best.pt", run.ctx, run.cfg, record, run.splits.classes)
 
 
-_STATE_KEYS_IGNORED = {"out_dir", "threads", "device", "precision", "eval_batch_size", "data.path", "data.cache_dir"}
 
 
 def state_path(cfg: TrainConfig) -> Path | None:
@@ -467,9 +466,7 @@ def state_path(cfg: TrainConfig) -> Path | None:
 
 def _identity(cfg: TrainConfig) -> dict[str, Any]:
     """What a state file must match to be resumed: the config, less where and how fast it runs."""
-    from .config import flatten
-
-    return {k: v for k, v in flatten(config_to_dict(cfg)).items() if k not in _STATE_KEYS_IGNORED}
+    return {k: v for k, v in flatten(config_to_dict(cfg)).items() if k not in ENVIRONMENT_KEYS}
 
 
 def _save_state(run: _Run) -> None:

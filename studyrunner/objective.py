@@ -27,6 +27,7 @@ from .engine import EpochRecord, FitResult, fit, resolve_config
 from .errors import StudyrunnerError, Terminated, signalled
 from .rules import no_learning
 from .space import suggest
+from .spec import Objective as Target
 from .spec import SweepSpec, parse_constraint
 from .states import OPTUNA_FINISHED, best_of, state_of
 
@@ -240,7 +241,7 @@ class Objective:
             metric, op, bound = parse_constraint(text)
             value: float | None = measured.get(metric)
             if value is None:
-                value = run_value(first, metric, "maximize" if metric in ("val_acc", "train_acc", "test_acc") else "minimize")
+                value = run_value(first, metric, Target(metric=metric).resolved_direction)  # type: ignore[arg-type]
             v = float("inf") if value is None else value
             out.append(v - bound if op == "<=" else bound - v)
             trial.set_constraint(text, out[-1])  # the sampler reads it (<= 0: feasible)

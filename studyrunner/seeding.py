@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import optuna
 
-from .config import TrainConfig, config_to_dict, flatten
+from .config import ENVIRONMENT_KEYS, TrainConfig, config_to_dict, flatten
 from .errors import StudyrunnerError
 from .space import distributions, optuna_params
 from .spec import SweepSpec
 
-__all__ = ["enqueue_configs", "warm_start", "ENVIRONMENT_KEYS"]
-
-# keys that say where or how fast a study runs, not what it trains: they may differ between runs
-ENVIRONMENT_KEYS = {"out_dir", "threads", "device", "precision", "data.path", "data.cache_dir", "eval_batch_size"}
+__all__ = ["enqueue_configs", "warm_start"]
 
 
 def enqueue_configs(study: optuna.Study, spec: SweepSpec, base: TrainConfig) -> int:

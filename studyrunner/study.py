@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from .config import TrainConfig, apply_overrides, config_to_dict, flatten
+from .config import ENVIRONMENT_KEYS, TrainConfig, apply_overrides, config_to_dict, flatten
 from .data import check_objective_split
 from .engine import resolve_config
 from .environment import environment_tags
@@ -28,7 +28,7 @@ from .narrative import NarrativeSpec
 from .objective import DataSource, Objective, StudyEvents
 from .rules import converged
 from .samplers import make_pruner, make_sampler
-from .seeding import ENVIRONMENT_KEYS, enqueue_configs, warm_start
+from .seeding import enqueue_configs, warm_start
 from .spec import SweepSpec
 from .states import TrialState, best_of, count_states, finished_count, first_value, trial_state
 from .stores import check_storage, check_tracking, open_storage, resolve_storage, resolve_tracking_uri, setup_lock
