@@ -9,7 +9,7 @@ DATA     ?= .data
 export STUDYRUNNER_DATA_DIR  ?= $(abspath $(DATA))/cifar10-jpg
 export STUDYRUNNER_CACHE_DIR ?= $(abspath $(DATA))/cache
 
-.PHONY: install data run train test lint bench clean
+.PHONY: install data run train test test-all lint bench clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -36,7 +36,12 @@ train: install data
 	$(BIN)/studyrunner train --set data.train_subset=10000 --set epochs=10 --set model.batchnorm=true \
 	    --set optim.name=adam --set optim.lr=0.0005 --json runs/train.json
 
+# `make test`: everything but the runs marked `long` (a few minutes on 2 cores);
+# `make test-all`: all of it, the long real-data, multi-process and browser checks too (what CI runs).
 test: install data
+	$(BIN)/python -m pytest -q -m "not long"
+
+test-all: install data
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -591,18 +591,26 @@ def report(
 
 @app.command()
 @user_errors
-def ui(tracking_uri: TrackingOpt = None, port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000) -> None:
-    """Start the MLflow UI on the tracking store (trials side by side under each study's run)."""
-    import subprocess
-    import sys
-
-    from .stores import resolve_tracking_uri
+def ui(
+    tracking_uri: TrackingOpt = None,
+    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    dashboard: Annotated[bool, typer.Option("--dashboard", help="Also serve optuna-dashboard on the Optuna storage.")] = False,
+    storage: StorageOpt = None,
+    dashboard_port: Annotated[int, typer.Option(help="Port of optuna-dashboard.")] = 8080,
+    host: Annotated[str, typer.Option(help="Address both bind to; 0.0.0.0 opens them to the network.")] = "127.0.0.1",
+    study: Annotated[str | None, typer.Option(help="The study whose runs the MLflow link opens (default: the newest).")] = None,
+) -> None:
+    """The MLflow UI on the tracking store (trials nested under each study's run), and with
+    --dashboard optuna-dashboard on the Optuna storage; one line each says where."""
+    from .servers import mlflow_ui, optuna_dashboard, serve
+    from .stores import check_tracking, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    console.print(f"MLflow UI on http://127.0.0.1:{port} for {uri} (Ctrl-C stops it)")
-    subprocess.run(
-        # one worker process: a UI for one user does not need MLflow's default four (and their memory)
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-        + ["--workers", "1"],
-        check=False,
-    )
+    if uri.lower() == "none":
+        raise StudyrunnerError("--tracking-uri none: the MLflow UI needs a tracking store")
+    check_tracking(uri)
+    servers = [mlflow_ui(uri, host, port, study)]
+    if dashboard:
+        servers.append(optuna_dashboard(_read_storage(storage), host, dashboard_port))
+    code = serve(servers, lambda line: print(line, flush=True))
+    raise typer.Exit(code)

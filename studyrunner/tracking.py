@@ -32,6 +32,7 @@ __all__ = ["Tracker", "metric_key", "git_commit", "prepare_store", "ROLE", "STUD
 
 ROLE, STUDY = "studyrunner.role", "studyrunner.study"  # tags that tell a study's parent run from its trials
 EXPERIMENT_KIND = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"  # a study's experiment holds training runs, not GenAI traces
 PATH_KEYS = ("out_dir", "data.path", "data.cache_dir")  # per-trial or per-machine paths: tags, not params
 
 
@@ -62,6 +63,20 @@ def prepare_store(uri: str) -> None:
     MlflowClient(uri).search_experiments(max_results=1)
 
 
+def newest_experiment(uri: str, study: str | None = None) -> str | None:
+    """The id of ``study``'s experiment, else of the newest study's; None when there is none."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    if study:
+        exp = client.get_experiment_by_name(study)
+        return None if exp is None else str(exp.experiment_id)
+    found = client.search_experiments(
+        filter_string=f"tags.`{EXPERIMENT_KIND}` = '{TRAINING_KIND}'", order_by=["creation_time DESC"], max_results=1
+    )
+    return str(found[0].experiment_id) if found else None
+
+
 def metric_key(name: str) -> str:
     """``name`` with every character MLflow refuses in a metric key (class names can hold any)
     replaced by ``_``: letters, digits, ``_ - . : /`` and spaces are kept."""
@@ -89,7 +104,7 @@ class Tracker:
         if exp:
             return str(exp.experiment_id)
         try:
-            kind = {EXPERIMENT_KIND: "custom_model_development"}  # the UI opens on training runs, not GenAI traces
+            kind = {EXPERIMENT_KIND: TRAINING_KIND}
             return str(self.client.create_experiment(self.study, artifact_location=_artifact_root(self.uri), tags=kind))
         except MlflowException:  # created by another worker in the meantime
             exp = self.client.get_experiment_by_name(self.study)

@@ -21,6 +21,7 @@ def test_real_splits_are_stratified_and_test_set_untouched(cifar_dir):
     assert 0.45 < s.mean[0] < 0.52 and 0.22 < s.std[2] < 0.29  # CIFAR-10's statistics
 
 
+@pytest.mark.long
 def test_batchnorm_run_reaches_62_percent_and_converges_faster(cifar_dir):
     cfg = resolve_config(
         apply_overrides(TrainConfig(), {**BASE, "data.path": str(cifar_dir), "epochs": 10, "model.batchnorm": True})

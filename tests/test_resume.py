@@ -64,6 +64,7 @@ def test_a_state_of_another_configuration_is_not_resumed(tmp_path, tiny_splits, 
     assert state_path(replace(cfg, state_every=0)) is None  # state_every 0: nothing saved, nothing resumed
 
 
+@pytest.mark.long
 def test_a_sigkilled_trial_continues_from_its_last_epoch(tmp_path, tiny_train):
     """SIGKILL mid-trial; the next run fails the stale trial (heartbeats), re-queues its parameters and
     continues from the saved epoch: the same values as an uninterrupted run of that seed, and the

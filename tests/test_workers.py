@@ -97,6 +97,7 @@ def _no_mlflow_run_left_running(tracking: str, study: str) -> list:
     return runs
 
 
+@pytest.mark.long
 def test_two_local_workers_share_the_embedded_sqlite_store(tmp_path, tiny_train):
     sweep = _sweep(tmp_path, tiny_train, n_trials=6, epochs=8)  # trials long enough for both workers to get some
     res = _run(["run", str(sweep), "--jobs", "2"], cwd=tmp_path)  # default storage: runs/optuna.db, runs/mlflow.db
@@ -111,6 +112,7 @@ def test_two_local_workers_share_the_embedded_sqlite_store(tmp_path, tiny_train)
     assert len([r for r in runs if r.data.tags.get("state") == "COMPLETE"]) == 6
 
 
+@pytest.mark.long
 @pytest.mark.postgres
 def test_three_workers_on_postgres_finish_exactly_n_trials(tmp_path, tiny_train, pg_url):
     sweep = _sweep(tmp_path, tiny_train, n_trials=7, epochs=8, name="pg3")
@@ -127,6 +129,7 @@ def test_three_workers_on_postgres_finish_exactly_n_trials(tmp_path, tiny_train,
     _no_mlflow_run_left_running(tracking, "pg3")
 
 
+@pytest.mark.long
 @pytest.mark.postgres
 def test_sigkilled_worker_trial_is_failed_retried_and_its_run_ended(tmp_path, tiny_train, pg_url):
     sweep = _sweep(tmp_path, tiny_train, n_trials=4, epochs=40, name="kill")
@@ -170,6 +173,7 @@ def test_sigkilled_worker_trial_is_failed_retried_and_its_run_ended(tmp_path, ti
     assert "heartbeats" in dead_run.data.tags["reason"]
 
 
+@pytest.mark.long
 @pytest.mark.parametrize(("sig", "code", "why"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_ctrl_c_or_sigterm_marks_the_trial_ends_its_run_and_the_study_resumes(tmp_path, tiny_train, sig, code, why):
     # every trial must still be running when the signal comes: nothing stops it early
