@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from .config import DataConfig, TrainConfig, apply_overrides
+from .curves import write_history
 from .data import Progress, Splits, load_splits
 from .engine import EpochRecord, FitResult, fit, resolve_config
 from .errors import StudyrunnerError, Terminated, signalled
@@ -200,6 +201,7 @@ class Objective:
             trial.set_user_attr("invalid", True)
             raise
         trial.set_user_attr("checkpoint", str(Path(cfg.out_dir) / "best.pt"))
+        trial.set_user_attr("out_dir", str(cfg.out_dir))  # history.json is there
         return cfg
 
     def _train(self, trial: optuna.Trial, run: _Trial, splits: Splits) -> float | list[float]:
@@ -292,8 +294,12 @@ class Objective:
             trial.set_user_attr("reason", run.reason)
         elif run.outcome != "completed":
             trial.set_user_attr("fail_reason", run.reason[:2000])
-        if run.history:  # pruned, diverged and failed curves are kept too
-            trial.set_user_attr("history", [asdict(r) for r in run.history])
+        if run.history:  # pruned, diverged and failed curves are kept too, beside the checkpoint (and in MLflow)
+            write_history(Path(run.cfg.out_dir), [asdict(r) for r in run.history])
+            last = run.history[-1]
+            trial.set_user_attr("epochs", len(run.history))
+            trial.set_user_attr("final_train_acc", last.train_acc)
+            trial.set_user_attr("final_val_acc", last.val_acc)
         if run.outcome == "completed":
             _summarise(trial, run)
         if run.run_id is None or self.tracker is None:
@@ -317,17 +323,12 @@ def _settle_shadow(pruning: optuna.Study | None, run: _Trial) -> None:
 
 
 def _summarise(trial: optuna.Trial, run: _Trial) -> None:
-    best = run.results[0]
     trial.set_user_attr("values", run.values)
     trial.set_user_attr("value_sd", statistics.stdev(run.values) if len(run.values) > 1 else 0.0)
-    trial.set_user_attr("classes", best.classes)
-    if best.val_confusion:
-        trial.set_user_attr("val_confusion", best.val_confusion)
     for key in ("test_acc", "test_loss", "best_epoch", "best_val_acc"):
         vals = [getattr(r, key) for r in run.results if getattr(r, key) is not None]
         if vals:
             trial.set_user_attr(key, statistics.fmean(vals))
-    trial.set_user_attr("epochs", len(best.history))
 
 
 def failure_reason(exc: BaseException) -> str:

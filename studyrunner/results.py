@@ -9,6 +9,7 @@ import optuna
 import pandas as pd
 
 from .config import config_to_dict
+from .curves import read_history
 from .errors import StudyrunnerError
 from .narrative import NarrativeSpec, Verdict, judge
 from .states import TrialState, best_of, count_states, first_value, trial_state
@@ -108,8 +109,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     rows = []
     for t in study.get_trials(deepcopy=False):
         ua = t.user_attrs
-        history = ua.get("history") or []
-        last = history[-1] if history else {}
+        history = ua.get("history") or []  # studies recorded before curves moved out of Optuna kept it here
+        last = history[-1] if history else {"train_acc": ua.get("final_train_acc"), "val_acc": ua.get("final_val_acc")}
         row: dict[str, Any] = {
             "number": t.number,
             "state": trial_state(t),
@@ -194,14 +195,28 @@ class StudyResult:
         return sorted(self.complete, key=lambda t: sign * float(t.value or 0.0))
 
 
-def _trial_result(t: optuna.trial.FrozenTrial) -> TrialResult:
+def trial_history(t: optuna.trial.FrozenTrial, tracking: str | None = None) -> list[dict[str, Any]]:
+    """A trial's per-epoch records: its ``history.json`` beside the checkpoint, else (a trial that ran
+    on another machine) its MLflow run's metric history on ``tracking``; empty when neither has it."""
+    ua = t.user_attrs
+    if ua.get("history"):  # recorded before curves moved out of Optuna's trial table
+        return list(ua["history"])
+    found = read_history(ua["out_dir"]) if ua.get("out_dir") else None
+    if found is None and tracking and ua.get("mlflow_run_id"):
+        from .tracking import epoch_history
+
+        found = epoch_history(tracking, ua["mlflow_run_id"])
+    return found or []
+
+
+def _trial_result(t: optuna.trial.FrozenTrial, tracking: str | None = None) -> TrialResult:
     ua = t.user_attrs
     return TrialResult(
         t.number,
         trial_state(t),
         first_value(t),
         dict(t.params),
-        list(ua.get("history") or []),
+        trial_history(t, tracking),
         ua.get("test_acc"),
         t.duration.total_seconds() if t.duration else None,
         ua.get("reason") or ua.get("fail_reason") or "",
@@ -220,7 +235,8 @@ def _kind(d: optuna.distributions.BaseDistribution) -> str:
 def study_result(study: optuna.Study) -> StudyResult:
     """Everything a report needs from one study, as plain data."""
     sweep = study.user_attrs.get("sweep", {})
-    trials = [_trial_result(t) for t in study.get_trials(deepcopy=False)]
+    tracking = study.user_attrs.get("tracking_uri")
+    trials = [_trial_result(t, tracking) for t in study.get_trials(deepcopy=False)]
     best = best_of(study.get_trials(deepcopy=False), _maximize(study))
     checkpoint = "" if best is None else str(best.user_attrs.get("checkpoint", ""))
     targets = sweep.get("objectives") or [sweep.get("objective", {})]
@@ -301,7 +317,8 @@ def narrative_result(spec: NarrativeSpec, scale: str, storage: str) -> Narrative
         checkpoint = ""
         if study_name in names:
             study = optuna.load_study(study_name=study_name, storage=storage)
-            runs = sorted((_trial_result(t) for t in study.trials), key=lambda r: (r.params.get("seed", 0), r.number))
+            tracking = study.user_attrs.get("tracking_uri")
+            runs = sorted((_trial_result(t, tracking) for t in study.trials), key=lambda r: (r.params.get("seed", 0), r.number))
             best = best_of(study.get_trials(deepcopy=False), _maximize(study))
             checkpoint = "" if best is None else str(best.user_attrs.get("checkpoint", ""))
         steps.append(

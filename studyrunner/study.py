@@ -95,6 +95,8 @@ def run_study(
         _requeue_interrupted(study)
         enqueue_configs(study, spec, base)
         tracker = _tracker(spec, opts)
+        if tracker is not None:  # where a report finds the curves of trials that ran on another machine
+            study.set_user_attr("tracking_uri", tracker.uri)
     source = data or DataSource(opts.data_dir, events.data_progress)
     objective = Objective(spec, base, source, tracker, events, target, url, _pruning_study(spec, storage))
     heartbeat = isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from studyrunner.cli import app
-from studyrunner.results import pareto_front, study_result
+from studyrunner.results import pareto_front, study_result, trial_history
 from studyrunner.spec import SpecError
 from studyrunner.states import TrialState, trial_state
 from studyrunner.study import RunOptions, run_study
@@ -60,7 +60,7 @@ def test_pruning_on_the_first_objective_works_in_a_multi_objective_study(tmp_pat
     study = run_study(spec, _opts(tmp_path)).study
     assert [trial_state(t) for t in study.trials] == [TrialState.PRUNED, TrialState.PRUNED]
     assert all(t.user_attrs["reason"].startswith("pruned after epoch") for t in study.trials)
-    assert [len(t.user_attrs["history"]) for t in study.trials] == [2, 2]  # warm-up 1 epoch: stopped at epoch 2
+    assert [len(trial_history(t)) for t in study.trials] == [2, 2]  # warm-up 1 epoch: stopped at epoch 2
     mirror = optuna.load_study(study_name="s.pruning", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.state for t in mirror.trials] == [optuna.trial.TrialState.PRUNED] * 2
 

@@ -1,8 +1,10 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from studyrunner.narrative import Claim, judge, load_narrative
+from studyrunner.results import trial_history
 from studyrunner.spec import SpecError
 from studyrunner.study import RunOptions, run_narrative
 
@@ -52,7 +54,7 @@ def test_run_every_step_with_seeds_then_resume_runs_nothing(tmp_path, tiny_train
     assert [o.study.study_name for o in outcomes] == ["story.reduced.plain", "story.reduced.bn"]
     for o in outcomes:
         assert sorted(t.params["seed"] for t in o.study.trials) == [0, 1]
-        assert all(len(t.user_attrs["history"]) == 2 for t in o.study.trials)
+        assert all(len(trial_history(t)) == 2 for t in o.study.trials)
     again = run_narrative(spec, "reduced", opts)
     assert [len(o.study.trials) for o in again] == [2, 2]
 
@@ -153,7 +155,8 @@ def test_narrative_steps_start_from_an_earlier_steps_best_checkpoint(tmp_path, m
     pre_ckpt = outcomes[0].study.best_trial.user_attrs["checkpoint"]
     for o in outcomes[1:]:
         for t in o.study.trials:
-            assert t.state.name == "COMPLETE" and t.user_attrs["classes"] == ["c3", "c4"]
+            saved = torch.load(t.user_attrs["checkpoint"], map_location="cpu", weights_only=False)
+            assert t.state.name == "COMPLETE" and saved["classes"] == ["c3", "c4"]
     assert (tmp_path / "runs" / "checkpoints").is_dir() and pre_ckpt.endswith("best.pt")
     with pytest.raises(Exception, match="must name an earlier step"):
         bad = TRANSFER_STORY.replace('init: "step:pre"}}\n  - name: fz', 'init: "step:fz"}}\n  - name: fz')

@@ -2,6 +2,7 @@ import optuna
 import pytest
 
 from studyrunner.objective import DataSource, Objective
+from studyrunner.results import trial_history
 
 from .conftest import sweep_spec
 
@@ -12,8 +13,8 @@ def test_objective_with_fixed_trial_trains_and_returns_best_val_acc(tmp_path, ti
     trial = optuna.trial.FixedTrial({"optim.lr": 3e-3, "model.batchnorm": True})
     value = objective(trial)
     assert 0.9 <= value <= 1.0  # 4 solid-colour classes: learnt (chance is 0.25)
-    assert trial.user_attrs["outcome"] == "completed" and len(trial.user_attrs["history"]) == 3
-    assert value == max(r["val_acc"] for r in trial.user_attrs["history"])
+    assert trial.user_attrs["outcome"] == "completed" and len(trial_history(trial)) == 3
+    assert value == max(r["val_acc"] for r in trial_history(trial))
 
 
 def test_repeats_average_seeds_and_keep_the_spread(tmp_path, tiny_train):

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from studyrunner.config import apply_overrides
 from studyrunner.engine import fit, state_path
+from studyrunner.results import trial_history
 from studyrunner.states import TrialState, trial_state
 
 from .conftest import write_sweep
@@ -113,8 +114,8 @@ def test_a_sigkilled_trial_continues_from_its_last_epoch(tmp_path, tiny_train):
     assert killed.state == optuna.trial.TrialState.FAIL and trial_state(retry) == TrialState.COMPLETE
     assert retry.params == killed.params == reference.params and retry.user_attrs["origin"] == killed.number
     assert retry.value == pytest.approx(reference.value, abs=1e-6)
-    assert [h["val_acc"] for h in retry.user_attrs["history"]] == pytest.approx(
-        [h["val_acc"] for h in reference.user_attrs["history"]], abs=1e-6
+    assert [h["val_acc"] for h in trial_history(retry)] == pytest.approx(
+        [h["val_acc"] for h in trial_history(reference)], abs=1e-6
     )
     client = MlflowClient(f"sqlite:///{folder / 'm.db'}")
     steps = [m.step for m in client.get_metric_history(retry.user_attrs["mlflow_run_id"], "val_acc")]

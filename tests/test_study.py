@@ -1,7 +1,11 @@
+import json
+from pathlib import Path
+
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from studyrunner.results import study_result, trial_history
 from studyrunner.spec import load_sweep
 from studyrunner.states import finished_count
 from studyrunner.study import RunOptions, run_study
@@ -40,7 +44,24 @@ def test_study_resumes_to_n_trials_and_mlflow_nests_every_trial(tmp_path, tiny_t
         history = client.get_metric_history(child.info.run_id, "val_acc")
         assert [m.step for m in history] == [1, 2, 3]
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert {"config.yaml", "learning_curves.png"} <= artifacts
+        assert {"config.yaml", "learning_curves.png", "confusion_matrix.json"} <= artifacts
+
+
+def test_curves_stay_out_of_optunas_trial_table_and_reports_still_find_them(tmp_path, tiny_train):
+    spec = sweep_spec(tmp_path, tiny_train, head="budget: {n_trials: 2}\n")
+    study = run_study(spec, _opts(tmp_path)).study
+    for t in study.trials:  # what optuna-dashboard and `optuna trials` print per trial: short scalars only
+        assert not {"history", "val_confusion", "classes"} & set(t.user_attrs)
+        assert len(json.dumps(t.user_attrs)) < 700, t.user_attrs
+        assert [r["epoch"] for r in trial_history(t)] == [1, 2, 3]
+    local = study_result(study)
+    assert [len(t.history) for t in local.trials] == [3, 3]
+    for t in study.trials:  # trials that ran on another machine: their curves come from MLflow
+        (Path(t.user_attrs["out_dir"]) / "history.json").unlink()
+    remote = study_result(optuna.load_study(study_name="s", storage=_opts(tmp_path).storage))
+    for a, b in zip(local.trials, remote.trials, strict=True):
+        assert [r["val_acc"] for r in b.history] == pytest.approx([r["val_acc"] for r in a.history])
+        assert [r["train_loss"] for r in b.history] == pytest.approx([r["train_loss"] for r in a.history])
 
 
 def test_diverged_trial_is_pruned_with_reason_and_its_run_failed(tmp_path, tiny_train):
