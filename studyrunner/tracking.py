@@ -7,7 +7,9 @@ FINISHED, a PRUNED one KILLED, a DIVERGED or FAILed one FAILED; the final state 
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import re
 import statistics
 import subprocess
@@ -32,6 +34,7 @@ __all__ = ["Tracker", "metric_key", "git_commit", "prepare_store", "ROLE", "STUD
 
 ROLE, STUDY = "studyrunner.role", "studyrunner.study"  # tags that tell a study's parent run from its trials
 EXPERIMENT_KIND = "mlflow.experimentKind"
+SYSTEM_METRICS_ENV = "STUDYRUNNER_SYSTEM_METRICS_S"
 TRAINING_KIND = "custom_model_development"  # a study's experiment holds training runs, not GenAI traces
 PATH_KEYS = ("out_dir", "data.path", "data.cache_dir")  # per-trial or per-machine paths: tags, not params
 
@@ -115,6 +118,7 @@ class Tracker:
         self.tags = dict(tags or {})
         self.experiment_id = self._experiment()
         self.parent_id = self._parent()
+        self._monitors: dict[str, Any] = {}  # trial run id -> its system-metrics monitor
 
     def _experiment(self) -> str:
         """The study's experiment; two workers creating it at once both end up with the same one."""
@@ -188,7 +192,31 @@ class Tracker:
         self.client.log_text(run.info.run_id, yaml.safe_dump(config_to_dict(config), sort_keys=False), "config.yaml")
         if classes:
             self.client.log_text(run.info.run_id, json.dumps(list(classes)), "classes.json")
+        self._watch(str(run.info.run_id))
         return str(run.info.run_id)
+
+    def _watch(self, run_id: str) -> None:
+        """MLflow's system metrics for the trial's run (CPU, memory, disk, network; GPU utilisation
+        and memory through NVML where there is a GPU), every $STUDYRUNNER_SYSTEM_METRICS_S seconds
+        (default 5; 0 = off)."""
+        seconds = float(os.environ.get(SYSTEM_METRICS_ENV) or 5)
+        if seconds <= 0:
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError:  # psutil missing
+            return
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no INFO line per trial
+        monitor = SystemMetricsMonitor(  # type: ignore[no-untyped-call]
+            run_id, sampling_interval=seconds, samples_before_logging=1, tracking_uri=self.uri
+        )
+        monitor.start()  # type: ignore[no-untyped-call]
+        self._monitors[run_id] = monitor
+
+    def _unwatch(self, run_id: str) -> None:
+        monitor = self._monitors.pop(run_id, None)
+        if monitor is not None:
+            monitor.finish()
 
     def log_epoch(self, run_id: str, record: EpochRecord, prefix: str = "") -> None:
         """One epoch's metrics in one call, step = epoch."""
@@ -227,6 +255,7 @@ class Tracker:
             self._log_figure(run_id, plots.learning_curves({"seed 0": [asdict(r) for r in history]}), "learning_curves.png")
         if result and result.val_confusion:
             self.log_confusion(run_id, result.classes, result.val_confusion)
+        self._unwatch(run_id)
         self.client.set_terminated(run_id, state.mlflow_status)
 
     def _log_figure(self, run_id: str, fig: Figure, name: str) -> None:
@@ -263,6 +292,8 @@ class Tracker:
         )
 
     def close(self, status: str = "FINISHED") -> None:
+        for run_id in list(self._monitors):
+            self._unwatch(run_id)
         self.client.set_terminated(self.parent_id, status)
 
 

@@ -64,6 +64,21 @@ def test_curves_stay_out_of_optunas_trial_table_and_reports_still_find_them(tmp_
         assert [r["train_loss"] for r in b.history] == pytest.approx([r["train_loss"] for r in a.history])
 
 
+def test_each_trial_run_carries_system_metrics_and_the_parent_the_machine(tmp_path, tiny_train, monkeypatch):
+    monkeypatch.setenv("STUDYRUNNER_SYSTEM_METRICS_S", "0.2")
+    spec = sweep_spec(tmp_path, tiny_train, head="budget: {n_trials: 1}\n", name="sys")
+    run_study(spec, _opts(tmp_path))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("sys").experiment_id])
+    trial = next(r for r in runs if r.data.tags.get("mlflow.parentRunId"))
+    parent = next(r for r in runs if not r.data.tags.get("mlflow.parentRunId"))
+    cpu = client.get_metric_history(trial.info.run_id, "system/cpu_utilization_percentage")
+    memory = client.get_metric_history(trial.info.run_id, "system/system_memory_usage_megabytes")
+    assert cpu and memory and all(0 <= m.value <= 100 for m in cpu) and memory[0].value > 0
+    assert {"env.python", "env.torch", "env.machine"} <= set(parent.data.tags)  # the machine behind the figures
+    assert "cores" in parent.data.tags["env.machine"]
+
+
 def test_diverged_trial_is_pruned_with_reason_and_its_run_failed(tmp_path, tiny_train):
     space = "space:\n  optim.lr: {choices: [1.0e+6]}\n  optim.name: {choices: [sgd]}\n"
     spec = sweep_spec(tmp_path, tiny_train, head="budget: {n_trials: 1}\n", space=space, name="div")
