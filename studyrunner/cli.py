@@ -591,6 +591,40 @@ def report(
 
 @app.command()
 @user_errors
+def compare(
+    studies: Annotated[list[str], typer.Argument(help="Two or more study names (or their sweep files).")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default reports/compare-A-B).")] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Which sweep found better configurations per epoch spent: one figure of the best value against
+    epochs trained (pruned trials included), one row per study, then each study's report."""
+    from .report import render_sweep_report, spend_info, write
+    from .results import load_study, study_result
+    from .spec import load_sweep
+
+    if len(studies) < 2:
+        raise StudyrunnerError(f"compare needs two or more studies, got {len(studies)}; `studyrunner report` shows one")
+    _output_folder("--out", out)
+    url = _read_storage(storage)
+    names = [load_sweep(t).study if Path(t).is_file() else t for t in studies]
+    results = [study_result(load_study(n, url)) for n in names]
+    if len({r.direction for r in results}) > 1 or len({r.metric for r in results}) > 1:
+        found = ", ".join(f"{r.name}: {r.direction} {r.metric}" for r in results)
+        raise StudyrunnerError(f"compare needs studies of one objective and direction; found {found}")
+    folder = out or Path("reports") / ("compare-" + "-".join(names))[:120]
+    folder.mkdir(parents=True, exist_ok=True)
+    store = f" --storage {storage}" if storage else ""
+    command = f"studyrunner compare {' '.join(studies)}{store}" + (f" --out {out}" if out else "")
+    path = write(render_sweep_report(results, folder, command), folder)
+    table = _table("study", "epochs spent", "best", "best after epochs")
+    for name, (x, y) in spend_info(results).items():
+        table.add_row(name, str(int(x[-1])), f"{y[-1]:.4f}", str(int(next(a for a, b in zip(x, y, strict=True) if b == y[-1]))))
+    Console().print(table)
+    console.print(f"wrote {path} and best_per_epoch.png beside it")
+
+
+@app.command()
+@user_errors
 def ui(
     tracking_uri: TrackingOpt = None,
     port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,

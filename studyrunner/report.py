@@ -31,6 +31,7 @@ __all__ = [
     "params_info",
     "curves_info",
     "pareto_section",
+    "spend_info",
     "EFFECT_BINS",
 ]
 
@@ -303,6 +304,54 @@ def render_study(r: StudyResult, out: Path | None, gallery: Callable[[str, Path]
     return "\n".join(parts)
 
 
+def spend_info(results: Sequence[StudyResult]) -> dict[str, tuple[list[float], list[float]]]:
+    """Per study: epochs trained so far (every trial, pruned and diverged ones too, in trial order)
+    against the best complete trial's value by then; a step where the best changes or at the end."""
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    for r in results:
+        sign = -1.0 if r.direction == "minimize" else 1.0
+        spent, best = 0, None
+        xs: list[float] = []
+        ys: list[float] = []
+        for t in sorted(r.trials, key=lambda t: t.number):
+            spent += len(t.history)
+            if t in r.complete and (best is None or sign * float(t.value or 0) > sign * best):
+                best = float(t.value or 0)
+                xs, ys = [*xs, float(spent)], [*ys, best]
+        if xs:
+            curves[r.name] = (xs + [float(spent)], ys + [ys[-1]])
+    return curves
+
+
+def _epochs(v: float | None) -> int | None:
+    return None if v is None else int(v)
+
+
+def _spent_to(curve: tuple[list[float], list[float]], bar: float, maximize: bool) -> float | None:
+    return next((x for x, y in zip(*curve, strict=True) if (y >= bar if maximize else y <= bar)), None)
+
+
+def spend_section(results: Sequence[StudyResult], out: Path | None, tolerance: float = 0.01) -> list[str]:
+    """Which sweep found better configurations per epoch spent: one figure, one row per study."""
+    curves = spend_info(results)
+    if len(curves) < 2:
+        return []
+    maximize = results[0].direction != "minimize"
+    overall = (max if maximize else min)(y[-1] for _, y in curves.values())
+    bar = overall - tolerance if maximize else overall + tolerance
+    rows = [
+        [name, int(x[-1]), f"{y[-1]:.4f}", _epochs(_spent_to((x, y), y[-1], maximize)), _epochs(_spent_to((x, y), bar, maximize))]
+        for name, (x, y) in curves.items()
+    ]
+    headers = ["study", "epochs spent", "best", "epochs to its best", f"epochs to within {tolerance:g} of {overall:.4f}"]
+    parts = ["## Best per epoch spent", "", md_table(headers, rows), ""]
+    if out is not None:
+        title = f"best {results[0].metric} against epochs trained (pruned and diverged trials included)"
+        _save(plots.anytime_figure(curves, bar, title, ylabel=f"best {results[0].metric}"), out / "best_per_epoch.png")
+        parts += ["![best per epoch spent](best_per_epoch.png)", ""]
+    return parts
+
+
 def render_sweep_report(
     results: Sequence[StudyResult], out: Path | None, command: str, gallery: Callable[[str, Path], bool] | None = None
 ) -> str:
@@ -311,6 +360,7 @@ def render_sweep_report(
     parts = ["# Study report", ""]
     if len(results) > 1:
         parts += ["Studies side by side, one row each.", "", md_table(SUMMARY_HEADERS, rows), ""]
+        parts += spend_section(results, out)
     parts += [render_study(r, out, gallery) for r in results]
     parts += ["## Reproduce", "", "```bash", command, "```", ""]
     return "\n".join(parts)

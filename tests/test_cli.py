@@ -128,6 +128,32 @@ def test_validate_run_ls_show_export(tmp_path, tiny_train, monkeypatch):
     assert (tmp_path / "rep" / "cli_s_predictions.png").stat().st_size > 5000
 
 
+def test_compare_answers_which_sweep_found_better_configs_per_epoch(tmp_path, tiny_train, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = ["--storage", f"sqlite:///{tmp_path / 'o.db'}", "--tracking-uri", "none"]
+    for name, space in (("wide", "{low: 1.0e-5, high: 1.0e-1, log: true}"), ("narrow", "{low: 2.0e-3, high: 5.0e-3}")):
+        sweep = tmp_path / f"{name}.yaml"
+        sweep.write_text(f"study: {name}\nbudget: {{n_trials: 2}}\n" + tiny_train.replace("epochs: 3", "epochs: 2"))
+        sweep.write_text(sweep.read_text() + f"space:\n  optim.lr: {space}\n")
+        assert runner.invoke(app, ["run", str(sweep), *store]).exit_code == 0
+    res = runner.invoke(app, ["compare", "wide", "narrow", *store[:2]])
+    assert res.exit_code == 0, res.output
+    assert "epochs spent" in flat(res) and "wide" in flat(res) and "narrow" in flat(res)
+    text = (tmp_path / "reports" / "compare-wide-narrow" / "README.md").read_text()
+    assert "## Best per epoch spent" in text and "(best_per_epoch.png)" in text
+    assert "| wide | 4 |" in text and "| narrow | 4 |" in text  # 2 trials x 2 epochs each
+    assert text.rstrip().endswith("```") and "studyrunner compare wide narrow --storage" in text
+    res = runner.invoke(app, ["compare", "wide", *store[:2]])
+    assert res.exit_code == 1 and "two or more studies" in flat(res)
+
+
+def test_ui_refuses_what_it_cannot_serve(tmp_path):
+    res = runner.invoke(app, ["ui", "--tracking-uri", "none"])
+    assert res.exit_code == 1 and "needs a tracking store" in flat(res)
+    res = runner.invoke(app, ["ui", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--study", "nope"])
+    assert res.exit_code == 1 and "--study nope" in flat(res) and "no experiment of that name" in flat(res)
+
+
 def test_run_refuses_a_bad_sweep_before_touching_stores(tmp_path):
     sweep = tmp_path / "bad.yaml"
     sweep.write_text("study: b\nspace:\n  optim.lr: {low: 0.1, high: 0.01}\n")

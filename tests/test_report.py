@@ -2,10 +2,11 @@
 whose answer is known."""
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from studyrunner.narrative import Claim, judge
-from studyrunner.report import effects, history_info, render_narrative, render_sweep_report
+from studyrunner.report import effects, history_info, render_narrative, render_sweep_report, spend_info
 from studyrunner.results import NarrativeResult, StudyResult, TrialResult
 
 from .conftest import history, step_result
@@ -59,6 +60,19 @@ def test_report_writes_plots_it_links(tmp_path):
     for png in ("fixed_history.png", "fixed_curves.png", "fixed_params.png"):
         assert (tmp_path / png).stat().st_size > 1000 and f"({png})" in text
     assert "one row each" in text
+
+
+def test_best_per_epoch_spent_counts_every_trials_epochs(tmp_path):
+    fixed = _fixed_study()  # epochs 3 (0.55), 1 (diverged), 3 (0.35), 2 (pruned)
+    late = _fixed_study()
+    late.name = "late"
+    late.trials = [replace(t, value=0.6 if t.number == 2 else t.value) for t in late.trials]
+    curves = spend_info([fixed, late])
+    assert curves["fixed"] == ([3.0, 9.0], [0.55, 0.55])
+    assert curves["late"] == ([3.0, 7.0, 9.0], [0.55, 0.6, 0.6])
+    text = render_sweep_report([fixed, late], tmp_path, "cmd")
+    assert (tmp_path / "best_per_epoch.png").stat().st_size > 1000 and "(best_per_epoch.png)" in text
+    assert "| fixed | 9 | 0.5500 | 3 | - |" in text and "| late | 9 | 0.6000 | 7 | 7 |" in text
 
 
 def test_effect_tables_have_the_known_answer():
