@@ -290,11 +290,28 @@ TrackingOpt = Annotated[
 
 
 @app.command()
-@user_errors
 def validate(
-    sweep: Annotated[Path, typer.Argument(help="Sweep YAML file.")], set_: SetOpt = None, data_dir: DataDirOpt = None
+    sweeps: Annotated[list[Path], typer.Argument(help="Sweep or narrative study YAML files (several: each checked).")],
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
-    """Check a sweep or narrative study file (keys, ranges, conditions, data path) without training; print its plan."""
+    """Check sweep or narrative study files (keys, ranges, conditions, data path) without training;
+    print each one's plan. Every file is checked; the exit code is 1 if any is invalid."""
+    failed = []
+    for sweep in sweeps:
+        try:
+            _validate_one(sweep, set_, data_dir)
+        except StudyrunnerError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            failed.append(str(sweep))
+    if len(sweeps) > 1:
+        bad = f"; invalid: {', '.join(failed)}" if failed else ""
+        console.print(f"{len(sweeps) - len(failed)} of {len(sweeps)} valid{bad}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _validate_one(sweep: Path, set_: list[str] | None, data_dir: str | None) -> None:
     from .config import parse_assignments
     from .data import check_objective_split, resolve_root
     from .engine import resolve_config

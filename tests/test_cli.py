@@ -147,6 +147,20 @@ def test_compare_answers_which_sweep_found_better_configs_per_epoch(tmp_path, ti
     assert res.exit_code == 1 and "two or more studies" in flat(res)
 
 
+def test_validate_checks_every_shipped_file_at_once_and_names_the_invalid(tmp_path, cifar_dir):
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    shipped = sorted(str(p) for p in [*root.glob("sweeps/*.yaml"), *root.glob("studies/*.yaml")])
+    res = runner.invoke(app, ["validate", *shipped, "--data-dir", str(cifar_dir)])
+    assert res.exit_code == 0, res.output
+    assert f"{len(shipped)} of {len(shipped)} valid" in flat(res)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("study: b\nspace:\n  optim.lr: {low: 0.1, high: 0.01}\n")
+    res = runner.invoke(app, ["validate", shipped[0], str(bad), "--data-dir", str(cifar_dir)])
+    assert res.exit_code == 1 and f"1 of 2 valid; invalid: {bad}" in flat(res) and "inverted range" in flat(res)
+
+
 def test_ui_refuses_what_it_cannot_serve(tmp_path):
     res = runner.invoke(app, ["ui", "--tracking-uri", "none"])
     assert res.exit_code == 1 and "needs a tracking store" in flat(res)
