@@ -485,15 +485,16 @@ def ls(storage: StorageOpt = None) -> None:
 @user_errors
 def show(study: Annotated[str, typer.Argument(help="Study name.")], storage: StorageOpt = None) -> None:
     """The study's trials: state, value, parameters, test accuracy, epochs, duration."""
-    from .results import load_study, pareto_front, trials_frame
+    from .results import load_study, pareto_front, trial_rows
 
     loaded = load_study(study, _read_storage(storage))
-    df = trials_frame(loaded)
-    value = "values" if "values" in df and df["values"].notna().any() else "value"  # multi-objective: all of them
-    cols = ["number", "state", value, "test_acc", "epochs", "duration_s"] + [c for c in df.columns if c.startswith("param.")]
+    rows = trial_rows(loaded)
+    value = "values" if any(r["values"] is not None for r in rows) else "value"  # multi-objective: all of them
+    params = sorted({k for r in rows for k in r if k.startswith("param.")})
+    cols = ["number", "state", value, "test_acc", "epochs", "duration_s", *params]
     table = _table(*cols)
-    for _, r in df[cols].iterrows():
-        table.add_row(*[_cell(v) for v in r])
+    for r in rows:
+        table.add_row(*[_cell(r.get(c)) for c in cols])
     Console().print(table)
     front = pareto_front(loaded)
     if front:  # multi-objective: the trials no other trial beats on every objective
@@ -502,9 +503,9 @@ def show(study: Annotated[str, typer.Argument(help="Study name.")], storage: Sto
         for t in sorted(front, key=lambda t: t.values[0]):
             values = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, t.values, strict=False))
             Console().print(f"  trial {t.number}: {values}  {t.params}", highlight=False, soft_wrap=True)
-    explained = df[df["reason"] != ""] if "reason" in df else df.iloc[:0]
-    for _, r in explained.iterrows():  # why trials were pruned, diverged or failed, one line each
-        Console().print(f"trial {r['number']} {r['state']}: {r['reason']}", highlight=False, soft_wrap=True)
+    for r in rows:  # why trials were pruned, diverged or failed, one line each
+        if r["reason"]:
+            Console().print(f"trial {r['number']} {r['state']}: {r['reason']}", highlight=False, soft_wrap=True)
 
 
 @app.command()
