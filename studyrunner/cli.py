@@ -492,7 +492,7 @@ def show(study: Annotated[str, typer.Argument(help="Study name.")], storage: Sto
     value = "values" if any(r["values"] is not None for r in rows) else "value"  # multi-objective: all of them
     params = sorted({k for r in rows for k in r if k.startswith("param.")})
     cols = ["number", "state", value, "test_acc", "epochs", "duration_s", *params]
-    table = _table(*cols)
+    table = _table("trial", "state", value, "test acc", "epochs", "secs", *(c.removeprefix("param.") for c in params))
     for r in rows:
         table.add_row(*[_cell(r.get(c)) for c in cols])
     Console().print(table)

@@ -85,11 +85,13 @@ def make_folder(
 
 @pytest.fixture
 def cifar_dir() -> Path:
-    """The real CIFAR-10 image folders (``$STUDYRUNNER_DATA_DIR``); the test is skipped without them."""
+    """The real CIFAR-10 image folders (``$STUDYRUNNER_DATA_DIR``, else the project's ``.data/``);
+    the test is skipped without them."""
     raw = os.environ.get("STUDYRUNNER_DATA_DIR", "")
-    if not raw or not Path(raw).is_dir():
-        pytest.skip("set STUDYRUNNER_DATA_DIR to the CIFAR-10 image folders to run real-data tests")
-    return Path(raw)
+    found = Path(raw) if raw else Path(__file__).parents[1] / ".data" / "cifar10-jpg"  # where `make data` unpacks it
+    if not found.is_dir():
+        pytest.skip("unpack CIFAR-10 (make data) or set STUDYRUNNER_DATA_DIR to run real-data tests")
+    return found
 
 
 def write_sweep(tmp_path: Path, body: str, name: str = "sweep.yaml") -> Path:
