@@ -568,8 +568,7 @@ def report(
     importances; for a narrative study, the document's figures beside ours and a verdict per claim."""
     from .narrative import is_narrative, load_narrative
     from .report import render_narrative, render_sweep_report, write
-    from .results import load_study, narrative_result, study_result
-    from .spec import load_sweep
+    from .results import narrative_result
 
     _output_folder("--out", out)
     url = _read_storage(storage)
@@ -597,14 +596,22 @@ def report(
         result = narrative_result(story, scale, url)
         path = write(render_narrative(result, folder, command, grid if gallery else None), folder)
     else:
-        names = [load_sweep(t).study if Path(t).is_file() else t for t in targets]
-        results = [study_result(load_study(n, url)) for n in names]
+        names, results = _study_results(targets, url)
         folder = out or Path("reports") / (names[0] if len(names) == 1 else "comparison")
         folder.mkdir(parents=True, exist_ok=True)
         flags = (" --gallery" if gallery else "") + (f" --out {out}" if out else "")
         command = f"studyrunner report {' '.join(targets)}{store}{flags}"
         path = write(render_sweep_report(results, folder, command, grid if gallery else None), folder)
     console.print(f"wrote {path} and its plots")
+
+
+def _study_results(targets: Sequence[str], url: str) -> tuple[list[str], list[Any]]:
+    """Study names (a sweep file stands for its study) and each study's results."""
+    from .results import load_study, study_result
+    from .spec import load_sweep
+
+    names = [load_sweep(t).study if Path(t).is_file() else t for t in targets]
+    return names, [study_result(load_study(n, url)) for n in names]
 
 
 @app.command()
@@ -616,16 +623,13 @@ def compare(
 ) -> None:
     """Which sweep found better configurations per epoch spent: one figure of the best value against
     epochs trained (pruned trials included), one row per study, then each study's report."""
-    from .report import render_sweep_report, spend_info, write
-    from .results import load_study, study_result
-    from .spec import load_sweep
+    from .report import render_sweep_report, spend_table, write
 
     if len(studies) < 2:
         raise StudyrunnerError(f"compare needs two or more studies, got {len(studies)}; `studyrunner report` shows one")
     _output_folder("--out", out)
     url = _read_storage(storage)
-    names = [load_sweep(t).study if Path(t).is_file() else t for t in studies]
-    results = [study_result(load_study(n, url)) for n in names]
+    names, results = _study_results(studies, url)
     if len({r.direction for r in results}) > 1 or len({r.metric for r in results}) > 1:
         found = ", ".join(f"{r.name}: {r.direction} {r.metric}" for r in results)
         raise StudyrunnerError(f"compare needs studies of one objective and direction; found {found}")
@@ -634,9 +638,10 @@ def compare(
     store = f" --storage {storage}" if storage else ""
     command = f"studyrunner compare {' '.join(studies)}{store}" + (f" --out {out}" if out else "")
     path = write(render_sweep_report(results, folder, command), folder)
-    table = _table("study", "epochs spent", "best", "best after epochs")
-    for name, (x, y) in spend_info(results).items():
-        table.add_row(name, str(int(x[-1])), f"{y[-1]:.4f}", str(int(next(a for a, b in zip(x, y, strict=True) if b == y[-1]))))
+    headers, rows, _ = spend_table(results)
+    table = _table(*headers)
+    for row in rows:
+        table.add_row(*[_cell(v) for v in row])
     Console().print(table)
     console.print(f"wrote {path} and best_per_epoch.png beside it")
 

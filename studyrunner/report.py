@@ -32,6 +32,7 @@ __all__ = [
     "curves_info",
     "pareto_section",
     "spend_info",
+    "spend_table",
     "EFFECT_BINS",
 ]
 
@@ -331,19 +332,27 @@ def _spent_to(curve: tuple[list[float], list[float]], bar: float, maximize: bool
     return next((x for x, y in zip(*curve, strict=True) if (y >= bar if maximize else y <= bar)), None)
 
 
-def spend_section(results: Sequence[StudyResult], out: Path | None, tolerance: float = 0.01) -> list[str]:
-    """Which sweep found better configurations per epoch spent: one figure, one row per study."""
+def spend_table(results: Sequence[StudyResult], tolerance: float = 0.01) -> tuple[list[str], list[list[Any]], float]:
+    """The headers and one row per study of ``spend_info`` (epochs spent, best, epochs to its best
+    and to within ``tolerance`` of the best of all), and the bar that tolerance sets."""
     curves = spend_info(results)
-    if len(curves) < 2:
-        return []
     maximize = results[0].direction != "minimize"
-    overall = (max if maximize else min)(y[-1] for _, y in curves.values())
+    overall = (max if maximize else min)((y[-1] for _, y in curves.values()), default=0.0)
     bar = overall - tolerance if maximize else overall + tolerance
     rows = [
         [name, int(x[-1]), f"{y[-1]:.4f}", _epochs(_spent_to((x, y), y[-1], maximize)), _epochs(_spent_to((x, y), bar, maximize))]
         for name, (x, y) in curves.items()
     ]
     headers = ["study", "epochs spent", "best", "epochs to its best", f"epochs to within {tolerance:g} of {overall:.4f}"]
+    return headers, rows, bar
+
+
+def spend_section(results: Sequence[StudyResult], out: Path | None) -> list[str]:
+    """Which sweep found better configurations per epoch spent: one figure, one row per study."""
+    curves = spend_info(results)
+    if len(curves) < 2:
+        return []
+    headers, rows, bar = spend_table(results)
     parts = ["## Best per epoch spent", "", md_table(headers, rows), ""]
     if out is not None:
         title = f"best {results[0].metric} against epochs trained (pruned and diverged trials included)"

@@ -66,24 +66,26 @@ def prepare_store(uri: str) -> None:
     MlflowClient(uri).search_experiments(max_results=1)
 
 
-EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_s")
-
-
 def epoch_history(uri: str, run_id: str) -> list[dict[str, Any]]:
     """A trial run's per-epoch records rebuilt from its metric history (step = epoch); empty when
     the store or run cannot be read. Non-finite values were never logged: those epochs lack them."""
+    from dataclasses import fields
+
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from .engine import EpochRecord
+
+    keys = [f.name for f in fields(EpochRecord)]  # what log_epoch logged, step = epoch
     by_epoch: dict[int, dict[str, Any]] = {}
     try:
         client = MlflowClient(uri)
-        for key in EPOCH_KEYS:
+        for key in keys[1:]:
             for m in client.get_metric_history(run_id, key):
                 by_epoch.setdefault(m.step, {"epoch": m.step})[key] = m.value
     except (MlflowException, OSError):
         return []
-    return [{k: r.get(k) for k in ("epoch", *EPOCH_KEYS)} for _, r in sorted(by_epoch.items())]
+    return [{k: r.get(k) for k in keys} for _, r in sorted(by_epoch.items())]
 
 
 def newest_experiment(uri: str, study: str | None = None) -> str | None:
