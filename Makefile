@@ -49,7 +49,7 @@ lint: install
 	$(BIN)/mypy studyrunner
 
 bench: install data
-	$(BIN)/studyrunner bench
+	$(BIN)/studyrunner bench throughput
 
 clean:
 	rm -rf $(VENV) $(DATA) runs

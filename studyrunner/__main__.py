@@ -1,5 +1,5 @@
 """``python -m studyrunner`` = the ``studyrunner`` command (used to start worker processes)."""
 
-from .cli import app
+from studyrunner.cli.main import app
 
 app()

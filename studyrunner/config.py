@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import StudyrunnerError
+from studyrunner.errors import StudyrunnerError
 
 __all__ = [
     "AugmentConfig",

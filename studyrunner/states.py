@@ -12,17 +12,26 @@ hide, from the user attribute ``outcome`` the objective records:
 * IMPORTED - stored as COMPLETE, outcome ``imported``: a finished trial of an earlier study added by
   ``warm_start`` so that the sampler starts informed; it does not count towards ``n_trials``.
 
-Plain strings only: this module imports neither Optuna nor MLflow, so every layer can use it.
+What happened is an ``Outcome``, and everything studyrunner writes on an Optuna trial is a field
+of ``TrialRecord``: the objective writes it, the driver, results, the live view and ``show`` read
+it back typed, and no other module spells a user-attribute key.
+
+This module imports neither Optuna nor MLflow, so every layer can use it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 __all__ = [
+    "Outcome",
+    "TrialRecord",
+    "StopReason",
     "TrialState",
     "FINISHED",
     "OPTUNA_FINISHED",
@@ -61,6 +70,37 @@ class TrialState(str, enum.Enum):
         return _MLFLOW_STATUS[self]
 
 
+class Outcome(str, enum.Enum):
+    """What happened to a trial, as the objective records it (user attribute ``outcome``)."""
+
+    COMPLETED = "completed"  # trained every seed to the end
+    PRUNED = "pruned"  # stopped by the pruner or the no-learning rule
+    DIVERGED = "diverged"  # the training loss became non-finite or exploded
+    FAILED = "failed"  # an exception (retried with the same parameters, unless invalid)
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM
+    SURPLUS = "surplus"  # a parallel worker's trial past n_trials, stopped before training
+    IMPORTED = "imported"  # an earlier study's trial added by warm_start
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def optuna_state(self) -> str:
+        """The Optuna state the trial ends in (diverged trials are PRUNED, so samplers learn from them)."""
+        return _OPTUNA_STATE.get(self, "FAIL")
+
+    @property
+    def state(self) -> TrialState:
+        return state_of(self.optuna_state, {"outcome": self.value})
+
+
+_OPTUNA_STATE = {
+    Outcome.COMPLETED: "COMPLETE",
+    Outcome.PRUNED: "PRUNED",
+    Outcome.DIVERGED: "PRUNED",
+    Outcome.IMPORTED: "COMPLETE",
+}
+
 FINISHED = frozenset({TrialState.COMPLETE, TrialState.PRUNED, TrialState.DIVERGED})
 OPTUNA_FINISHED = ("COMPLETE", "PRUNED")  # Optuna state names of finished trials
 
@@ -76,11 +116,11 @@ _MLFLOW_STATUS = {
     TrialState.WAITING: "SCHEDULED",
 }
 DEAD_WORKER_STATUS = "KILLED"  # the MLflow run of a FAIL trial whose worker died: ended from outside, not by its training
-_BY_OUTCOME = {
-    ("PRUNED", "diverged"): TrialState.DIVERGED,
-    ("FAIL", "interrupted"): TrialState.INTERRUPTED,
-    ("FAIL", "surplus"): TrialState.CANCELLED,
-    ("COMPLETE", "imported"): TrialState.IMPORTED,
+_BY_OUTCOME: dict[tuple[str, str], TrialState] = {  # (Optuna state, outcome) -> what Optuna's state hides
+    ("PRUNED", Outcome.DIVERGED): TrialState.DIVERGED,
+    ("FAIL", Outcome.INTERRUPTED): TrialState.INTERRUPTED,
+    ("FAIL", Outcome.SURPLUS): TrialState.CANCELLED,
+    ("COMPLETE", Outcome.IMPORTED): TrialState.IMPORTED,
 }
 
 
@@ -129,3 +169,74 @@ def best_of(trials: Iterable[T], maximize: bool) -> T | None:
     done = [t for t in trials if trial_state(t) == TrialState.COMPLETE and first_value(t) is not None]
     sign = 1.0 if maximize else -1.0
     return max(done, key=lambda t: sign * (first_value(t) or 0.0), default=None)
+
+
+class _Writable(Protocol):
+    def set_user_attr(self, key: str, value: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """Everything studyrunner records on an Optuna trial, as its user attributes: one field per key.
+
+    ``TrialRecord.of(trial.user_attrs)`` reads them back typed (absent keys take the defaults);
+    ``TrialRecord.write(trial, epochs=3, ...)`` sets them, refusing a name that is not a field."""
+
+    outcome: Outcome | None = None
+    reason: str = ""  # why it was pruned or diverged
+    fail_reason: str = ""  # why it failed or was interrupted (never empty for a FAIL)
+    invalid: bool = False  # bad data or config: the same on every retry, so not retried
+    worker: str = ""  # host:pid of the process that ran it
+    mlflow_run_id: str = ""
+    origin: int | None = None  # the first attempt's number (a retry continues its checkpoint folder)
+    retry: int = 0  # how many times these parameters were retried before
+    retry_of: int | None = None  # the attempt this one retries
+    checkpoint: str = ""  # best-validation checkpoint file ("" when none was written)
+    out_dir: str = ""  # the checkpoint folder; history.json is there
+    epochs: int | None = None  # epochs trained by the first seed (a diverged epoch counts)
+    final_train_acc: float | None = None
+    final_val_acc: float | None = None
+    values: list[float] | None = None  # the first objective's value per seed
+    value_sd: float | None = None  # their standard deviation (0 for one seed)
+    test_acc: float | None = None  # mean over seeds, of the best-validation weights
+    test_loss: float | None = None
+    best_epoch: float | None = None
+    best_val_acc: float | None = None
+    constraints: list[float] | None = None  # each constraint's value - bound (<= 0 is feasible)
+    enqueued: bool = False  # a configuration the sweep's enqueue: listed
+    imported_from: str = ""  # STUDY#NUMBER of a warm-start trial
+    history: list[dict[str, Any]] | None = None  # per-epoch curve, in studies recorded before history.json
+
+    @classmethod
+    def of(cls, attrs: Mapping[str, Any]) -> TrialRecord:
+        known = {k: v for k, v in attrs.items() if k in _FIELDS}
+        outcome = known.pop("outcome", None) or ("surplus" if attrs.get("surplus") else None)  # studies from before 0.2
+        return cls(outcome=Outcome(outcome) if outcome in _OUTCOMES else None, **known)
+
+    @staticmethod
+    def write(trial: _Writable, **values: Any) -> None:
+        for key, value in values.items():
+            if key not in _FIELDS:
+                raise KeyError(f"{key!r} is not a TrialRecord field")
+            trial.set_user_attr(key, value.value if isinstance(value, enum.Enum) else value)
+
+    @property
+    def why(self) -> str:
+        """The one-line reason a trial did not complete ("" when it did)."""
+        return self.reason or self.fail_reason
+
+    def first_attempt(self, number: int) -> int:
+        return number if self.origin is None else int(self.origin)
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(TrialRecord))
+_OUTCOMES = frozenset(o.value for o in Outcome)
+
+
+class StopReason(str, enum.Enum):
+    """Why a study's invocation ended before its target (``StudyOutcome.stopped``)."""
+
+    NONE = ""  # it reached the target
+    TIMEOUT = "timeout"
+    CONVERGED = "converged"  # the stopping rule (budget.patience)
+    FAILURES = "failures"  # too many trials in a row failed

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import StudyrunnerError
+from studyrunner.errors import StudyrunnerError
 
 if TYPE_CHECKING:
     import optuna

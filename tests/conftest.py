@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 from studyrunner.config import TrainConfig, apply_overrides
-from studyrunner.data import ImageSet, Splits
-from studyrunner.engine import resolve_config
-from studyrunner.results import StepResult, TrialResult
-from studyrunner.spec import SweepSpec, load_sweep
+from studyrunner.engine.data import Splits
+from studyrunner.engine.decode import ImageSet
+from studyrunner.engine.resolve import resolve_config
+from studyrunner.report.results import StepResult, TrialResult
+from studyrunner.search.spec import SweepSpec, load_sweep
 
 
 def pattern_images(n_per_class: int, classes: int = 4, size: int = 20, seed: int = 0) -> ImageSet:

@@ -1,8 +1,8 @@
 import torch
 from torchvision import transforms
 
-from studyrunner.augment import augment_batch, color_jitter, normalize, random_crop, random_flip
 from studyrunner.config import AugmentConfig
+from studyrunner.engine.augment import augment_batch, color_jitter, normalize, random_crop, random_flip
 
 
 def _batch(n=32, size=8):
@@ -73,7 +73,7 @@ def test_augment_batch_output_is_normalised_float_of_same_shape():
 
 
 def test_random_resized_crop_keeps_the_shape_and_covers_the_scale_range():
-    from studyrunner.augment import RATIO, random_resized_crop
+    from studyrunner.engine.augment import RATIO, random_resized_crop
 
     n, size = 256, 64
     ramp = torch.arange(size, dtype=torch.float32) * 4  # 0..252: a pixel's value says where it came from

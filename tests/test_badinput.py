@@ -6,7 +6,7 @@ import hashlib
 import pytest
 from typer.testing import CliRunner
 
-from studyrunner.cli import app
+from studyrunner.cli.main import app
 
 from .conftest import make_folder
 from .test_spec import BAD

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from studyrunner.study import RunOptions, run_study
+from studyrunner.search.driver import RunOptions, run_study
 
 from .conftest import make_folder, sweep_spec
 

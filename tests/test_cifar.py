@@ -3,8 +3,9 @@
 import pytest
 
 from studyrunner.config import TrainConfig, apply_overrides
-from studyrunner.data import load_splits
-from studyrunner.engine import fit, resolve_config
+from studyrunner.engine.data import load_splits
+from studyrunner.engine.fit import fit
+from studyrunner.engine.resolve import resolve_config
 
 pytestmark = pytest.mark.cifar
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from studyrunner.cli import app
+from studyrunner.cli.main import app
 
 from .conftest import make_folder
 
@@ -181,7 +181,7 @@ def test_own_folder_of_mixed_sizes_and_modes_trains_a_resnet(tmp_path, monkeypat
     and palette images of several sizes."""
     from typer.testing import CliRunner
 
-    from studyrunner.cli import app
+    from studyrunner.cli.main import app
 
     root = make_folder(
         tmp_path / "own",

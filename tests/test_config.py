@@ -12,7 +12,7 @@ from studyrunner.config import (
     config_to_dict,
     parse_assignments,
 )
-from studyrunner.models import MODELS
+from studyrunner.engine.models import MODELS
 
 
 def test_defaults_are_documents_values():

@@ -6,16 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from studyrunner import data as data_mod
 from studyrunner.config import DataConfig, TrainConfig, apply_overrides
-from studyrunner.data import (
-    DataError,
+from studyrunner.engine import data as data_mod
+from studyrunner.engine import decode as decode_mod
+from studyrunner.engine.data import (
     channel_stats,
     load_splits,
     read_folder,
     stratified_indices,
     stratified_split,
 )
+from studyrunner.engine.decode import DataError
 
 from .conftest import make_folder, write_image
 
@@ -63,7 +64,7 @@ def test_cache_is_reused_then_invalidated_when_source_changes(tmp_path, monkeypa
     def no_decode(*a, **k):
         raise AssertionError("decoded again although the cache is valid")
 
-    monkeypatch.setattr(data_mod, "_decode", no_decode)
+    monkeypatch.setattr(decode_mod, "_decode", no_decode)
     again = read_folder(root / "train", cfg)
     assert torch.equal(first.images, again.images)
 
@@ -164,7 +165,7 @@ def test_val_folder_with_other_classes_is_refused(tmp_path):
 def test_sixteen_bit_grayscale_is_scaled_and_exif_orientation_applied(tmp_path):
     from PIL import Image
 
-    from studyrunner.data import _decode
+    from studyrunner.engine.decode import _decode
 
     Image.new("I;16", (8, 8), 30000).save(tmp_path / "deep.png")  # 30000 of 65535 = 117 of 255, not clipped to 255
     assert _decode(tmp_path / "deep.png", 8).float().mean().item() == pytest.approx(117, abs=1)
@@ -205,8 +206,8 @@ def test_class_selection_and_validation_from_the_test_folder(tmp_path):
 def test_only_the_chosen_images_are_decoded(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "d", classes=4, per_class=20, split="train", sizes=((16, 16),))
     decoded = []
-    real = data_mod._decode
-    monkeypatch.setattr(data_mod, "_decode", lambda p, *a: decoded.append(p) or real(p, *a))
+    real = decode_mod._decode
+    monkeypatch.setattr(decode_mod, "_decode", lambda p, *a: decoded.append(p) or real(p, *a))
     cfg = DataConfig(
         dataset="folder", path=str(root), image_size=16, classes=("c1", "c3"), train_subset=10, val_fraction=0.2,
         cache_dir=str(tmp_path / "c"),
@@ -220,7 +221,7 @@ def test_only_the_chosen_images_are_decoded(tmp_path, monkeypatch):
 def test_images_that_would_not_fit_in_memory_are_refused_before_decoding(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "d", classes=2, per_class=10, split="train", sizes=((16, 16),))
     monkeypatch.setattr(data_mod, "available_memory", lambda: 100 * 3 * 224 * 224)  # room for 80 images at 224 px
-    monkeypatch.setattr(data_mod, "_decode", lambda *a: pytest.fail("decoded although it cannot fit"))
+    monkeypatch.setattr(decode_mod, "_decode", lambda *a: pytest.fail("decoded although it cannot fit"))
     cfg = DataConfig(dataset="folder", path=str(root), image_size=224, val_fraction=0.0, cache_dir=str(tmp_path / "c"))
     monkeypatch.setattr(data_mod, "HOST_SHARE", 0.05)  # 20 images need more than 5 of the 100 images' worth
     with pytest.raises(DataError, match=r"20 images at 224 px need .* GiB decoded.*about 5 images fit at 224 px"):
@@ -233,8 +234,8 @@ def test_shorter_side_is_resized_then_centre_cropped(tmp_path):
     im = Image.new("RGB", (40, 40), (255, 0, 0))
     im.paste((0, 0, 255), (10, 10, 30, 30))  # a blue square inside a red frame 10 px wide
     im.save(tmp_path / "framed.png")
-    whole = data_mod._decode(tmp_path / "framed.png", 20)  # resized to 20: the frame stays
-    cropped = data_mod._decode(tmp_path / "framed.png", 20, 40)  # resize 40, crop the middle 20: only blue
+    whole = decode_mod._decode(tmp_path / "framed.png", 20)  # resized to 20: the frame stays
+    cropped = decode_mod._decode(tmp_path / "framed.png", 20, 40)  # resize 40, crop the middle 20: only blue
     assert whole[0, 0, 0] > 200 and cropped[0].max() < 30 and cropped[2].min() > 225
 
 
@@ -253,7 +254,8 @@ def test_validation_and_test_subsets_are_stratified_and_seeded(tmp_path):
 
 def test_the_projects_data_folder_is_found_without_any_variable(tmp_path, monkeypatch):
     """After `make`, commands run anywhere inside the project find .data/cifar10-jpg and .data/cache."""
-    from studyrunner.data import cache_root, resolve_root
+    from studyrunner.engine.data import resolve_root
+    from studyrunner.engine.decode import cache_root
 
     (tmp_path / ".data" / "cifar10-jpg").mkdir(parents=True)
     (tmp_path / ".data" / "cache").mkdir()

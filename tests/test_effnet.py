@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from studyrunner import effnet
 from studyrunner.config import ConfigError
+from studyrunner.engine import effnet
 
 # Reference logits, fixed here once. They come from the ORIGINAL port the weight file was made for,
 # not from timm: PyPI efficientnet-lite-pytorch 0.1.0 (module efficientnet_lite_pytorch, an

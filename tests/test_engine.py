@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from studyrunner.config import TrainConfig, apply_overrides
-from studyrunner.engine import fit, is_resolved, resolve_config
+from studyrunner.engine.fit import fit
+from studyrunner.engine.resolve import is_resolved, resolve_config
 
 KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_s"}
 
@@ -104,7 +105,7 @@ def test_confusion_matrix_and_per_class_accuracy(tiny_splits, tiny_config):
 
 
 def test_images_stay_on_the_device_only_within_its_budget():
-    from studyrunner.engine import placement
+    from studyrunner.engine.fit import placement
 
     gib = 2**30
     assert placement(10 * gib, 40 * gib, 0.5) == "device"
@@ -113,7 +114,7 @@ def test_images_stay_on_the_device_only_within_its_budget():
 
 
 def test_divergence_is_a_loss_that_climbs_not_one_that_starts_high():
-    from studyrunner.engine import _divergence
+    from studyrunner.engine.fit import _divergence
 
     chance = math.log(4)  # 1.39 for four classes: x3 = 4.16
     assert _divergence(4.18, 3.0, chance, 9.5) == ""  # a fresh head on large pretrained features: high, but falling

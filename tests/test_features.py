@@ -4,11 +4,12 @@ weights, the input size or the images change, and the same result as the full fo
 import pytest
 import torch
 
-from studyrunner import features as features_mod
 from studyrunner.config import apply_overrides
-from studyrunner.data import ImageSet, Splits
-from studyrunner.engine import fit
-from studyrunner.features import FeatureCache
+from studyrunner.engine import features as features_mod
+from studyrunner.engine.data import Splits
+from studyrunner.engine.decode import ImageSet
+from studyrunner.engine.features import FeatureCache
+from studyrunner.engine.fit import fit
 
 from .conftest import pattern_images
 
@@ -41,7 +42,7 @@ def test_features_are_reused_in_process_then_from_disk(tiny_splits, frozen, monk
     monkeypatch.setattr(features_mod, "_CACHES", {})  # a new worker process: only the disk cache is left
     calls = []
     real = features_mod.extract
-    monkeypatch.setattr("studyrunner.engine.extract", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("studyrunner.engine.fit.extract", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert "(disk, disk, disk)" in _notes(fit(frozen, tiny_splits)) and not calls
 
 

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from studyrunner.config import TrainConfig, apply_overrides
-from studyrunner.data import load_splits
-from studyrunner.engine import fit, resolve_config
+from studyrunner.engine.data import load_splits
+from studyrunner.engine.fit import fit
+from studyrunner.engine.resolve import resolve_config
 
 from .conftest import make_folder
 
@@ -19,7 +20,7 @@ def _checkpoint_on_a_folder(tmp_path, classes: int, per_class: int, **overrides)
 
 
 def test_prediction_grid_from_a_checkpoint(tmp_path):
-    from studyrunner.gallery import prediction_grid
+    from studyrunner.report.gallery import prediction_grid
 
     _checkpoint_on_a_folder(tmp_path, classes=3, per_class=8)
     png = prediction_grid(tmp_path / "ck" / "best.pt", tmp_path / "grid.png", n=12)
@@ -28,7 +29,7 @@ def test_prediction_grid_from_a_checkpoint(tmp_path):
 
 def test_prediction_grid_names_an_unreadable_checkpoint(tmp_path):
     from studyrunner.errors import StudyrunnerError
-    from studyrunner.gallery import prediction_grid
+    from studyrunner.report.gallery import prediction_grid
 
     (tmp_path / "best.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(StudyrunnerError, match="best.pt: not a readable studyrunner checkpoint"):
@@ -38,7 +39,7 @@ def test_prediction_grid_names_an_unreadable_checkpoint(tmp_path):
 def test_prediction_grid_from_a_checkpoint_saved_before_normalisation_was_recorded(tmp_path):
     """Older checkpoints have no ``normalisation``: a resnet with init=imagenet was built with the
     small-image stem then, and the grid must rebuild that, not the ImageNet stem."""
-    from studyrunner.gallery import prediction_grid
+    from studyrunner.report.gallery import prediction_grid
 
     _checkpoint_on_a_folder(tmp_path, classes=2, per_class=4, **{"model.name": "resnet18"})
     blob = torch.load(tmp_path / "ck" / "best.pt", weights_only=True)

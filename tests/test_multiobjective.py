@@ -5,11 +5,11 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-from studyrunner.cli import app
-from studyrunner.results import pareto_front, study_result, trial_history
-from studyrunner.spec import SpecError
+from studyrunner.cli.main import app
+from studyrunner.report.results import pareto_front, study_result, trial_history
+from studyrunner.search.driver import RunOptions, run_study
+from studyrunner.search.spec import SpecError
 from studyrunner.states import TrialState, trial_state
-from studyrunner.study import RunOptions, run_study
 
 from .conftest import sweep_spec
 

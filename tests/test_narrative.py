@@ -3,10 +3,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from studyrunner.narrative import Claim, judge, load_narrative
-from studyrunner.results import trial_history
-from studyrunner.spec import SpecError
-from studyrunner.study import RunOptions, run_narrative
+from studyrunner.narrative.runner import run_narrative
+from studyrunner.narrative.spec import Claim, judge, load_narrative
+from studyrunner.report.results import trial_history
+from studyrunner.search.driver import RunOptions
+from studyrunner.search.spec import SpecError
 
 from .conftest import make_folder, step_result, write_sweep
 
@@ -101,7 +102,7 @@ def test_validate_command_accepts_shipped_narratives(tmp_path, name):
 
     from typer.testing import CliRunner
 
-    from studyrunner.cli import app
+    from studyrunner.cli.main import app
 
     path = Path(__file__).parent.parent / "studies" / name
     res = CliRunner().invoke(app, ["validate", str(path), "--data-dir", str(tmp_path)], env={"COLUMNS": "200"})
@@ -115,7 +116,7 @@ def test_validate_command_accepts_shipped_narratives(tmp_path, name):
 def test_validate_command_names_a_bad_narrativestep_result(tmp_path, tiny_train):
     from typer.testing import CliRunner
 
-    from studyrunner.cli import app
+    from studyrunner.cli.main import app
 
     path = _story(tmp_path, tiny_train, STORY.replace("model: {batchnorm: true}", "model: {batchnorm: maybe}", 1))
     res = CliRunner().invoke(app, ["validate", str(path)])

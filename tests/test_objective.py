@@ -1,8 +1,8 @@
 import optuna
 import pytest
 
-from studyrunner.objective import DataSource, Objective
-from studyrunner.results import trial_history
+from studyrunner.report.results import trial_history
+from studyrunner.search.objective import DataSource, Objective
 
 from .conftest import sweep_spec
 

@@ -3,7 +3,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from studyrunner.config import OptimConfig, SchedConfig
-from studyrunner.optim import Schedule, build_optimizer
+from studyrunner.engine.optim import Schedule, build_optimizer
 
 EPOCHS, STEPS = 40, 3
 

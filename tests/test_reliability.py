@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from studyrunner.cli import app
+from studyrunner.cli.main import app
 
 from .conftest import make_folder, write_sweep
 
@@ -331,7 +331,8 @@ def _cfg(root: Path, tmp_path: Path, **kw):
 
 
 def test_a_single_class_folder_is_refused(tmp_path):
-    from studyrunner.data import DataError, load_splits
+    from studyrunner.engine.data import load_splits
+    from studyrunner.engine.decode import DataError
 
     root = make_folder(tmp_path / "one", classes=1, per_class=10, split=None)
     with pytest.raises(DataError, match="one class folder .*at least two classes"):
@@ -339,7 +340,8 @@ def test_a_single_class_folder_is_refused(tmp_path):
 
 
 def test_selecting_a_single_class_is_refused(tmp_path):
-    from studyrunner.data import DataError, load_splits
+    from studyrunner.engine.data import load_splits
+    from studyrunner.engine.decode import DataError
 
     root = make_folder(tmp_path / "three", classes=3, per_class=10, split=None)
     with pytest.raises(DataError, match=r"data.classes \['c1'\]: a classifier needs at least two classes"):
@@ -350,7 +352,7 @@ def test_class_selection_is_applied_before_the_splits_are_compared(tmp_path):
     """val/ holds only the selected classes: a valid selection, accepted."""
     import shutil
 
-    from studyrunner.data import load_splits
+    from studyrunner.engine.data import load_splits
 
     root = make_folder(tmp_path / "d", classes=4, per_class=6, split="train")
     make_folder(root, classes=4, per_class=2, split="val")
@@ -361,7 +363,8 @@ def test_class_selection_is_applied_before_the_splits_are_compared(tmp_path):
 
 
 def test_a_val_split_that_rounds_to_zero_images(tmp_path):
-    from studyrunner.data import DataError, load_splits
+    from studyrunner.engine.data import load_splits
+    from studyrunner.engine.decode import DataError
 
     root = make_folder(tmp_path / "d", classes=2, per_class=4, split=None)
     with pytest.raises(DataError, match="data.val_fraction 0.05 of 8 training images rounds to 0"):
@@ -371,7 +374,8 @@ def test_a_val_split_that_rounds_to_zero_images(tmp_path):
 def test_an_image_over_the_decompression_bomb_limit(tmp_path, monkeypatch):
     from PIL import Image
 
-    from studyrunner.data import DataError, load_splits
+    from studyrunner.engine.data import load_splits
+    from studyrunner.engine.decode import DataError
 
     root = make_folder(tmp_path / "d", classes=2, per_class=10, split=None, sizes=((20, 20),))
     Image.new("RGB", (200, 200)).save(root / "c0" / "huge.png")
@@ -381,7 +385,8 @@ def test_an_image_over_the_decompression_bomb_limit(tmp_path, monkeypatch):
 
 
 def test_test_metric_on_folders_without_a_test_split(tmp_path):
-    from studyrunner.data import DataError, check_objective_split
+    from studyrunner.engine.data import check_objective_split
+    from studyrunner.engine.decode import DataError
 
     root = make_folder(tmp_path / "d", classes=2, per_class=4, split="train")
     with pytest.raises(DataError, match="has no test split"):
@@ -394,7 +399,7 @@ def test_test_metric_on_folders_without_a_test_split(tmp_path):
 
 
 def test_a_corrupted_image_cache_is_detected_and_rebuilt(tmp_path, caplog):
-    from studyrunner.data import load_splits
+    from studyrunner.engine.data import load_splits
 
     root = make_folder(tmp_path / "d", classes=2, per_class=20, split=None)
     first = load_splits(_cfg(root, tmp_path))
@@ -447,8 +452,8 @@ def test_each_process_on_a_study_draws_its_own_sampler_stream(tmp_path, tiny_tra
     """Two processes on one existing study no longer reseed from the trial count: they draw apart."""
     import optuna
 
-    from studyrunner.samplers import make_sampler
-    from studyrunner.study import _claim_stream
+    from studyrunner.search.driver import _claim_stream
+    from studyrunner.search.samplers import make_sampler
 
     from .conftest import sweep_spec
 

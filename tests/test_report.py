@@ -5,9 +5,10 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from studyrunner.narrative import Claim, judge
-from studyrunner.report import effects, history_info, render_narrative, render_sweep_report, spend_info
-from studyrunner.results import NarrativeResult, StudyResult, TrialResult
+from studyrunner.narrative.spec import Claim, judge
+from studyrunner.report.markdown import effects, history_info, render_sweep_report, spend_info
+from studyrunner.report.narrative_md import render_narrative
+from studyrunner.report.results import NarrativeResult, StudyResult, TrialResult
 
 from .conftest import history, step_result
 

@@ -2,7 +2,7 @@
 
 import optuna
 
-from studyrunner.results import importances, list_studies, study_result, trials_frame
+from studyrunner.report.results import importances, list_studies, study_result, trials_frame
 from studyrunner.states import TrialState
 
 

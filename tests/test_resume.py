@@ -16,8 +16,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from studyrunner.config import apply_overrides
-from studyrunner.engine import fit, state_path
-from studyrunner.results import trial_history
+from studyrunner.engine.checkpoint import state_path
+from studyrunner.engine.fit import fit
+from studyrunner.report.results import trial_history
 from studyrunner.states import TrialState, trial_state
 
 from .conftest import write_sweep

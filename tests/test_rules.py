@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from studyrunner.rules import chance_band, converged, no_learning
+from studyrunner.search.stopping import chance_band, converged, no_learning
 
 
 @dataclass

@@ -6,8 +6,8 @@ import optuna
 import pytest
 
 from studyrunner.errors import StudyrunnerError
-from studyrunner.samplers import PRUNERS, SAMPLERS, make_pruner, make_sampler
-from studyrunner.spec import PrunerSpec, SamplerSpec, SweepSpec
+from studyrunner.search.samplers import PRUNERS, SAMPLERS, make_pruner, make_sampler
+from studyrunner.search.spec import PrunerSpec, SamplerSpec, SweepSpec
 
 SPACE = {"optim.lr": {"low": 1e-4, "high": 1e-2, "step": 1e-4}}
 
@@ -79,8 +79,8 @@ def test_warmup_epochs_are_the_epochs_that_cannot_be_pruned(tmp_path):
     keeps epochs 1 and 2 safe, the earliest prune is at epoch 3."""
     import optuna
 
-    from studyrunner.samplers import make_pruner
-    from studyrunner.spec import load_sweep
+    from studyrunner.search.samplers import make_pruner
+    from studyrunner.search.spec import load_sweep
 
     from .conftest import write_sweep
 

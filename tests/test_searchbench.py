@@ -9,28 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from studyrunner import searchbench
-from studyrunner.errors import StudyrunnerError
-from studyrunner.searchbench import (
+from studyrunner.bench import search_replay, search_table
+from studyrunner.bench.search_replay import (
     STRATEGIES,
-    Curve,
-    Point,
     Replay,
-    Table,
     TrialLog,
     anytime_info,
-    build_table,
-    config_id,
-    grid_axes,
-    load_table,
-    render_report,
     replay,
-    run_search_bench,
     run_strategies,
     summarise,
     to_target,
 )
-from studyrunner.spec import load_sweep
+from studyrunner.bench.search_report import render_report, run_search_bench
+from studyrunner.bench.search_table import Curve, Point, Table, build_table, config_id, grid_axes, load_table
+from studyrunner.errors import StudyrunnerError
+from studyrunner.search.spec import load_sweep
 
 from .conftest import sweep_spec
 
@@ -78,8 +71,8 @@ def test_the_no_learning_rule_spends_fewer_epochs_and_finds_the_same_best():
         assert [t.params for t in plain.trials] == [t.params for t in ruled.trials]
         assert ruled.best == plain.best and ruled.epochs <= plain.epochs
         stopped = [t for t in ruled.trials if t.reason.startswith("no learning")]
-        assert all(t.epochs == searchbench.NO_LEARNING_AFTER for t in stopped)
-        assert ruled.epochs == plain.epochs - len(stopped) * (EPOCHS - searchbench.NO_LEARNING_AFTER)
+        assert all(t.epochs == search_replay.NO_LEARNING_AFTER for t in stopped)
+        assert ruled.epochs == plain.epochs - len(stopped) * (EPOCHS - search_replay.NO_LEARNING_AFTER)
     both = run_strategies(table, 16, range(5), ["tpe", "tpe+no-learning"])
     assert sum(r.epochs for r in both["tpe+no-learning"]) < sum(r.epochs for r in both["tpe"])
     assert max(r.best or 0 for r in both["tpe+no-learning"]) == table.best().best == 0.62
@@ -90,7 +83,7 @@ def test_pruned_strategies_spend_no_more_epochs_than_the_unpruned_search():
     unpruned = sum(r.epochs for r in runs["tpe"])
     for name in STRATEGIES:
         assert all(r.epochs <= 16 * EPOCHS for r in runs[name])
-        if name not in searchbench.UNPRUNED:
+        if name not in search_replay.UNPRUNED:
             assert sum(r.epochs for r in runs[name]) <= unpruned, name
 
 
@@ -186,7 +179,7 @@ def test_a_table_is_built_with_the_engine_and_resumes(tmp_path, tiny_train, tiny
     spec = sweep_spec(tmp_path, tiny_train, space=space)
     path, over = tmp_path / "table.json", {"epochs": 2}
     calls: list[str] = []
-    real_fit = searchbench.fit
+    real_fit = search_table.fit
 
     def counting_fit(cfg, splits, on_epoch=None):
         calls.append(f"{cfg.optim.lr:g}")
@@ -196,7 +189,7 @@ def test_a_table_is_built_with_the_engine_and_resumes(tmp_path, tiny_train, tiny
         if message.startswith("[1/"):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(searchbench, "fit", counting_fit)
+    monkeypatch.setattr(search_table, "fit", counting_fit)
     with pytest.raises(KeyboardInterrupt):  # interrupted after the first configuration was saved
         build_table(spec, over, None, path, grid_points=2, log=stop_after_first, splits=tiny_splits)
     assert len(json.loads(path.read_text())["curves"]) == 1
@@ -212,7 +205,7 @@ def test_a_table_is_built_with_the_engine_and_resumes(tmp_path, tiny_train, tiny
     def no_training(*args: object) -> None:
         raise AssertionError("trained")
 
-    monkeypatch.setattr(searchbench, "fit", no_training)
+    monkeypatch.setattr(search_table, "fit", no_training)
     budget = sweep_spec(tmp_path, tiny_train, head="budget: {n_trials: 3}\n", space=space, name="other")
     assert build_table(budget, over, None, path, grid_points=2, log=lambda m: None).curves == table.curves  # replay only
     messages: list[str] = []
@@ -232,7 +225,7 @@ def test_run_search_bench_writes_the_report_figure_and_table(tmp_path, tiny_trai
     assert figures["table_configs"] == 2 and (out / "anytime.png").stat().st_size > 0
     readme = (out / "README.md").read_text()
     assert "| `tpe+median+no-learning` |" in readme and "![" in readme
-    assert readme.rstrip().endswith(f"studyrunner bench --search {spec_path}\n```")
+    assert readme.rstrip().endswith(f"studyrunner bench search {spec_path}\n```")
 
 
 def test_the_report_names_the_winner_and_its_share():

@@ -1,8 +1,8 @@
 import optuna
 import pytest
 
-from studyrunner.space import grid_space, suggest
-from studyrunner.spec import load_sweep
+from studyrunner.search.space import grid_space, suggest
+from studyrunner.search.spec import load_sweep
 
 from .conftest import write_sweep
 

@@ -1,6 +1,6 @@
 import pytest
 
-from studyrunner.spec import SpecError, load_sweep
+from studyrunner.search.spec import SpecError, load_sweep
 
 from .conftest import write_sweep
 

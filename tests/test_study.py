@@ -5,10 +5,10 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from studyrunner.results import study_result, trial_history
-from studyrunner.spec import load_sweep
+from studyrunner.report.results import study_result, trial_history
+from studyrunner.search.driver import RunOptions, run_study
+from studyrunner.search.spec import load_sweep
 from studyrunner.states import finished_count
-from studyrunner.study import RunOptions, run_study
 
 from .conftest import sweep_spec, write_sweep
 
@@ -104,7 +104,7 @@ def test_pruner_prunes_and_mlflow_shows_which(tmp_path, tiny_train):
 
 
 def test_failing_trial_is_retried_then_recorded_fail(tmp_path, tiny_train, monkeypatch):
-    import studyrunner.objective as objective_mod
+    import studyrunner.search.objective as objective_mod
 
     calls = []
 
@@ -188,6 +188,6 @@ def test_any_class_name_is_tracked(tmp_path):
     assert {"val_acc_cat_dog _mixed_", "val_acc_cat_dog _mixed__2"} <= set(run.data.metrics)  # both kept
     path = client.download_artifacts(run.info.run_id, "classes.json", str(tmp_path))
     assert json.loads(Path(path).read_text()) == ["cat+dog (mixed)", "cat+dog [mixed]"]
-    from studyrunner.tracking import metric_key
+    from studyrunner.track.runs import metric_key
 
     assert metric_key("val_acc_猫") == "val_acc_猫"  # letters of any script are kept

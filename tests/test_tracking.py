@@ -8,9 +8,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from studyrunner.config import TrainConfig
-from studyrunner.engine import EpochRecord, FitResult
+from studyrunner.engine.fit import EpochRecord, FitResult
 from studyrunner.states import TrialState
-from studyrunner.tracking import Tracker, metric_key
+from studyrunner.track.runs import Tracker, metric_key
 
 
 def _records(n: int) -> list[EpochRecord]:

@@ -1,12 +1,15 @@
 """The transfer policy: what trains at which LR and from which epoch, which norms stay fixed;
 unit checks of the policy object, then fits that show the engine follows it."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from studyrunner.config import ConfigError, TrainConfig, apply_overrides
-from studyrunner.engine import fit, resolve_config
-from studyrunner.models import build_model, head_parameters
+from studyrunner.engine.fit import fit
+from studyrunner.engine.models import build_model, head_parameters
+from studyrunner.engine.resolve import resolve_config
 
 
 def _trained(cfg, splits, tmp_path):
@@ -57,13 +60,13 @@ def test_backbone_lr_multiplier_builds_two_groups(tiny_splits, tiny_config):
     [{"sched.name": "cosine", "sched.min_lr": 1e-4}, {"sched.name": "plateau", "sched.min_lr": 1e-4, "sched.patience": 0}],
 )
 def test_schedules_keep_the_backbone_at_its_share_of_the_head_lr(sched):
-    from studyrunner.optim import Schedule, build_optimizer
-    from studyrunner.transfer import TransferPolicy
+    from studyrunner.engine.optim import Schedule, build_optimizer
+    from studyrunner.engine.transfer import TransferPolicy
 
     cfg = apply_overrides(
         TrainConfig(), {"optim.name": "adam", "optim.lr": 1e-3, "optim.backbone_lr_mult": 0.1, "epochs": 10, **sched}
     )
-    groups = TransferPolicy.from_config(cfg).param_groups(build_model(cfg.model, 3), cfg.optim.lr)
+    groups = TransferPolicy.from_config(cfg).param_groups(build_model(cfg.model, 3))
     opt = build_optimizer(groups, cfg.optim)
     schedule = Schedule(opt, cfg.sched, cfg.epochs, 1)
     seen = []
@@ -107,7 +110,7 @@ def test_freezing_never_freezes_tensors_the_weights_did_not_supply(tiny_splits, 
 
 
 def test_policy_decides_what_trains_when():
-    from studyrunner.transfer import TransferPolicy
+    from studyrunner.engine.transfer import TransferPolicy
 
     over = {"model.freeze": "backbone", "model.unfreeze_epoch": 3, "optim.backbone_lr_mult": 0.1, "model.batchnorm": True}
     cfg = apply_overrides(TrainConfig(), over)
@@ -119,9 +122,10 @@ def test_policy_decides_what_trains_when():
     assert not fresh.fixed_backbone  # a fresh tensor in the backbone trains
     assert not TransferPolicy.from_config(TrainConfig()).frozen_at(1)
     model = build_model(cfg.model, 3)
-    backbone, head = policy.param_groups(model, 0.01)
-    assert backbone["lr"] == pytest.approx(0.001) and "lr" not in head and len(head["params"]) == 2
-    assert len(TransferPolicy().param_groups(model, 0.01)) == 1  # equal LRs: one group
+    backbone, head = dataclasses.replace(policy, lr=0.01).param_groups(model)
+    assert backbone["lr"] == pytest.approx(0.001) and len(head["params"]) == 2
+    assert (backbone["name"], head["name"], head["lr"]) == ("backbone", "head", 0.01)  # each group named, with its LR
+    assert [g["name"] for g in TransferPolicy().param_groups(model)] == ["all"]  # equal LRs: one group
     policy.start_epoch(model, 1)
     assert model.training and not model.features[0].weight.requires_grad and model.classifier[-1].weight.requires_grad
     assert not model.features[1].training  # a frozen backbone's BatchNorm keeps its statistics

@@ -1,0 +1,228 @@
+"""``studyrunner bench``: the benchmarks as sub-commands (throughput, overhead, frozen, search).
+
+An option's default is the benchmark's own ``SETTINGS`` block (``studyrunner/bench/<module>.py``),
+read when the command runs or shows its help and not before: a benchmark module imports torch,
+which ``studyrunner --help`` and the other commands never load.
+
+The flag form of the last release (``studyrunner bench --frozen``, ``--trial-overhead``,
+``--search SWEEP``) still runs, after one line on stderr naming the sub-command that replaces it;
+``studyrunner bench`` alone runs ``throughput``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from studyrunner.cli.views import console, wrapping_table
+from studyrunner.errors import StudyrunnerError
+
+__all__ = ["bench_app"]
+
+HELP = (
+    "Benchmarks: training throughput, per-trial overhead, frozen-backbone heads, search strategies. "
+    "`studyrunner bench` alone runs throughput."
+)
+bench_app = typer.Typer(help=HELP, invoke_without_command=True, add_completion=False, pretty_exceptions_enable=False)
+
+# cli/app.py adds this sub-app, so importing its helpers here would be an import cycle: the few
+# this module needs are its own
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_errors(fn: F) -> F:
+    """A StudyrunnerError becomes a one-line message and exit code 1 (as in cli/app.py)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except StudyrunnerError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _positive(option: str, value: float) -> None:
+    if not value > 0:
+        raise StudyrunnerError(f"{option} {value:g}: must be > 0")
+
+
+def _output_folder(option: str, path: Path) -> None:
+    """Refuse, before any work, an output folder that is a file or lies under a file."""
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise StudyrunnerError(f"{option} {path}: {p} is a file, not a folder")
+
+
+def _log(message: str) -> None:
+    console.print(message, highlight=False)
+
+
+def _on_machine() -> None:
+    from studyrunner.track.machine import machine
+
+    _log(f"on {machine()}")
+
+
+def _figures(figures: dict[str, float]) -> None:
+    out = wrapping_table("figure", "value")
+    for key, val in figures.items():
+        out.add_row(key, f"{100 * val:.2f}%" if key.startswith(("share", "best_val")) else f"{val:.3f}")
+    Console().print(out)
+
+
+class _Setting:
+    """A default read from ``studyrunner.bench.<module>.SETTINGS[key]`` when it is needed: click
+    calls a callable default when the option is not given, and --help shows ``str()`` of one
+    that is not a plain function."""
+
+    def __init__(self, module: str, key: str) -> None:
+        self.module, self.key = module, key
+
+    def __call__(self) -> Any:
+        return importlib.import_module(f"studyrunner.bench.{self.module}").SETTINGS[self.key]
+
+    def __str__(self) -> str:
+        return str(self())
+
+
+def _default(module: str, key: str, text: str) -> Any:
+    return typer.Option(default_factory=_Setting(module, key), help=text)
+
+
+DataDirOpt = Annotated[
+    str | None,
+    typer.Option("--data-dir", help="Data root (else data.path or $STUDYRUNNER_DATA_DIR).", envvar="STUDYRUNNER_DATA_DIR"),
+]
+ImagesOpt = Annotated[int, _default("throughput", "images", "Training images timed per pipeline.")]
+BatchOpt = Annotated[int, _default("throughput", "batch_size", "Batch size of both pipelines.")]
+WorkersOpt = Annotated[int, _default("throughput", "workers", "DataLoader workers of the documents' pipeline.")]
+EpochsOpt = Annotated[int, _default("frozen", "epochs", "Epochs per trial.")]
+SeedsOpt = Annotated[int, _default("search_report", "seeds", "Sampler seeds per strategy.")]
+OutOpt = Annotated[Path, _default("search_report", "out", "Report folder (README.md, anytime.png, table.json).")]
+
+
+@bench_app.command()
+@_user_errors
+def throughput(images: ImagesOpt, batch_size: BatchOpt, workers: WorkersOpt, data_dir: DataDirOpt = None) -> None:
+    """Training images/s: the documents' pipeline (ImageFolder + PIL + DataLoader, fp32) vs the engine."""
+    from studyrunner.bench.throughput import run_bench
+
+    _positive("--images", images)
+    _positive("--batch-size", batch_size)
+    _on_machine()
+    table = wrapping_table("pipeline", "images/s", "x documents'")
+    for name, speed, ratio in run_bench(data_dir, images, batch_size, workers, log=_log):
+        table.add_row(name, f"{speed:.0f}", f"{ratio:.2f}")
+    Console().print(table)
+
+
+@bench_app.command()
+@_user_errors
+def overhead(data_dir: DataDirOpt = None) -> None:
+    """Per-trial time of a tracked study (SQLite Optuna + SQLite MLflow) spent outside training."""
+    from studyrunner.bench.overhead import trial_overhead
+
+    _on_machine()
+    _figures(trial_overhead(data_dir, log=_log))
+
+
+@bench_app.command()
+@_user_errors
+def frozen(epochs: EpochsOpt, data_dir: DataDirOpt = None) -> None:
+    """Seconds per frozen-backbone head trial (EfficientNet-Lite0, 224 px) with and without the feature cache."""
+    from studyrunner.bench.frozen import frozen_head
+
+    _positive("--epochs", epochs)
+    _on_machine()
+    _figures(frozen_head(data_dir, epochs=epochs, log=_log))
+
+
+@bench_app.command()
+@_user_errors
+def search(
+    sweep: Annotated[Path, typer.Argument(help="Sweep YAML whose space the strategies search (e.g. sweeps/search_bench.yaml).")],
+    seeds: SeedsOpt,
+    out: OutOpt,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Time-to-quality of search strategies on the sweep's space: every configuration trained once
+    (a resumable table), then samplers x pruners x stopping rules replayed over several seeds."""
+    from studyrunner.bench.search_report import run_search_bench
+
+    _positive("--seeds", seeds)
+    _output_folder("--out", out)
+    _on_machine()
+    _figures(run_search_bench(sweep, {}, data_dir, out, seeds=seeds, log=_log))
+
+
+def _refuse_options_before(ctx: typer.Context, sub: str) -> None:
+    """``studyrunner bench --data-dir D frozen`` would run frozen without D: refuse it, naming where options go."""
+    given = [p.opts[0] for p in ctx.command.params if p.name and _source(ctx, p.name) == "COMMANDLINE"]
+    if given:
+        raise StudyrunnerError(
+            f"{', '.join(given)} before the sub-command: give options after it: studyrunner bench {sub} {given[0]} ..."
+        )
+
+
+def _source(ctx: typer.Context, name: str) -> str:
+    """Where an option's value came from (COMMANDLINE, ENVIRONMENT, DEFAULT, ...)."""
+    source = ctx.get_parameter_source(name)
+    return source.name if source is not None else ""
+
+
+def _flags(**values: object) -> list[str]:
+    """The command-line form of the options given (None: not given)."""
+    return [arg for key, v in values.items() if v is not None for arg in (f"--{key.replace('_', '-')}", str(v))]
+
+
+def _hidden(*decls: str) -> Any:
+    return typer.Option(*decls, hidden=True)  # the last release's flags: they run, --help no longer offers them
+
+
+@bench_app.callback()
+@_user_errors
+def bench(
+    ctx: typer.Context,
+    data_dir: Annotated[str | None, _hidden("--data-dir")] = None,
+    images: Annotated[int | None, _hidden("--images")] = None,
+    batch_size: Annotated[int | None, _hidden("--batch-size")] = None,
+    workers: Annotated[int | None, _hidden("--workers")] = None,
+    overhead_flag: Annotated[bool, _hidden("--trial-overhead")] = False,
+    frozen_flag: Annotated[bool, _hidden("--frozen")] = False,
+    epochs: Annotated[int | None, _hidden("--epochs")] = None,
+    search_sweep: Annotated[Path | None, _hidden("--search")] = None,
+    seeds: Annotated[int | None, _hidden("--seeds")] = None,
+    out: Annotated[Path | None, _hidden("--out")] = None,
+) -> None:
+    """With no sub-command: the last release's flag form, run as the sub-command that replaced it."""
+    if ctx.invoked_subcommand is not None:
+        _refuse_options_before(ctx, ctx.invoked_subcommand)
+        return
+    if search_sweep is not None:
+        name, argv, old = "search", [str(search_sweep), *_flags(seeds=seeds, out=out)], "--search SWEEP"
+    elif frozen_flag:
+        name, argv, old = "frozen", _flags(epochs=epochs), "--frozen"
+    elif overhead_flag:
+        name, argv, old = "overhead", [], "--trial-overhead"
+    else:
+        name, argv, old = "throughput", _flags(images=images, batch_size=batch_size, workers=workers), ""
+    if old:
+        new = "search SWEEP" if name == "search" else name
+        console.print(f"`studyrunner bench {old}` is deprecated; use `studyrunner bench {new}`", highlight=False, markup=False)
+    assert isinstance(ctx.command, TyperGroup)
+    command = ctx.command.get_command(ctx, name)
+    assert command is not None
+    with command.make_context(
+        name, [*argv, *_flags(data_dir=data_dir)], parent=ctx
+    ) as sub:  # as if typed after it: its checks and defaults apply
+        command.invoke(sub)

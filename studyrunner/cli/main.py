@@ -1,0 +1,462 @@
+"""The ``studyrunner`` command line: each command a few lines over a library function.
+
+Library errors (``StudyrunnerError``) become a one-paragraph message and exit code 1 here, in
+one place; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from studyrunner.cli.bench import bench_app
+from studyrunner.cli.views import EpochTable, cell, console, fmt, progress_bar, validate_one, wrapping_table
+from studyrunner.errors import StudyrunnerError, Terminated, note_signal
+
+app = typer.Typer(
+    name="studyrunner",
+    help="Declarative hyperparameter studies for PyTorch image classifiers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(bench_app, name="bench")
+F = TypeVar("F", bound=Callable[..., Any])
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key, e.g. --set optim.lr=5e-4 (repeatable)."),
+]
+DataDirOpt = Annotated[
+    str | None,
+    typer.Option("--data-dir", help="Data root (else data.path or $STUDYRUNNER_DATA_DIR).", envvar="STUDYRUNNER_DATA_DIR"),
+]
+
+
+def user_errors(fn: F) -> F:
+    """Turn a StudyrunnerError into a clean message and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except StudyrunnerError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _positive(option: str, value: float | None) -> None:
+    """A count, budget or timeout from the command line must be > 0 (and not a boolean)."""
+    if value is not None and not value > 0:
+        raise StudyrunnerError(f"{option} {value:g}: must be > 0")
+
+
+def _output_file(option: str, path: Path | None) -> None:
+    """Refuse, before any work, an output file that is a folder or lies in a missing folder."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise StudyrunnerError(f"{option} {path}: is a directory; give a file path, e.g. {path / 'result.json'}")
+    if not path.parent.is_dir():
+        raise StudyrunnerError(f"{option} {path}: the directory {path.parent} does not exist; create it first")
+
+
+def _output_folder(option: str, path: Path | str | None) -> None:
+    """Refuse, before any work, an output folder that is a file or lies under a file."""
+    if path is None:
+        return
+    for p in (Path(path), *Path(path).parents):
+        if p.exists() and not p.is_dir():
+            raise StudyrunnerError(f"{option} {path}: {p} is a file, not a folder")
+
+
+def _read_storage(storage: str | None) -> str:
+    """The Optuna storage of a command that only reads it (ls, show, export, report): it must exist."""
+    from studyrunner.stores import check_storage, resolve_storage
+
+    url = resolve_storage(storage)
+    check_storage(url, must_exist=True)
+    return url
+
+
+@app.command()
+@user_errors
+def train(
+    config: Annotated[Path | None, typer.Argument(help="YAML of config keys (or a sweep file: its train: part).")] = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the result (history, test metrics) here.")] = None,
+    out: Annotated[str | None, typer.Option(help="Checkpoint folder (best.pt, last.pt); default runs/train/<time>.")] = None,
+) -> None:
+    """Train one configuration and print a per-epoch table."""
+    from studyrunner.config import config_to_dict, parse_assignments
+    from studyrunner.engine.checkpoint import state_path
+    from studyrunner.engine.data import load_splits
+    from studyrunner.engine.fit import fit
+    from studyrunner.search.spec import load_train_config
+    from studyrunner.search.trialconfig import trial_config
+    from studyrunner.stores import resolve_storage
+
+    _output_file("--json", json_path)
+    _output_folder("--out", out)
+    overrides: dict[str, Any] = dict(parse_assignments(set_ or []))
+    overrides.setdefault("out_dir", out or f"runs/train/{time.strftime('%Y%m%d-%H%M%S')}")
+    cfg = trial_config(load_train_config(config, overrides), storage=resolve_storage(None))  # as a trial's, resolved once
+    with progress_bar() as bar:
+        task = bar.add_task("loading data", total=None)
+        splits = load_splits(
+            cfg.data, data_dir, lambda what, done, n: bar.update(task, description=what, completed=done, total=n)
+        )
+        bar.remove_task(task)
+        console.print(
+            f"train {len(splits.train)}  val {len(splits.val or [])}  test {len(splits.test or [])}  "
+            f"classes {len(splits.classes)}  model {cfg.model.name}"
+        )
+        epochs = EpochTable(bar)
+        result = fit(cfg, splits, epochs.on_epoch, epochs.on_batch)
+    saved = state_path(cfg)
+    if saved is not None:  # the run is over: nothing to resume
+        saved.unlink(missing_ok=True)
+    for note in result.notes:
+        console.print(note, highlight=False)
+    test = f"test acc {fmt(result.test_acc, True)}%  test loss {fmt(result.test_loss)}" if result.test_acc is not None else ""
+    console.print(
+        f"{result.outcome}{': ' + result.reason if result.reason else ''}  best epoch {result.best_epoch}  "
+        f"{test}  [{result.device}, {result.precision}]  checkpoints in {cfg.out_dir}",
+        highlight=False,
+    )
+    if json_path:
+        json_path.write_text(json.dumps({**result.to_dict(), "config": config_to_dict(cfg)}, indent=2))
+
+
+StorageOpt = Annotated[
+    str | None, typer.Option("--storage", help="Optuna storage URL (default sqlite:///runs/optuna.db or $STUDYRUNNER_STORAGE).")
+]
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri", help="MLflow tracking URI (default sqlite:///runs/mlflow.db or $MLFLOW_TRACKING_URI); none = off."
+    ),
+]
+
+
+@app.command()
+def validate(
+    sweeps: Annotated[list[Path], typer.Argument(help="Sweep or narrative study YAML files (several: each checked).")],
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Check sweep or narrative study files (keys, ranges, conditions, data path) without training;
+    print each one's plan. Every file is checked; the exit code is 1 if any is invalid."""
+    failed = []
+    for sweep in sweeps:
+        try:
+            validate_one(sweep, set_, data_dir)
+        except StudyrunnerError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            failed.append(str(sweep))
+    if len(sweeps) > 1:
+        bad = f"; invalid: {', '.join(failed)}" if failed else ""
+        console.print(f"{len(sweeps) - len(failed)} of {len(sweeps)} valid{bad}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def run(
+    sweep: Annotated[Path, typer.Argument(help="Sweep YAML (sweeps/) or narrative study YAML (studies/).")],
+    n_trials: Annotated[int | None, typer.Option("--n-trials", help="Finished trials the study should hold in total.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting new trials after this many seconds.")] = None,
+    scale: Annotated[str, typer.Option(help="Narrative studies: full (the document's scale) or reduced (CPU).")] = "reduced",
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Local worker processes on the same study.")] = 1,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run (or resume) a sweep's Optuna study, or every step of a narrative study; every trial is
+    a nested MLflow run. Every process started on the same --storage is a worker of the study."""
+    from studyrunner.config import parse_assignments
+
+    _positive("--n-trials", n_trials)
+    _positive("--timeout", timeout)
+    if jobs > 1:
+        from studyrunner.cli.workers import run_workers
+
+        raise typer.Exit(run_workers(sweep, jobs, n_trials, timeout, scale, set_ or [], storage, tracking_uri, data_dir, console))
+    from studyrunner.cli.live import LiveStudy
+    from studyrunner.narrative.runner import run_narrative
+    from studyrunner.narrative.spec import is_narrative, load_narrative
+    from studyrunner.search.driver import RunOptions, run_study
+    from studyrunner.search.spec import load_sweep
+
+    opts = RunOptions(n_trials, timeout, dict(parse_assignments(set_ or [])), storage, tracking_uri, data_dir)
+    if is_narrative(sweep):
+        story = load_narrative(sweep)
+        story.check(scale, opts.overrides)  # a bad scale or --set value is refused before any store opens
+        with _interruptible(), LiveStudy(console, story.step_sweep(story.steps[0], scale)) as live:
+            outcomes = run_narrative(story, scale, opts, live, announce=lambda m: live.progress.console.print(m))
+        for outcome in outcomes:
+            live.summary(outcome)
+        _fail_if_nothing_finished(outcomes)
+        return
+    spec = load_sweep(sweep)
+    with _interruptible(), LiveStudy(console, spec) as live:
+        outcome = run_study(spec, opts, live)
+    live.summary(outcome)
+    _fail_if_nothing_finished([outcome])
+
+
+def _fail_if_nothing_finished(outcomes: list[Any]) -> None:
+    """Exit 1 when a study's trials all failed (or failures stopped it): the run did not work."""
+    for outcome in outcomes:
+        if outcome.failed:
+            console.print(f"error: study {outcome.study.study_name}: {outcome.failed}", highlight=False)
+            raise typer.Exit(1)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    note_signal(signum)
+    raise Terminated()
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    note_signal(signum)
+    raise KeyboardInterrupt()
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C (exit 130) and SIGTERM (exit 143) end the current trial INTERRUPTED, its MLflow run
+    and the study's parent run KILLED, and leave the study to resume; one line says so."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_int = signal.signal(signal.SIGINT, _raise_interrupted)
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        what, code = ("terminated (SIGTERM)", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        console.print(f"{what}: the current trial is marked INTERRUPTED and its MLflow run KILLED; run again to resume")
+        raise typer.Exit(code) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+@app.command("ls")
+@user_errors
+def ls(storage: StorageOpt = None) -> None:
+    """List studies: trials by state and the best value and parameters."""
+    from studyrunner.report.results import list_studies
+
+    table = wrapping_table("study", "direction", "trials by state", "best value", "best parameters")
+    for row in list_studies(_read_storage(storage)):
+        counts = ", ".join(f"{k.value} {v}" for k, v in sorted(row.counts.items()))
+        best = "-" if row.best_value is None else f"{row.best_value:.4f}"
+        best += f" (front: {row.front} trials)" if row.front else ""
+        table.add_row(row.name, row.direction, counts, best, ", ".join(f"{k}={v}" for k, v in row.best_params.items()))
+    Console().print(table)
+
+
+@app.command()
+@user_errors
+def show(study: Annotated[str, typer.Argument(help="Study name.")], storage: StorageOpt = None) -> None:
+    """The study's trials: state, value, parameters, test accuracy, epochs, duration."""
+    from studyrunner.report.results import load_study, pareto_front, trial_rows
+
+    loaded = load_study(study, _read_storage(storage))
+    rows = trial_rows(loaded)
+    value = "values" if any(r["values"] is not None for r in rows) else "value"  # multi-objective: all of them
+    params = sorted({k for r in rows for k in r if k.startswith("param.")})
+    cols = ["number", "state", value, "test_acc", "epochs", "duration_s", *params]
+    table = wrapping_table("trial", "state", value, "test acc", "epochs", "secs", *(c.removeprefix("param.") for c in params))
+    for r in rows:
+        table.add_row(*[cell(r.get(c)) for c in cols])
+    Console().print(table)
+    front = pareto_front(loaded)
+    if front:  # multi-objective: the trials no other trial beats on every objective
+        names = [o["metric"] for o in loaded.user_attrs.get("sweep", {}).get("objectives", [])]
+        Console().print(f"Pareto front ({', '.join(names)}):", highlight=False)
+        for t in sorted(front, key=lambda t: t.values[0]):
+            values = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, t.values, strict=False))
+            Console().print(f"  trial {t.number}: {values}  {t.params}", highlight=False, soft_wrap=True)
+    for r in rows:  # why trials were pruned, diverged or failed, one line each
+        if r["reason"]:
+            Console().print(f"trial {r['number']} {r['state']}: {r['reason']}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def export(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet (all trials); yaml (with --best).")] = "csv",
+    best: Annotated[bool, typer.Option("--best", help="The best trial's full config as a YAML file for `train`.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Output file (default runs/exports/STUDY.csv, or STUDY-best.yaml).")] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Write the trials joined with their final metrics to CSV or Parquet, or (--best) the best
+    trial's configuration as YAML that `studyrunner train FILE` runs again."""
+    from studyrunner.report.results import load_study
+
+    allowed = ("yaml",) if best else ("csv", "parquet")
+    fmt = "yaml" if best and fmt == "csv" else fmt  # --best alone means yaml
+    if fmt not in allowed:
+        raise StudyrunnerError(f"--format {fmt!r}: allowed {'with --best' if best else 'without --best'}: {', '.join(allowed)}")
+    path = out or Path("runs/exports") / (f"{study}-best.yaml" if best else f"{study}.{fmt}")
+    if out is not None:
+        _output_file("--out", path)
+    loaded = load_study(study, _read_storage(storage))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if best:
+        _export_best(loaded, path)
+        return
+    from studyrunner.report.results import trials_frame
+
+    df = trials_frame(loaded)
+    df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path, index=False)
+    console.print(f"wrote {len(df)} trials to {path}")
+
+
+def _export_best(study: Any, path: Path) -> None:
+    import yaml
+
+    from studyrunner.report.results import best_config
+
+    found = best_config(study)
+    header = (
+        f"# study {study.study_name}: trial {found['trial']}, value {found['value']:.4f}\n"
+        f"# train it again:  studyrunner train {path}\n"
+    )
+    path.write_text(header + yaml.safe_dump(found["config"], sort_keys=False))
+    console.print(f"wrote the config of trial {found['trial']} (value {found['value']:.4f}) to {path}")
+
+
+@app.command()
+@user_errors
+def report(
+    targets: Annotated[list[str], typer.Argument(help="A narrative study file, or sweep files / study names to compare.")],
+    scale: Annotated[str, typer.Option(help="Narrative studies: the scale whose runs to report.")] = "reduced",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default reports/<study>).")] = None,
+    gallery: Annotated[bool, typer.Option(help="A grid of validation predictions per study (per step of a narrative).")] = False,
+    storage: StorageOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Write a markdown report (README.md + PNG plots): summaries, leaderboards, parameter effects and
+    importances; for a narrative study, the document's figures beside ours and a verdict per claim."""
+    from studyrunner.narrative.spec import is_narrative, load_narrative
+    from studyrunner.report.markdown import render_sweep_report, write
+    from studyrunner.report.narrative_md import render_narrative
+    from studyrunner.report.results import narrative_result
+
+    _output_folder("--out", out)
+    url = _read_storage(storage)
+    store = f" --storage {storage}" if storage else ""
+
+    def grid(checkpoint: str, png: Path) -> bool:
+        if not Path(checkpoint).is_file():
+            return False
+        from studyrunner.report.gallery import prediction_grid
+
+        prediction_grid(checkpoint, png, data_dir=data_dir)
+        return True
+
+    if len(targets) == 1 and Path(targets[0]).is_file() and is_narrative(targets[0]):
+        story = load_narrative(targets[0])
+        folder = out or Path("reports") / story.study
+        folder.mkdir(parents=True, exist_ok=True)
+        flags = (" --gallery" if gallery else "") + (f" --out {out}" if out else "")
+        command = (
+            "export STUDYRUNNER_DATA_DIR=/path/to/cifar10-jpg   # train/<class>/*.jpg and test/<class>/*.jpg\n"
+            f"studyrunner run {targets[0]} --scale {scale}{store}\n"
+            f"studyrunner report {targets[0]} --scale {scale}{store}{flags}"
+        )
+
+        result = narrative_result(story, scale, url)
+        path = write(render_narrative(result, folder, command, grid if gallery else None), folder)
+    else:
+        names, results = _study_results(targets, url)
+        folder = out or Path("reports") / (names[0] if len(names) == 1 else "comparison")
+        folder.mkdir(parents=True, exist_ok=True)
+        flags = (" --gallery" if gallery else "") + (f" --out {out}" if out else "")
+        command = f"studyrunner report {' '.join(targets)}{store}{flags}"
+        path = write(render_sweep_report(results, folder, command, grid if gallery else None), folder)
+    console.print(f"wrote {path} and its plots")
+
+
+def _study_results(targets: Sequence[str], url: str) -> tuple[list[str], list[Any]]:
+    """Study names (a sweep file stands for its study) and each study's results."""
+    from studyrunner.report.results import load_study, study_result
+    from studyrunner.search.spec import load_sweep
+
+    names = [load_sweep(t).study if Path(t).is_file() else t for t in targets]
+    return names, [study_result(load_study(n, url)) for n in names]
+
+
+@app.command()
+@user_errors
+def compare(
+    studies: Annotated[list[str], typer.Argument(help="Two or more study names (or their sweep files).")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default reports/compare-A-B).")] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Which sweep found better configurations per epoch spent: one figure of the best value against
+    epochs trained (pruned trials included), one row per study, then each study's report."""
+    from studyrunner.report.markdown import render_sweep_report, spend_table, write
+
+    if len(studies) < 2:
+        raise StudyrunnerError(f"compare needs two or more studies, got {len(studies)}; `studyrunner report` shows one")
+    _output_folder("--out", out)
+    url = _read_storage(storage)
+    names, results = _study_results(studies, url)
+    if len({r.direction for r in results}) > 1 or len({r.metric for r in results}) > 1:
+        found = ", ".join(f"{r.name}: {r.direction} {r.metric}" for r in results)
+        raise StudyrunnerError(f"compare needs studies of one objective and direction; found {found}")
+    folder = out or Path("reports") / ("compare-" + "-".join(names))[:120]
+    folder.mkdir(parents=True, exist_ok=True)
+    store = f" --storage {storage}" if storage else ""
+    command = f"studyrunner compare {' '.join(studies)}{store}" + (f" --out {out}" if out else "")
+    path = write(render_sweep_report(results, folder, command), folder)
+    headers, rows, _ = spend_table(results)
+    table = wrapping_table(*headers)
+    for row in rows:
+        table.add_row(*[cell(v) for v in row])
+    Console().print(table)
+    console.print(f"wrote {path} and best_per_epoch.png beside it")
+
+
+@app.command()
+@user_errors
+def ui(
+    tracking_uri: TrackingOpt = None,
+    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    dashboard: Annotated[bool, typer.Option("--dashboard", help="Also serve optuna-dashboard on the Optuna storage.")] = False,
+    storage: StorageOpt = None,
+    dashboard_port: Annotated[int, typer.Option(help="Port of optuna-dashboard.")] = 8080,
+    host: Annotated[str, typer.Option(help="Address both bind to; 0.0.0.0 opens them to the network.")] = "127.0.0.1",
+    study: Annotated[str | None, typer.Option(help="The study whose runs the MLflow link opens (default: the newest).")] = None,
+) -> None:
+    """The MLflow UI on the tracking store (trials nested under each study's run), and with
+    --dashboard optuna-dashboard on the Optuna storage; one line each says where."""
+    from studyrunner.stores import check_tracking, resolve_tracking_uri
+    from studyrunner.track.servers import mlflow_ui, optuna_dashboard, serve
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.lower() == "none":
+        raise StudyrunnerError("--tracking-uri none: the MLflow UI needs a tracking store")
+    check_tracking(uri)
+    servers = [mlflow_ui(uri, host, port, study)]
+    if dashboard:
+        servers.append(optuna_dashboard(_read_storage(storage), host, dashboard_port))
+    code = serve(servers, lambda line: print(line, flush=True))
+    raise typer.Exit(code)

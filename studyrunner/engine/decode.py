@@ -1,0 +1,229 @@
+"""Decoding and the decoded-image cache: image files (a :class:`FileSet`, files and labels not decoded
+yet) become a uint8 tensor ``[N, 3, S, S]`` (an :class:`ImageSet`), decoded once from any PIL mode,
+resized and centre-cropped, and cached on disk keyed by the files chosen, their sizes and modification
+times, so later runs and other worker processes load a tensor instead of decoding thousands of files;
+torchvision's CIFAR-10 pickles are read into the same cache. It also holds the types and the error
+(:class:`DataError`) that ``data.py``'s sources and splits are built from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from studyrunner.config import DataConfig
+from studyrunner.engine import cachefile
+from studyrunner.errors import StudyrunnerError
+
+__all__ = [
+    "DataError",
+    "ImageSet",
+    "FileSet",
+    "project_folder",
+    "cache_root",
+    "decode_files",
+    "read_cifar_batches",
+]
+
+CACHE_VERSION = 3
+Progress = Callable[[str, int, int], None] | None  # (what, done, total)
+
+
+class DataError(StudyrunnerError):
+    """A data path, folder or file that cannot be used; the message says which and why."""
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # uint8 [N, 3, S, S]
+    labels: torch.Tensor  # int64 [N]
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor) -> ImageSet:
+        return ImageSet(self.images[index], self.labels[index], self.classes)
+
+    def relabelled(self, keep: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> ImageSet:
+        return ImageSet(self.images[keep], labels, classes)
+
+    def to(self, device: torch.device | str) -> ImageSet:
+        return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
+
+    def take(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) at ``index`` on ``device``, wherever the set is held (device or host memory)."""
+        if self.images.device == index.device:
+            return self.images[index], self.labels[index]
+        host = index.to(self.images.device)
+        return self.images[host].to(device, non_blocking=True), self.labels[host].to(device, non_blocking=True)
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.numel() * self.images.element_size()
+
+
+@dataclass
+class FileSet:
+    """Image files with their labels, not decoded yet. Class selection, the validation split and
+    the training subset are drawn on these, so only the images a run uses are ever decoded."""
+
+    files: list[Path]
+    labels: torch.Tensor  # int64 [N]
+    classes: list[str]
+    root: Path  # the folder they were listed from (names it in messages and cache keys)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def subset(self, index: torch.Tensor) -> FileSet:
+        return FileSet([self.files[i] for i in index.tolist()], self.labels[index], self.classes, self.root)
+
+    def relabelled(self, keep: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> FileSet:
+        return FileSet([self.files[i] for i in keep.tolist()], labels, classes, self.root)
+
+
+def project_folder(name: str) -> Path | None:
+    """``.data/NAME`` of the project this command runs in (the working directory or a parent), as
+    ``make`` unpacks it: found without any environment variable."""
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / ".data" / name
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def _fingerprint(files: list[Path], extra: str) -> str:
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{extra}".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _to_rgb(src: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: palettes and alpha via RGBA, 16/32-bit and float grayscale scaled
+    to 0..255 (not clipped), EXIF orientation applied."""
+    src = ImageOps.exif_transpose(src) or src
+    if src.mode in ("P", "PA", "LA"):
+        return src.convert("RGBA").convert("RGB")
+    if src.mode.startswith("I") or src.mode == "F":
+        import numpy as np
+
+        a = np.asarray(src, dtype=np.float64)
+        top = 65535.0 if src.mode.startswith("I;16") or (src.mode == "I" and a.max(initial=0) > 255) else 255.0
+        if src.mode == "F" and a.max(initial=0) <= 1.0:
+            top = 1.0
+        return Image.fromarray(np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8)).convert("RGB")
+    return src.convert("RGB")
+
+
+def _decode(path: Path, size: int, resize: int = 0) -> torch.Tensor:
+    """One image of any mode -> uint8 [3, size, size]: shorter side resized to ``resize`` (>= size),
+    centre-cropped to ``size`` (document 000's Resize(256) + CenterCrop(224) is resize 256, size 224)."""
+    resize = max(resize, size)
+    try:
+        with Image.open(path) as src:
+            im = _to_rgb(src)
+            if im.size != (size, size):
+                w, h = im.size
+                scale = resize / min(w, h)
+                im = im.resize((max(resize, round(w * scale)), max(resize, round(h * scale))), Image.Resampling.BILINEAR)
+                w, h = im.size
+                left, top = (w - size) // 2, (h - size) // 2
+                im = im.crop((left, top, left + size, top + size))
+            data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+    except Image.DecompressionBombError:
+        raise DataError(
+            f"cannot read image {path}: it has more pixels than PIL's decompression-bomb limit "
+            f"({Image.MAX_IMAGE_PIXELS} x 2); shrink it or remove it from the folder"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:  # ValueError: a mode PIL cannot convert
+        raise DataError(f"cannot read image {path}: {exc}") from None
+    return data.view(size, size, 3).permute(2, 0, 1)
+
+
+def _decode_all(files: list[Path], size: int, resize: int, what: str, progress: Progress) -> torch.Tensor:
+    out = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
+    chunk = 512
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for start in range(0, len(files), chunk):
+            part = files[start : start + chunk]
+            for j, img in enumerate(pool.map(lambda p: _decode(p, size, resize), part)):
+                out[start + j] = img
+            if progress:
+                progress(what, min(start + chunk, len(files)), len(files))
+    return out
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    """Where decoded images (and a frozen backbone's features) are cached."""
+    raw = cfg.cache_dir or os.environ.get("STUDYRUNNER_CACHE_DIR") or str(project_folder("cache") or "~/.cache/studyrunner")
+    return Path(raw).expanduser()
+
+
+def _cached(cfg: DataConfig, files: list[Path], what: str, build: Callable[[], ImageSet]) -> ImageSet:
+    """Load ``build()``'s result from the cache when the source is unchanged, else rebuild and store."""
+    key = _fingerprint(files, f"{cfg.image_size}|{cfg.resize}")
+    name = hashlib.sha1(f"{what}|{cfg.image_size}|{cfg.resize}".encode()).hexdigest()[:16]
+    path = cache_root(cfg) / f"{name}.pt"
+    blob = cachefile.load(path, key)
+    if blob is not None:
+        return ImageSet(blob["images"], blob["labels"], list(blob["classes"]))
+    data = build()
+    cachefile.save(path, key, {"images": data.images, "labels": data.labels}, classes=data.classes)
+    return data
+
+
+def decode_files(fs: FileSet, cfg: DataConfig, progress: Progress = None) -> ImageSet:
+    """The files of ``fs`` decoded at ``data.image_size`` into a cached uint8 ImageSet (the cache is
+    keyed by the very files chosen, their sizes and modification times)."""
+
+    def build() -> ImageSet:
+        images = _decode_all(fs.files, cfg.image_size, cfg.resize, f"decoding {fs.root.name}", progress)
+        return ImageSet(images, fs.labels, fs.classes)
+
+    listing = hashlib.sha1("\n".join(map(str, fs.files)).encode()).hexdigest()
+    return _cached(cfg, fs.files, f"{fs.root.resolve()}|{listing}|{fs.classes}", build)
+
+
+def read_cifar_batches(folder: Path, cfg: DataConfig, train: bool) -> ImageSet:
+    """torchvision's ``cifar-10-batches-py`` pickles as a cached ImageSet."""
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    files = [folder / n for n in names]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise DataError(f"incomplete CIFAR-10 folder {folder}: missing {', '.join(missing)}")
+
+    def build() -> ImageSet:
+        xs, ys = [], []
+        for f in files:
+            with open(f, "rb") as fh:
+                d = pickle.load(fh, encoding="latin1")
+            xs.append(torch.tensor(d["data"], dtype=torch.uint8).view(-1, 3, 32, 32))
+            ys.append(torch.tensor(d["labels"], dtype=torch.int64))
+        with open(folder / "batches.meta", "rb") as fh:
+            classes = list(pickle.load(fh, encoding="latin1")["label_names"])
+        images = torch.cat(xs)
+        if cfg.image_size != 32:
+            images = torch.cat(  # in chunks: one float copy of 60,000 large images would not fit in memory
+                [
+                    torch.nn.functional.interpolate(chunk.float(), size=cfg.image_size, mode="bilinear")
+                    .round()
+                    .clamp(0, 255)
+                    .to(torch.uint8)
+                    for chunk in images.split(1000)
+                ]
+            )
+        return ImageSet(images, torch.cat(ys), classes)
+
+    return _cached(cfg, files, f"{folder.resolve()}|{train}", build)

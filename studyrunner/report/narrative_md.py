@@ -1,0 +1,144 @@
+"""The narrative report: a document's steps rendered as markdown (with PNG learning curves and
+prediction grids beside it), its reported figures beside ours as mean ± sd over seeds, each step's runs
+per seed, and one verdict per claim, from a plain :class:`NarrativeResult`; the table, percentage and
+plot-saving helpers it shares with the sweep reports are ``markdown.py``'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from studyrunner.narrative.spec import Verdict
+from studyrunner.report.markdown import md_table, mean_sd, pct, save_curves
+from studyrunner.report.results import NarrativeResult, StepResult, TrialResult
+from studyrunner.states import TrialState
+
+__all__ = ["render_narrative", "narrative_curves_info"]
+
+
+def _scale_words(sc: dict[str, Any]) -> str:
+    """'30 epochs, 8000 training images, validation fraction 0.04; ' from a scale's overrides."""
+    data = sc.get("data", {})
+    words = [f"{sc['epochs']} epochs"] if "epochs" in sc else []
+    if "train_subset" in data:
+        words.append(f"{data['train_subset'] or 'all'} training images")
+    if "val_fraction" in data:
+        words.append(f"validation fraction {data['val_fraction']}")
+    return (", ".join(words) + "; ") if words else "each step's own settings (see its setup); "
+
+
+def _doc_figures(doc: dict[str, Any]) -> str:
+    keys = [("epochs", "epochs"), ("train_acc", "train"), ("val_acc", "val"), ("test_acc", "test")]
+    return ", ".join(f"{label} {pct(doc[k], 1) if k != 'epochs' else doc[k]}" for k, label in keys if k in doc) or "-"
+
+
+def _ours(step: StepResult) -> list[str]:
+    return [mean_sd(step.values(m)) for m in ("final_train_acc", "best_val_acc", "final_val_acc", "test_acc", "final_gap")]
+
+
+def _verdict_row(v: Verdict) -> list[Any]:
+    def side(name: str | None, vals: list[float]) -> str:
+        return f"{name}: {mean_sd(vals)}" if name else "-"
+
+    diff = None if v.difference is None else f"{100 * v.difference:+.1f} ± {100 * (v.noise or 0):.1f}"
+    target = side(v.b, v.b_values) if v.b else "threshold"
+    return [v.text, f"`{v.metric}`", side(v.a, v.a_values), target, diff, f"**{v.verdict}**", v.note or ""]
+
+
+def narrative_curves_info(step: StepResult) -> dict[str, list[dict[str, Any]]]:
+    return {f"seed {r.params.get('seed', i)}": r.history for i, r in enumerate(step.runs) if r.history}
+
+
+def _narrative_head(n: NarrativeResult) -> list[str]:
+    seeds = max((len(s.runs) for s in n.steps), default=0)
+    return [
+        f"# {n.title or n.study} ({n.scale} scale)",
+        "",
+        n.description,
+        "",
+        f"Scale `{n.scale}`: {_scale_words(n.scale_config)}up to {seeds} seeds per step; test sets are evaluated once per run. "
+        "Figures are mean ± sd over seeds, in % (gap = final train accuracy - final validation accuracy, in "
+        "points). The document's figures come from its own runs, at its own scale.",
+        "",
+    ]
+
+
+def _steps_table(n: NarrativeResult) -> list[str]:
+    def runs(s: StepResult) -> str:
+        return f"{sum(r.state == TrialState.COMPLETE for r in s.runs)}/{len(s.runs)}"
+
+    headers = ["step", "document", "ours: final train", "best val", "final val", "test", "gap", "runs"]
+    rows = [[s.title, _doc_figures(s.document), *_ours(s), runs(s)] for s in n.steps]
+    return ["## Steps: the document's figures beside ours", "", md_table(headers, rows), ""]
+
+
+def _verdicts_section(n: NarrativeResult) -> list[str]:
+    counts = {k: sum(v.verdict == k for v in n.verdicts) for k in ("reproduced", "not reproduced", "inconclusive")}
+    headers = ["claim", "metric", "a", "b", "difference (pts)", "verdict", "what the scale can show"]
+    return [
+        "## Verdicts",
+        "",
+        "Reproduced when the claimed difference beats its margin by more than twice its standard "
+        "error (floored at 0.5 points: two seeds cannot resolve less), not reproduced when it falls short by as "
+        "much, inconclusive otherwise.",
+        "",
+        md_table(headers, [_verdict_row(v) for v in n.verdicts]),
+        "",
+        f"{counts['reproduced']} reproduced, {counts['not reproduced']} not reproduced, {counts['inconclusive']} inconclusive.",
+        "",
+    ]
+
+
+def _run_row(r: TrialResult) -> list[Any]:
+    final_lr = None if not r.history else f"{r.history[-1]['lr']:.2e}"
+    return [
+        r.params.get("seed", "-"),
+        r.state,
+        len(r.history),
+        pct(r.metric("final_train_acc")),
+        pct(r.metric("best_val_acc")),
+        pct(r.metric("final_val_acc")),
+        pct(r.test_acc),
+        final_lr,
+        r.reason or "",
+    ]
+
+
+def _step_section(s: StepResult, out: Path | None, gallery: Callable[[str, Path], bool] | None) -> list[str]:
+    """One step: the document's setup and claim, our runs per seed, learning curves, predictions."""
+    headers = ["seed", "state", "epochs", "final train", "best val", "final val", "test", "final lr", "note"]
+    parts = [
+        f"### {s.title}",
+        "",
+        f"Document: {s.setup}. Reported: {_doc_figures(s.document)}.",
+        "",
+        f"Its claim: {s.claim}.",
+        "",
+    ]
+    parts += [md_table(headers, [_run_row(r) for r in s.runs]), ""]
+    if out is not None and save_curves(narrative_curves_info(s), s.title, out / f"{s.name}.png"):
+        parts += [f"![{s.title}]({s.name}.png)", ""]
+    if out is not None and gallery is not None and s.checkpoint and gallery(s.checkpoint, out / f"{s.name}_predictions.png"):
+        parts += [
+            "Validation images, predicted (true), best run's best checkpoint:",
+            "",
+            f"![{s.title}: predictions]({s.name}_predictions.png)",
+            "",
+        ]
+    return parts
+
+
+def render_narrative(
+    n: NarrativeResult, out: Path | None, command: str, gallery: Callable[[str, Path], bool] | None = None
+) -> str:
+    """The document's steps with its figures beside ours, learning curves, one verdict per claim."""
+    parts = _narrative_head(n) + _steps_table(n) + _verdicts_section(n)
+    if n.notes:
+        parts += ["## Where our setup differs from the document's", ""] + [f"- {note}" for note in n.notes] + [""]
+    parts += ["## Step by step", ""]
+    for s in n.steps:
+        parts += _step_section(s, out, gallery)
+    parts += ["## Reproduce", "", "```bash", command, "```", ""]
+    return "\n".join(parts)

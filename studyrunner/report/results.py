@@ -1,0 +1,361 @@
+"""Studies and trials as plain data (pandas DataFrames), read from Optuna storage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from studyrunner.config import config_to_dict
+from studyrunner.errors import StudyrunnerError
+from studyrunner.states import TrialRecord, TrialState, best_of, count_states, first_value, trial_state
+from studyrunner.track.history import read_history
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from studyrunner.narrative.spec import NarrativeSpec, Verdict
+
+__all__ = [
+    "best_config",
+    "pareto_front",
+    "StudyRow",
+    "TrialResult",
+    "StudyResult",
+    "StepResult",
+    "NarrativeResult",
+    "list_studies",
+    "load_study",
+    "trials_frame",
+    "study_result",
+    "importances",
+    "narrative_result",
+]
+
+
+@dataclass
+class StudyRow:
+    name: str
+    direction: str
+    counts: dict[TrialState, int]
+    best_value: float | None  # on the first objective
+    best_params: dict[str, Any]
+    front: int = 0  # multi-objective: trials on the Pareto front
+
+
+_PORTABLE = {"out_dir": "", "device": "auto", "threads": 0, "precision": "auto", "data.path": "", "data.cache_dir": ""}
+
+
+def best_config(study: optuna.Study) -> dict[str, Any]:
+    """The best COMPLETE trial's full training configuration (the study's fixed config with the
+    trial's parameters), ready for ``studyrunner train``; where and how fast it ran are left to
+    the machine that trains it (device, precision, threads, paths)."""
+    from studyrunner.config import apply_overrides, config_from_dict, flatten
+    from studyrunner.search.space import decode
+
+    best = best_of(study.get_trials(deepcopy=False), _maximize(study))
+    stored = study.user_attrs.get("base_config")
+    if best is None or not stored:
+        raise StudyrunnerError(f"study {study.study_name!r} has no completed trial of studyrunner's to export")
+    cfg = apply_overrides(config_from_dict(stored), {k: decode(v) for k, v in best.params.items()})
+    flat = {**flatten(config_to_dict(cfg)), **_PORTABLE}
+    return {"trial": best.number, "value": first_value(best), "config": config_to_dict(config_from_dict(flat))}
+
+
+def _maximize(study: optuna.Study) -> bool:
+    """The study's first objective is maximised."""
+    return bool(study.directions[0] == optuna.study.StudyDirection.MAXIMIZE)
+
+
+def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """A multi-objective study's non-dominated COMPLETE trials (Optuna's best_trials); [] for one objective."""
+    if len(study.directions) < 2:
+        return []
+    return [t for t in study.best_trials if trial_state(t) == TrialState.COMPLETE]
+
+
+def list_studies(storage: str) -> list[StudyRow]:
+    """One row per study in ``storage``: trials by state and the best trial."""
+    rows = []
+    store = optuna.storages.get_storage(storage)  # one connection and schema check for every study (0.4 s each)
+    for s in optuna.get_all_study_summaries(store, include_best_trial=False):
+        if s.study_name.endswith(".pruning"):  # a multi-objective study's pruning mirror, not a study of its own
+            continue
+        study = optuna.load_study(study_name=s.study_name, storage=store)
+        trials = study.get_trials(deepcopy=False)
+        best = best_of(trials, _maximize(study))
+        direction = ", ".join(d.name.lower() for d in study.directions)
+        front = len(pareto_front(study))
+        rows.append(
+            StudyRow(
+                s.study_name,
+                direction,
+                count_states(trials),
+                first_value(best) if best else None,
+                dict(best.params) if best else {},
+                front,
+            )
+        )
+    return rows
+
+
+def load_study(name: str, storage: str) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        raise StudyrunnerError(f"no study named {name!r} in {storage}; studies there: {', '.join(names) or 'none'}") from None
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """Trials joined with their final metrics: number, state, value, params, test/val metrics, timing."""
+    import pandas as pd
+
+    return pd.DataFrame(trial_rows(study))
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """``trials_frame``'s rows as plain dicts (what `show` prints, without importing pandas)."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rec = TrialRecord.of(t.user_attrs)
+        history = rec.history or []  # studies recorded before curves moved out of Optuna kept it here
+        last = history[-1] if history else {"train_acc": rec.final_train_acc, "val_acc": rec.final_val_acc}
+        row: dict[str, Any] = {
+            "number": t.number,
+            "state": trial_state(t),
+            "value": first_value(t),
+            "values": list(t.values) if t.values and len(t.values) > 1 else None,
+            "value_sd": rec.value_sd,
+            "best_val_acc": rec.best_val_acc,
+            "test_acc": rec.test_acc,
+            "test_loss": rec.test_loss,
+            "final_train_acc": last.get("train_acc"),
+            "final_val_acc": last.get("val_acc"),
+            "best_epoch": rec.best_epoch,
+            "epochs": rec.epochs or len(history) or len(t.intermediate_values),  # a diverged epoch counts too
+            "duration_s": t.duration.total_seconds() if t.duration else None,
+            "reason": rec.why,
+        }
+        row.update({f"param.{k}": v for k, v in t.params.items()})
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- report data (plain)
+
+
+@dataclass
+class TrialResult:
+    number: int
+    state: TrialState
+    value: float | None
+    params: dict[str, Any]
+    history: list[dict[str, Any]]  # per-epoch records (first seed)
+    test_acc: float | None = None
+    duration_s: float | None = None
+    reason: str = ""
+    values: list[float] | None = None  # every objective's value (multi-objective studies)
+
+    def metric(self, name: str) -> float | None:
+        """best_val_acc, final_val_acc, final_train_acc, test_acc, final_gap, train_acc@N, val_acc@N."""
+        h = self.history
+        if name == "test_acc":
+            return self.test_acc
+        if not h:
+            return None
+        if "@" in name:
+            key, _, n = name.partition("@")
+            return h[int(n) - 1].get(key) if len(h) >= int(n) else None
+        vals = [r["val_acc"] for r in h if r.get("val_acc") is not None]
+        last = h[-1]
+        if name == "best_val_acc":
+            return max(vals) if vals else None
+        if name == "final_val_acc":
+            return last.get("val_acc")
+        if name == "final_train_acc":
+            return last.get("train_acc")
+        if name == "final_gap":
+            return None if last.get("val_acc") is None else last["train_acc"] - last["val_acc"]
+        if name == "best_epoch":
+            return float(1 + max(range(len(h)), key=lambda i: h[i].get("val_acc") or -1.0)) if vals else None
+        raise KeyError(name)
+
+
+@dataclass
+class StudyResult:
+    name: str
+    direction: str
+    metric: str
+    sampler: str
+    pruner: str
+    trials: list[TrialResult]
+    importances: dict[str, float]  # parameter -> importance (fANOVA, seeded), empty when not computable
+    distributions: dict[str, str]  # parameter -> categorical | int | float | log-float
+    checkpoint: str = ""  # best trial's best-validation checkpoint, when one was saved
+    objectives: list[tuple[str, str]] = field(default_factory=list)  # (metric, direction) of each objective
+    front: list[int] = field(default_factory=list)  # multi-objective: trial numbers on the Pareto front
+
+    @property
+    def complete(self) -> list[TrialResult]:
+        return [t for t in self.trials if t.state == TrialState.COMPLETE and t.value is not None]
+
+    def ranked(self) -> list[TrialResult]:
+        sign = 1.0 if self.direction == "minimize" else -1.0
+        return sorted(self.complete, key=lambda t: sign * float(t.value or 0.0))
+
+
+def trial_history(t: optuna.trial.FrozenTrial, tracking: str | None = None) -> list[dict[str, Any]]:
+    """A trial's per-epoch records: its ``history.json`` beside the checkpoint, else (a trial that ran
+    on another machine) its MLflow run's metric history on ``tracking``; empty when neither has it."""
+    rec = TrialRecord.of(t.user_attrs)
+    if rec.history:  # recorded before curves moved out of Optuna's trial table
+        return list(rec.history)
+    found = read_history(rec.out_dir) if rec.out_dir else None
+    if found is None and tracking and rec.mlflow_run_id:
+        from studyrunner.track.runs import epoch_history
+
+        found = epoch_history(tracking, rec.mlflow_run_id)
+    return found or []
+
+
+def _trial_result(t: optuna.trial.FrozenTrial, tracking: str | None = None) -> TrialResult:
+    rec = TrialRecord.of(t.user_attrs)
+    return TrialResult(
+        t.number,
+        trial_state(t),
+        first_value(t),
+        dict(t.params),
+        trial_history(t, tracking),
+        rec.test_acc,
+        t.duration.total_seconds() if t.duration else None,
+        rec.why,
+        list(t.values) if t.values and len(t.values) > 1 else None,
+    )
+
+
+def _kind(d: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return "categorical"
+    if isinstance(d, optuna.distributions.IntDistribution):
+        return "int"
+    return "log-float" if getattr(d, "log", False) else "float"
+
+
+def study_result(study: optuna.Study) -> StudyResult:
+    """Everything a report needs from one study, as plain data."""
+    sweep = study.user_attrs.get("sweep", {})
+    tracking = study.user_attrs.get("tracking_uri")
+    trials = [_trial_result(t, tracking) for t in study.get_trials(deepcopy=False)]
+    best = best_of(study.get_trials(deepcopy=False), _maximize(study))
+    checkpoint = "" if best is None else TrialRecord.of(best.user_attrs).checkpoint
+    targets = sweep.get("objectives") or [sweep.get("objective", {})]
+    objectives = [(o.get("metric", "value"), d.name.lower()) for o, d in zip(targets, study.directions, strict=False)]
+    dists: dict[str, str] = {}
+    for t in study.get_trials(deepcopy=False):
+        for k, d in t.distributions.items():
+            dists.setdefault(k, _kind(d))
+    return StudyResult(
+        study.study_name,
+        study.directions[0].name.lower(),
+        sweep.get("objective", {}).get("metric", "value"),
+        sweep.get("sampler", {}).get("name", "?"),
+        sweep.get("pruner", {}).get("name", "?"),
+        trials,
+        importances(study),
+        dists,
+        checkpoint,
+        objectives,
+        [t.number for t in pareto_front(study)],
+    )
+
+
+def importances(study: optuna.Study) -> dict[str, float]:
+    """fANOVA importances, with a fixed seed (same study, same numbers), of the parameters every
+    complete trial has (conditional ones are left out); {} when Optuna cannot compute them (fewer
+    than two complete trials, or no such parameter that varies)."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return {}
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        first = (lambda t: t.values[0]) if len(study.directions) > 1 else None  # on the first objective
+        found = optuna.importance.get_param_importances(study, evaluator=evaluator, target=first)
+        return {k: round(float(v), 6) for k, v in found.items()}
+    except (RuntimeError, ValueError):
+        return {}
+
+
+# --------------------------------------------------------------------------- narrative data
+
+
+@dataclass
+class StepResult:
+    name: str
+    title: str
+    setup: str
+    claim: str
+    document: dict[str, Any]
+    runs: list[TrialResult]  # one per seed (complete or not)
+    config: dict[str, Any]  # the resolved config of the step at this scale
+    checkpoint: str = ""  # best-validation checkpoint of the step's best run, when one was saved
+
+    def values(self, metric: str) -> list[float]:
+        return [v for v in (r.metric(metric) for r in self.runs if r.state == TrialState.COMPLETE) if v is not None]
+
+
+@dataclass
+class NarrativeResult:
+    study: str
+    title: str
+    description: str
+    scale: str
+    scale_config: dict[str, Any]
+    steps: list[StepResult]
+    verdicts: list[Verdict]
+    notes: list[str]
+    source: str
+
+
+def narrative_result(spec: NarrativeSpec, scale: str, storage: str) -> NarrativeResult:
+    """The stored runs of every step of a narrative study, and a verdict per claim."""
+    steps: list[StepResult] = []
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    for step in spec.steps:
+        study_name = spec.step_study(step, scale)
+        runs: list[TrialResult] = []
+        checkpoint = ""
+        if study_name in names:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+            tracking = study.user_attrs.get("tracking_uri")
+            runs = sorted((_trial_result(t, tracking) for t in study.trials), key=lambda r: (r.params.get("seed", 0), r.number))
+            best = best_of(study.get_trials(deepcopy=False), _maximize(study))
+            checkpoint = "" if best is None else TrialRecord.of(best.user_attrs).checkpoint
+        steps.append(
+            StepResult(
+                step.name,
+                step.title,
+                step.setup,
+                step.claim,
+                dict(step.document),
+                runs,
+                config_to_dict(spec.step_config(step, scale)),
+                checkpoint,
+            )
+        )
+    by_name = {s.name: s for s in steps}
+    from studyrunner.narrative.spec import judge  # not imported by ls/show: pydantic models cost them time
+
+    verdicts = [judge(c, by_name) for c in spec.claims]
+    return NarrativeResult(
+        spec.study,
+        spec.title,
+        spec.description.strip(),
+        scale,
+        dict(spec.scales.get(scale, {})),  # type: ignore[call-overload]  # scale is checked against the file's scales
+        steps,
+        verdicts,
+        list(spec.notes),
+        spec.source,
+    )

@@ -1,0 +1,583 @@
+"""Sweep files: YAML validated (pydantic) before anything runs; errors carry file, line and key.
+
+A sweep names a study, its objective and budget, the Optuna sampler and pruner, fixed ``train``
+overrides of TrainConfig and the ``space`` to search (floats/ints with ``log``/``step``,
+categorical ``choices`` and conditional parameters with ``when``). See README, "Sweep files".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from studyrunner.config import ConfigError, TrainConfig, allowed_keys, apply_overrides, flatten
+from studyrunner.errors import StudyrunnerError
+
+__all__ = [
+    "choice_label",
+    "SpecError",
+    "StrictModel",
+    "load_spec",
+    "Problem",
+    "ObjectiveSpec",
+    "Budget",
+    "SamplerSpec",
+    "PrunerSpec",
+    "ParamSpec",
+    "WarmStart",
+    "SweepSpec",
+    "load_yaml",
+    "load_sweep",
+    "load_train_config",
+    "METRICS",
+    "parse_constraint",
+]
+
+Problem = tuple[str, tuple[Any, ...]]  # (message, location in the file)
+MAX_NAME = 100  # characters of a study name (an MLflow experiment and run name too)
+MAX_GRID = 100_000  # grid points the grid sampler may enumerate
+MAX_YAML_NODES = 100_000  # YAML nodes a file may expand to (aliases included)
+METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss")
+_MAXIMIZE = ("val_acc", "train_acc", "test_acc")
+
+
+class SpecError(StudyrunnerError):
+    """A YAML file that cannot be used; the message names the file, line and key."""
+
+
+class StrictModel(BaseModel):
+    """Frozen; every unknown key, non-finite number (.nan, .inf) and boolean given for a number
+    is an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(v, bool) and field is not None and not _allows_bool(field.annotation):
+            raise ValueError("expected a number or text, got a boolean (true/false/yes/no/on/off)")
+        return v
+
+
+def _allows_bool(tp: Any) -> bool:
+    if tp is bool or tp is Any:
+        return True
+    return any(_allows_bool(a) for a in typing.get_args(tp) if a is not type(None))
+
+
+class ObjectiveSpec(StrictModel):
+    # num_params and epoch_seconds (mean seconds per epoch) are for multi-objective studies (`objectives:`)
+    metric: Literal[
+        "val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss", "num_params", "epoch_seconds"
+    ] = "val_acc"
+    direction: Literal["maximize", "minimize"] | None = None  # default: maximize accuracies, minimize losses
+
+    @property
+    def resolved_direction(self) -> str:
+        return self.direction or ("maximize" if self.metric in _MAXIMIZE else "minimize")
+
+
+class Budget(StrictModel):
+    n_trials: int = Field(20, ge=1)  # finished trials the study holds in total (resume tops up to this)
+    timeout: float | None = Field(None, gt=0)  # seconds for this invocation
+    # stop the study early once the best value has not improved by more than min_improvement over
+    # the last `patience` finished trials (None = run all n_trials)
+    patience: int | None = Field(None, ge=1)
+    min_improvement: float | Literal["noise"] = "noise"  # noise = twice the seeds' standard deviation (needs repeats >= 2)
+
+
+class SamplerSpec(StrictModel):
+    name: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"] = "tpe"
+    seed: int | None = Field(0, ge=0, lt=2**32)  # numpy's seed range
+    n_startup_trials: int | None = Field(None, ge=0)  # tpe/cmaes/gp: random trials before modelling
+
+
+class PrunerSpec(StrictModel):
+    name: Literal["none", "median", "percentile", "successive_halving", "hyperband", "threshold", "patient"] = "none"
+    warmup_epochs: int = Field(0, ge=0)  # median/percentile: epochs before a trial can be pruned
+    startup_trials: int = Field(5, ge=0)  # median/percentile: trials that finish before pruning starts
+    percentile: float = Field(25.0, gt=0, lt=100)  # percentile pruner
+    min_resource: int | Literal["auto"] = "auto"  # successive_halving/hyperband: epochs
+    reduction_factor: int = Field(3, ge=2)  # successive_halving/hyperband
+    lower: float | None = None  # threshold pruner: prune below this
+    upper: float | None = None  # threshold pruner: prune above this
+    patience: int = Field(3, ge=0)  # patient pruner: epochs without improvement
+    min_delta: float = Field(0.0, ge=0)  # patient pruner: least improvement that counts
+    # any pruner (none too): stop a trial still at chance level after this many epochs, PRUNED "no learning"; 0 = off
+    no_learning_epochs: int = Field(2, ge=0)
+
+
+Scalar = bool | int | float | str
+
+
+class ParamSpec(StrictModel):
+    """One search dimension: ``choices`` (categorical) or ``low``/``high`` (int or float)."""
+
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    type: Literal["float", "int", "categorical"] | None = None  # inferred when omitted
+    when: dict[str, Scalar | list[Scalar]] | None = None  # condition on earlier parameters / train values
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamSpec:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("choices must not be empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("needs choices: [...] or both low and high")
+        if not self.low < self.high:
+            raise ValueError(f"empty or inverted range: low {self.low} must be < high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log range must be > 0, got low {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        return self
+
+    def grid_count(self) -> int:
+        """Points of this dimension on a grid (choices, or low..high by step), counted, not listed."""
+        if self.choices is not None:
+            return len(self.choices)
+        assert self.low is not None and self.high is not None and self.step is not None
+        return int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+
+    def grid_values(self, kind: str) -> list[Any]:
+        """This dimension's grid: its choices as Optuna labels, or low..high by step (ints for an int kind)."""
+        if self.choices is not None:
+            return [choice_label(c) for c in self.choices]
+        assert self.low is not None and self.high is not None and self.step is not None
+        vals = [self.low + i * self.step for i in range(self.grid_count())]
+        return [int(round(v)) for v in vals] if kind == "int" else [round(v, 12) for v in vals]
+
+    def kind(self, base: TrainConfig, key: str) -> str:
+        """categorical, int (an int config field, or type: int) or float."""
+        if self.type:
+            return self.type
+        if self.choices is not None:
+            return "categorical"
+        return "int" if _is_int_field(base, key) else "float"
+
+
+class WarmStart(StrictModel):
+    study: str = Field(min_length=1)  # an earlier study's name
+    storage: str | None = None  # its Optuna storage (default: this study's)
+
+
+class SweepSpec(StrictModel):
+    study: str = Field(min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    objective: ObjectiveSpec = ObjectiveSpec()
+    budget: Budget = Budget()
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    repeats: int = Field(1, ge=1)  # seeds per configuration; the trial's value is their mean
+    max_retries: int = Field(1, ge=0)  # re-runs of a trial that failed by exception
+    train: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, ParamSpec] = Field(default_factory=dict)
+    # two or more: a multi-objective study (Pareto front); the first objective drives pruning and reports
+    objectives: list[ObjectiveSpec] = Field(default_factory=list)
+    constraints: list[str] = Field(default_factory=list)  # "num_params <= 2e6": a trial that breaks one is infeasible
+    enqueue: list[dict[str, Any]] = Field(default_factory=list)  # known configurations run first (space keys -> values)
+    warm_start: WarmStart | None = None  # finished trials of an earlier study that fit this space inform the sampler
+    source: str = ""  # the file it came from (set by load_sweep)
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _flat(cls, v: Any) -> Any:
+        return flatten(v) if isinstance(v, dict) else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_objective(cls, data: Any) -> Any:
+        """With ``objectives:``, ``objective`` is the first of them (it drives pruning and reports)."""
+        if isinstance(data, dict) and isinstance(data.get("objectives"), list) and data["objectives"]:
+            if "objective" in data and data["objective"] != data["objectives"][0]:  # a dumped spec holds both, equal
+                raise ValueError("give objective (one) or objectives (several), not both")
+            if len(data["objectives"]) == 1:
+                raise ValueError("objectives needs two or more entries; for one, use objective")
+            data = {**data, "objective": data["objectives"][0]}
+        return data
+
+    @property
+    def targets(self) -> list[ObjectiveSpec]:
+        """The study's objectives, in order (one for an ordinary study)."""
+        return list(self.objectives) or [self.objective]
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.resolved_direction for o in self.targets]
+
+    def grid_size(self) -> int:
+        """Points of the full grid (the grid sampler needs choices or a step on every parameter)."""
+        return math.prod(p.grid_count() for p in self.space.values())
+
+    def base_config(self, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """TrainConfig with the fixed ``train`` part and command-line overrides applied."""
+        return apply_overrides(apply_overrides(TrainConfig(), self.train), overrides or {})
+
+
+# --------------------------------------------------------------------------- YAML with line numbers
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; a missing file or a syntax error names file and line."""
+    data, _ = _load_with_nodes(Path(path))
+    return data
+
+
+def _read_text(p: Path) -> str:
+    """The file's text; a missing file, a folder, a binary or non-UTF-8 file is named as such."""
+    if p.is_dir():
+        raise SpecError(f"{p}: is a directory; expected a YAML file")
+    if not p.is_file():
+        raise SpecError(f"{p}: no such file")
+    raw = p.read_bytes()
+    if len(raw) > 2**20:
+        raise SpecError(f"{p}: {len(raw)} bytes is too large for a sweep or study file (at most 1 MiB)")
+    if b"\x00" in raw:
+        raise SpecError(f"{p}: not a text file (it holds NUL bytes); expected a YAML file")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecError(
+            f"{p}, line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save the file as UTF-8"
+        ) from None
+
+
+def _check_keys(node: yaml.MappingNode, p: Path) -> None:
+    """No key twice in one mapping (YAML would keep the last one silently)."""
+    seen: dict[str, int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        if key.value in seen:
+            raise SpecError(
+                f"{p}, line {key.start_mark.line + 1}: key {key.value!r} is given twice "
+                f"(first on line {seen[key.value]}); keep one"
+            )
+        seen[key.value] = key.start_mark.line + 1
+
+
+def _check_nodes(root: yaml.Node | None, p: Path) -> None:
+    """Refuse keys given twice in one mapping, aliases that contain themselves and alias bombs."""
+    count = 0
+
+    def walk(node: yaml.Node, above: frozenset[int]) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_YAML_NODES:
+            raise SpecError(f"{p}: expands to more than {MAX_YAML_NODES} YAML nodes (nested aliases?); simplify the file")
+        if id(node) in above:
+            raise SpecError(f"{p}, line {node.start_mark.line + 1}: a recursive YAML alias (a node that contains itself)")
+        if isinstance(node, yaml.MappingNode):
+            _check_keys(node, p)
+        children: list[yaml.Node] = list(node.value) if isinstance(node, yaml.SequenceNode) else []
+        children += [v for _, v in node.value] if isinstance(node, yaml.MappingNode) else []
+        for child in children:
+            walk(child, above | {id(node)})
+
+    if root is not None:
+        try:
+            walk(root, frozenset())
+        except RecursionError:
+            raise SpecError(f"{p}: nested too deeply to be a sweep or study file") from None
+
+
+def _load_with_nodes(p: Path) -> tuple[dict[str, Any], yaml.Node | None]:
+    text = _read_text(p)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_nodes(node, p)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{p}{where}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}, node
+    if not isinstance(data, dict):
+        raise SpecError(f"{p}, line 1: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data, node
+
+
+def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest YAML node along ``loc`` (a pydantic error location)."""
+    line = None
+    parts = [str(x) if not isinstance(x, int) else x for x in loc]
+    i = 0
+    while i < len(parts):
+        key = parts[i]
+        if isinstance(node, yaml.MappingNode):
+            match = []
+            for j in range(len(parts), i, -1):  # dotted YAML keys ("optim.lr: 1") match several parts
+                joined = ".".join(str(x) for x in parts[i:j])
+                match = [(k, v, j) for k, v in node.value if k.value == joined]
+                if match:
+                    break
+            if not match:
+                break
+            line, node, i = match[0][0].start_mark.line + 1, match[0][1], match[0][2]
+            continue
+        if isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+            i += 1
+            continue
+        break
+    return line
+
+
+def _where(p: Path, node: yaml.Node | None, loc: tuple[Any, ...]) -> str:
+    line = _line(node, loc)
+    return f"{p}{f', line {line}' if line else ''}"
+
+
+def _parse(cls: type[Any], data: dict[str, Any], p: Path, node: yaml.Node | None) -> Any:
+    """``cls(**data)``; a pydantic error becomes a SpecError naming file, line, key and what is allowed."""
+    try:
+        return cls(**data)
+    except ValidationError as exc:
+        errors = exc.errors()  # a misspelt key also reports the key it should have been: name the misspelling
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith(("function-", "literal["))))
+        key = ".".join(str(x) for x in loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key; allowed here: {', '.join(_allowed_fields(loc[:-1], cls))}"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        shown = err["type"] not in ("missing", "extra_forbidden") and not isinstance(err.get("input"), dict)
+        got = f" (got {err['input']!r})" if shown else ""
+        raise SpecError(f"{_where(p, node, loc)}: {key}: {msg}{got}") from None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_spec(path: str | Path, cls: type[M], problems: Callable[[M], list[Problem]]) -> M:
+    """``cls`` parsed from the YAML file at ``path`` (its ``source`` set), then checked by
+    ``problems``; the first problem found is a SpecError naming the file and the line."""
+    p = Path(path)
+    data, node = _load_with_nodes(p)
+    spec: M = _parse(cls, {**data, "source": str(p)}, p, node)
+    for problem, loc in problems(spec):
+        raise SpecError(f"{_where(p, node, loc)}: {problem}")
+    return spec
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Parse and fully validate a sweep file (space, train overrides, conditions, values)."""
+    return load_spec(path, SweepSpec, _semantic_problems)
+
+
+def _allowed_fields(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
+    """Field names allowed at ``loc`` (the parent of an unknown key), found by following the
+    models' annotations down from ``root``: a list or dict field leads to its item type."""
+    tp: Any = root
+    for part in loc:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            field = tp.model_fields.get(str(part))
+            tp = field.annotation if field else None
+        else:  # list[Step] at an index, dict[str, ParamSpec] at a key
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            tp = args[-1] if args else None
+    if not (isinstance(tp, type) and issubclass(tp, BaseModel)):
+        return ["<config key>"]
+    return [f for f in tp.model_fields if f != "source"]
+
+
+def _semantic_problems(spec: SweepSpec) -> list[Problem]:
+    """What types alone cannot catch: keys, value ranges against TrainConfig, conditions, sampler fit."""
+    try:
+        base = spec.base_config()
+    except ConfigError as exc:
+        return [(f"train: {exc}", ("train", *exc.key.split(".")))]
+    keys = set(allowed_keys())
+    for i, (name, p) in enumerate(spec.space.items()):
+        if name not in keys:
+            return [(f"space: unknown config key {name!r}; allowed: {', '.join(sorted(keys))}", ("space", name))]
+        problems = _condition_problems(spec, name, p, list(spec.space)[:i]) + _range_problems(spec, base, name, p)
+        if problems:
+            return problems[:1]
+    problems = _grid_problems(spec) + _objective_problems(spec, base) + _enqueue_problems(spec, base)
+    if spec.budget.patience and spec.budget.min_improvement == "noise" and spec.repeats < 2:
+        problems.append(
+            (
+                "budget.min_improvement: noise is measured with repeats >= 2; set repeats or give a number (e.g. 0.005)",
+                ("budget", "min_improvement"),
+            )
+        )
+    if spec.pruner.name == "threshold" and spec.pruner.lower is None and spec.pruner.upper is None:
+        problems.append(("pruner: the threshold pruner needs lower and/or upper", ("pruner",)))
+    return problems
+
+
+def _grid_problems(spec: SweepSpec) -> list[Problem]:
+    """A grid must be small enough to enumerate, and hold at least the budget's trials."""
+    if spec.sampler.name != "grid":
+        return []
+    for name, p in spec.space.items():
+        if p.choices is None and p.step is None:
+            return [(f"space.{name}: the grid sampler needs choices or a step for every parameter", ("space", name))]
+    points = spec.grid_size()
+    if points > MAX_GRID:
+        return [(f"space: the grid has {points} points, more than {MAX_GRID}; use coarser steps or another sampler", ("space",))]
+    if spec.budget.n_trials > points:
+        return [
+            (
+                f"budget.n_trials {spec.budget.n_trials} exceeds the grid's {points} points (each runs once); "
+                f"set it to at most {points}",
+                ("budget", "n_trials"),
+            )
+        ]
+    return []
+
+
+_CONSTRAINT_RE = r"^\s*([a-z_]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$"
+
+
+def parse_constraint(text: str) -> tuple[str, str, float]:
+    """``"num_params <= 2e6"`` -> ("num_params", "<=", 2e6); a ValueError says what is allowed."""
+    import re
+
+    match = re.match(_CONSTRAINT_RE, text)
+    allowed = ", ".join(typing.get_args(ObjectiveSpec.model_fields["metric"].annotation))
+    if not match or match.group(1) not in allowed.split(", "):
+        raise ValueError(f"constraint {text!r}: expected 'METRIC <= NUMBER' or 'METRIC >= NUMBER'; metrics: {allowed}")
+    try:
+        bound = float(match.group(3))
+    except ValueError:
+        raise ValueError(f"constraint {text!r}: {match.group(3)!r} is not a number") from None
+    if not math.isfinite(bound):
+        raise ValueError(f"constraint {text!r}: the bound must be finite")
+    return match.group(1), match.group(2), bound
+
+
+def _objective_problems(spec: SweepSpec, base: TrainConfig) -> list[Problem]:
+    """Each objective's split exists; constraints parse and need a sampler that honours them."""
+    for i, target in enumerate(spec.targets):
+        for problem, loc in _metric_problems(target.metric, base):
+            return [(problem, ("objectives", i) if spec.objectives else loc)]
+    if len({o.metric for o in spec.targets}) != len(spec.targets):
+        return [("objectives: each metric may appear once", ("objectives",))]
+    for i, text in enumerate(spec.constraints):
+        try:
+            parse_constraint(text)
+        except ValueError as exc:
+            return [(f"constraints[{i}]: {exc}", ("constraints", i))]
+    if spec.constraints and spec.sampler.name != "tpe":
+        return [(f"constraints: the {spec.sampler.name} sampler ignores constraints; use sampler.name tpe", ("constraints",))]
+    return []
+
+
+def _enqueue_problems(spec: SweepSpec, base: TrainConfig) -> list[Problem]:
+    """Each enqueued configuration names space keys only, with values inside their ranges or choices."""
+    for i, entry in enumerate(spec.enqueue):
+        loc = ("enqueue", i)
+        for key, value in flatten(entry).items():
+            p = spec.space.get(key)
+            if p is None:
+                return [(f"enqueue[{i}]: {key!r} is not a space parameter; space: {', '.join(spec.space)}", loc)]
+            inside = (
+                choice_label(value) in [choice_label(c) for c in p.choices]
+                if p.choices is not None
+                else isinstance(value, (int, float)) and not isinstance(value, bool) and p.low <= value <= p.high  # type: ignore[operator]
+            )
+            if not inside:
+                allowed = p.choices if p.choices is not None else f"{p.low} .. {p.high}"
+                return [(f"enqueue[{i}]: {key}={value!r} is outside the space ({allowed})", loc)]
+        try:
+            apply_overrides(base, flatten(entry))
+        except ConfigError as exc:
+            return [(f"enqueue[{i}]: {exc}", loc)]
+    return []
+
+
+def _metric_problems(metric: str, base: TrainConfig) -> list[Problem]:
+    """The objective's split must exist: no val_* without a validation split, no test_* without a test set."""
+    if metric.startswith("val_") and base.data.val_fraction == 0 and base.data.dataset == "cifar10":
+        return [(f"objective: {metric} needs a validation split; set train.data.val_fraction > 0", ("objective",))]
+    if metric.startswith("test_") and base.data.val_from == "test":
+        return [
+            (
+                f"objective: {metric} needs a test set, but train.data.val_from=test makes the test images the "
+                "validation set; use a val_ metric",
+                ("objective",),
+            )
+        ]
+    return []
+
+
+def _condition_problems(spec: SweepSpec, name: str, p: ParamSpec, earlier: list[str]) -> list[Problem]:
+    """``when`` names an earlier parameter (or a fixed train key) and one of its choices."""
+    for cond, want in (p.when or {}).items():
+        loc = ("space", name, "when", cond)
+        if cond not in earlier and cond not in spec.train:
+            return [(f"space.{name}.when: {cond!r} must be a parameter listed before {name!r} or a fixed train key", loc)]
+        cp = spec.space.get(cond)
+        wants = want if isinstance(want, list) else [want]
+        if cp is not None and cp.choices is not None and not set(map(choice_label, wants)) <= set(map(choice_label, cp.choices)):
+            return [(f"space.{name}.when: {want!r} is not among {cond}'s choices {cp.choices}", loc)]
+    return []
+
+
+def _range_problems(spec: SweepSpec, base: TrainConfig, name: str, p: ParamSpec) -> list[Problem]:
+    """Every choice (or both bounds) is a valid value of the key; int ranges are whole; grids are finite."""
+    loc = ("space", name)
+    for v in p.choices if p.choices is not None else [p.low, p.high]:
+        try:
+            apply_overrides(base, {name: _int_if_whole(v) if p.choices is None else v})
+        except ConfigError as exc:
+            return [(f"space.{name}: value {v!r} is not allowed: {exc}", loc)]
+    if p.kind(base, name) == "int" and not all(float(v).is_integer() for v in (p.low, p.high)):  # type: ignore[arg-type]
+        return [(f"space.{name}: int range needs whole-number bounds, got {p.low}..{p.high}", loc)]
+    return []
+
+
+def _is_int_field(base: TrainConfig, key: str) -> bool:
+    obj: Any = base
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return isinstance(obj, int) and not isinstance(obj, bool)
+
+
+def _int_if_whole(v: Any) -> Any:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def choice_label(v: Any) -> Any:
+    """A choice as Optuna stores it: categorical values must be scalars, so lists and mappings
+    (dropout patterns, milestones) travel as their JSON text (``space.decode`` turns them back)."""
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """TrainConfig from a YAML file of (nested or dotted) config keys, then ``overrides``.
+
+    A sweep file is accepted too: its fixed ``train:`` section is used.
+    """
+    cfg = TrainConfig()
+    if path is not None:
+        data = load_yaml(path)
+        if "space" in data or "study" in data:
+            data = data.get("train") or {}
+        try:
+            cfg = apply_overrides(cfg, data)
+        except ConfigError as exc:
+            raise SpecError(f"{path}: {exc}") from None
+    return apply_overrides(cfg, overrides or {})
