@@ -30,12 +30,12 @@ __all__ = [
     "apply_overrides",
     "config_to_dict",
     "flatten",
-    "ENVIRONMENT_KEYS",
+    "RUNTIME_KEYS",
 ]
 
 # keys that say where or how fast a run happens, not what it trains: they may differ between the runs
 # of one study, between a trial and its resumed retry, and between machines
-ENVIRONMENT_KEYS = frozenset({"out_dir", "threads", "device", "precision", "eval_batch_size", "data.path", "data.cache_dir"})
+RUNTIME_KEYS = frozenset({"out_dir", "threads", "device", "precision", "eval_batch_size", "data.path", "data.cache_dir"})
 
 DatasetName = Literal["cifar10", "folder"]
 ModelName = Literal["cifar_alexnet", "resnet18", "resnet34", "resnet50", "alexnet", "efficientnet_lite0"]

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from studyrunner.cli.main import app
 from studyrunner.report.results import pareto_front, study_result, trial_history
 from studyrunner.search.driver import RunOptions, run_study
-from studyrunner.search.spec import SpecError
+from studyrunner.search.specfile import SpecError
 from studyrunner.states import TrialState, trial_state
 
 from .conftest import sweep_spec

@@ -7,7 +7,7 @@ from studyrunner.narrative.runner import run_narrative
 from studyrunner.narrative.spec import Claim, judge, load_narrative
 from studyrunner.report.results import trial_history
 from studyrunner.search.driver import RunOptions
-from studyrunner.search.spec import SpecError
+from studyrunner.search.specfile import SpecError
 
 from .conftest import make_folder, step_result, write_sweep
 

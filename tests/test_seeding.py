@@ -35,7 +35,7 @@ def test_enqueued_configurations_run_first_and_once(tmp_path, tiny_train):
 
 
 def test_an_enqueued_value_outside_the_space_is_refused(tmp_path, tiny_train):
-    from studyrunner.search.spec import SpecError
+    from studyrunner.search.specfile import SpecError
 
     with pytest.raises(SpecError, match=r"enqueue\[0\]: optim.lr=0.5 is outside the space"):
         sweep_spec(tmp_path, tiny_train, head="enqueue:\n  - {optim.lr: 0.5}\n", space=LR)
@@ -83,7 +83,7 @@ def test_a_study_stops_when_converged_and_says_why(tmp_path, tiny_train):
 
 
 def test_noise_margin_needs_repeats(tmp_path, tiny_train):
-    from studyrunner.search.spec import SpecError
+    from studyrunner.search.specfile import SpecError
 
     with pytest.raises(SpecError, match="noise is measured with repeats >= 2"):
         sweep_spec(tmp_path, tiny_train, head="budget: {patience: 3}\n", space=LR)

@@ -1,6 +1,7 @@
 import pytest
 
-from studyrunner.search.spec import SpecError, load_sweep
+from studyrunner.search.spec import load_sweep
+from studyrunner.search.specfile import SpecError
 
 from .conftest import write_sweep
 

@@ -14,7 +14,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from studyrunner.engine.data import Splits, load_splits
 from studyrunner.engine.fit import fit
 from studyrunner.engine.resolve import resolve_config
 from studyrunner.errors import StudyrunnerError
+from studyrunner.files import atomic_write
 from studyrunner.search.spec import ParamSpec, SweepSpec
 from studyrunner.track.machine import machine
 
@@ -205,9 +205,8 @@ def load_table(path: Path, key: str) -> Table | None:
 def save_table(path: Path, table: Table) -> None:
     """Write atomically: an interrupted build leaves the previous complete file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(table.to_json(), indent=1))
-    os.replace(tmp, path)
+    text = json.dumps(table.to_json(), indent=1)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _train_curve(base: TrainConfig, params: Mapping[str, Any], splits: Splits) -> Curve:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from studyrunner.config import ENVIRONMENT_KEYS, TrainConfig, config_to_dict, flatten
+from studyrunner.config import RUNTIME_KEYS, TrainConfig, config_to_dict, flatten
+from studyrunner.files import atomic_write
 
 if TYPE_CHECKING:
     from studyrunner.engine.fit import Context, EpochRecord
@@ -22,21 +23,18 @@ __all__ = ["save_checkpoint", "state_path", "identity"]
 
 
 def save_checkpoint(path: Path, ctx: Context, cfg: TrainConfig, record: EpochRecord, classes: list[str]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": ctx.whole.state_dict(),
-            "normalisation": "imagenet" if ctx.imagenet else "data",
-            "mean": ctx.mean.tolist(),
-            "std": ctx.std.tolist(),
-            "config": config_to_dict(cfg),
-            "epoch": record.epoch,
-            "metrics": asdict(record),
-            "classes": classes,
-        },
-        tmp,
-    )
-    tmp.replace(path)
+    """The best-validation weights with what it takes to use them: normalisation, config, classes."""
+    blob = {
+        "model": ctx.whole.state_dict(),
+        "normalisation": "imagenet" if ctx.imagenet else "data",
+        "mean": ctx.mean.tolist(),
+        "std": ctx.std.tolist(),
+        "config": config_to_dict(cfg),
+        "epoch": record.epoch,
+        "metrics": asdict(record),
+        "classes": classes,
+    }
+    atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
 
 def state_path(cfg: TrainConfig) -> Path | None:
@@ -46,4 +44,4 @@ def state_path(cfg: TrainConfig) -> Path | None:
 
 def identity(cfg: TrainConfig) -> dict[str, Any]:
     """What a state file must match to be resumed: the config, less where and how fast it runs."""
-    return {k: v for k, v in flatten(config_to_dict(cfg)).items() if k not in ENVIRONMENT_KEYS}
+    return {k: v for k, v in flatten(config_to_dict(cfg)).items() if k not in RUNTIME_KEYS}

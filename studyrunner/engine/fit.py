@@ -34,6 +34,7 @@ from studyrunner.engine.models import build_model, head_module, load_init, weigh
 from studyrunner.engine.optim import Schedule, build_optimizer
 from studyrunner.engine.resolve import is_resolved
 from studyrunner.engine.transfer import TransferPolicy
+from studyrunner.files import atomic_write
 
 __all__ = [
     "EpochRecord",
@@ -48,7 +49,7 @@ __all__ = [
     "placement",
 ]
 
-Outcome = Literal["completed", "diverged", "stopped"]
+FitOutcome = Literal["completed", "diverged", "stopped"]  # how fit ended (the search wing's Outcome is wider)
 OnEpoch = Callable[["EpochRecord"], bool | None] | None  # return True to stop early
 OnBatch = Callable[[int, int], None] | None  # (batches done, batches in epoch)
 _DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -69,7 +70,7 @@ class EpochRecord:
 @dataclass
 class FitResult:
     history: list[EpochRecord] = field(default_factory=list)
-    outcome: Outcome = "completed"
+    outcome: FitOutcome = "completed"
     reason: str = ""  # why the run diverged or stopped
     best_epoch: int = 0  # epoch with the best val_acc (the last epoch when there is no val split)
     best_val_acc: float | None = None
@@ -384,9 +385,7 @@ def _save_state(training: _Training) -> None:
         "best": {"state": training.best_state, "epoch": training.result.best_epoch, "val_acc": training.result.best_val_acc},
         "start_loss": training.start_loss,
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
 
 def _resume(training: _Training, on_epoch: OnEpoch) -> int:

@@ -18,7 +18,8 @@ from typing import Any, Literal, Protocol
 from pydantic import Field, field_validator, model_validator
 
 from studyrunner.config import ConfigError, TrainConfig, apply_overrides, config_to_dict, flatten
-from studyrunner.search.spec import ObjectiveSpec, Problem, SpecError, StrictModel, SweepSpec, load_spec, load_yaml
+from studyrunner.search.spec import ObjectiveSpec, SweepSpec
+from studyrunner.search.specfile import Problem, SpecError, StrictModel, load_spec, load_yaml
 
 __all__ = [
     "Step",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from studyrunner.config import ENVIRONMENT_KEYS, TrainConfig, apply_overrides, config_to_dict, flatten
+from studyrunner.config import RUNTIME_KEYS, TrainConfig, apply_overrides, config_to_dict, flatten
 from studyrunner.engine.data import check_objective_split
 from studyrunner.engine.resolve import resolve_config
 from studyrunner.errors import StudyrunnerError
@@ -366,7 +366,7 @@ def _check_same_config(study: optuna.Study, base: TrainConfig) -> None:
     with contextlib.suppress(StudyrunnerError):  # resolved as today, so that a new "auto" key compares equal
         old = flatten(config_to_dict(resolve_config(apply_overrides(TrainConfig(), old))))
     new = flatten(config_to_dict(base))
-    changed = sorted(k for k in set(old) | set(new) if k not in ENVIRONMENT_KEYS and old.get(k) != new.get(k))
+    changed = sorted(k for k in set(old) | set(new) if k not in RUNTIME_KEYS and old.get(k) != new.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
         raise StudyrunnerError(

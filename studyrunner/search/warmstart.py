@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import optuna
 
-from studyrunner.config import ENVIRONMENT_KEYS, TrainConfig, config_to_dict, flatten
+from studyrunner.config import RUNTIME_KEYS, TrainConfig, config_to_dict, flatten
 from studyrunner.errors import StudyrunnerError
 from studyrunner.search.space import distributions, optuna_params
 from studyrunner.search.spec import SweepSpec
@@ -64,7 +64,7 @@ def _check_comparable(earlier: optuna.Study, spec: SweepSpec, base: TrainConfig)
     if not stored:
         return
     old, new = flatten(stored), flatten(config_to_dict(base))
-    skip = ENVIRONMENT_KEYS | set(spec.space) | {"seed"}
+    skip = RUNTIME_KEYS | set(spec.space) | {"seed"}
     changed = sorted(k for k in set(old) & set(new) if k not in skip and old[k] != new[k])
     if changed:
         diffs = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed[:6])
