@@ -106,7 +106,7 @@ def prediction_figure(images: Sequence[Any], names: Sequence[tuple[str, str]], c
 
 
 def history_figure(info: Mapping[str, Sequence[float]], title: str) -> Figure:
-    """Each trial's value and the best so far (``report.history_info``)."""
+    """Each trial's value and the best so far (``report.markdown.history_info``)."""
     fig, ax = plt.subplots(figsize=(6, 3.4))
     ax.plot(info["trial"], info["value"], "o", alpha=0.6, label="trial value")
     ax.step(info["trial"], info["best"], where="post", color="C3", label="best so far")
@@ -117,7 +117,7 @@ def history_figure(info: Mapping[str, Sequence[float]], title: str) -> Figure:
 
 
 def params_figure(info: Mapping[str, tuple[str, Sequence[tuple[Any, float]]]], label: Callable[[Any], str] = str) -> Figure:
-    """Objective against each parameter (``report.params_info``): categorical values on a labelled
+    """Objective against each parameter (``report.markdown.params_info``): categorical values on a labelled
     axis, log-float ones on a log axis."""
     fig, axes = plt.subplots(1, len(info), figsize=(3.6 * len(info), 3.2), squeeze=False)
     for ax, (p, (kind, pts)) in zip(axes[0], info.items(), strict=True):
@@ -142,7 +142,7 @@ def anytime_figure(
     ylabel: str = "best val_acc of a complete trial",
     dashed: Collection[str] = (),
 ) -> Figure:
-    """Best value found so far against the training spent (``searchbench.anytime_info``), one
+    """Best value found so far against the training spent (``bench.search_replay.anytime_info``), one
     line per strategy (those in ``dashed``, the references, dashed); ``target`` as a dotted
     horizontal line."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))

@@ -3,7 +3,7 @@ seeds) and claims (its conclusions, judged on our runs).
 
 This module owns the narrative file's types, how a step becomes a config and a sweep at a given
 scale, and how a claim is judged. ``runner.run_narrative`` runs the steps, results
-reads their trials (``results.narrative_result``), the report renders them; all through the typed
+reads their trials (``report.results.narrative_result``), the report renders them; all through the typed
 objects here.
 """
 

@@ -1,6 +1,6 @@
 """Markdown reports (and PNG plots beside them) rendered from plain results.
 
-Imports neither optuna nor mlflow: ``results.py`` extracts, this module renders, so a report is
+Imports neither optuna nor mlflow: ``report.results`` extracts, this module renders, so a report is
 a pure function of the stored studies and the same results always give the same markdown.
 Each plot has a pure "info" function (the numbers) and a thin matplotlib renderer. This module
 renders sweep reports and holds the shared helpers; the narrative report is ``narrative_md.py``'s.

@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = [pytest.mark.long, pytest.mark.cifar]
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def tour_lines() -> list[str]:

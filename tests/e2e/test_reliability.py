@@ -16,8 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from studyrunner.cli.main import app
-
-from .conftest import make_folder, write_sweep
+from tests.conftest import make_folder, write_sweep
 
 runner = CliRunner()
 
@@ -454,8 +453,7 @@ def test_each_process_on_a_study_draws_its_own_sampler_stream(tmp_path, tiny_tra
 
     from studyrunner.search.driver import _claim_stream
     from studyrunner.search.samplers import make_sampler
-
-    from .conftest import sweep_spec
+    from tests.conftest import sweep_spec
 
     spec = sweep_spec(tmp_path, tiny_train, head="sampler: {name: random, seed: 3}\n")
     storage = f"sqlite:///{tmp_path / 'o.db'}"

@@ -8,8 +8,7 @@ from studyrunner.narrative.spec import Claim, judge, load_narrative
 from studyrunner.report.results import trial_history
 from studyrunner.search.driver import RunOptions
 from studyrunner.search.specfile import SpecError
-
-from .conftest import make_folder, step_result, write_sweep
+from tests.conftest import make_folder, step_result, write_sweep
 
 STORY = """\
 study: story
@@ -79,7 +78,7 @@ def test_narrative_errors(tmp_path, tiny_train, old, new, fragment):
 
 def test_shipped_narrative_is_valid_at_both_scales():
 
-    spec = load_narrative(Path(__file__).parent.parent / "studies" / "cifar10_tuning.yaml")
+    spec = load_narrative(Path(__file__).parents[2] / "studies" / "cifar10_tuning.yaml")
     assert len(spec.steps) == 10 and len(spec.claims) >= 5 and spec.repeats >= 2
     assert {s.name for s in spec.steps} >= {
         "baseline",
@@ -104,7 +103,7 @@ def test_validate_command_accepts_shipped_narratives(tmp_path, name):
 
     from studyrunner.cli.main import app
 
-    path = Path(__file__).parent.parent / "studies" / name
+    path = Path(__file__).parents[2] / "studies" / name
     res = CliRunner().invoke(app, ["validate", str(path), "--data-dir", str(tmp_path)], env={"COLUMNS": "200"})
     out = " ".join(res.output.split())
     assert res.exit_code == 0, out

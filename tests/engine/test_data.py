@@ -17,8 +17,7 @@ from studyrunner.engine.data import (
     stratified_split,
 )
 from studyrunner.engine.decode import DataError
-
-from .conftest import make_folder, write_image
+from tests.conftest import make_folder, write_image
 
 
 def test_stratified_subset_keeps_class_shares_and_is_seeded():

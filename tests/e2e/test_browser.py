@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 
 from studyrunner.search.driver import RunOptions, run_study
-
-from .conftest import make_folder, sweep_spec
+from tests.conftest import make_folder, sweep_spec
 
 pytestmark = [pytest.mark.long, pytest.mark.browser]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARTIFACTS = Path(os.environ.get("STUDYRUNNER_TEST_ARTIFACTS", Path(__file__).parents[1] / "runs" / "test-artifacts")) / "browser"
+ARTIFACTS = Path(os.environ.get("STUDYRUNNER_TEST_ARTIFACTS", Path(__file__).parents[2] / "runs" / "test-artifacts")) / "browser"
 TIMEOUT_MS = 60_000
 
 

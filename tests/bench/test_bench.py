@@ -6,8 +6,7 @@ from typer.testing import CliRunner
 from studyrunner.bench import frozen, overhead, search_report, throughput
 from studyrunner.bench.throughput import run_bench
 from studyrunner.cli.bench import bench_app
-
-from .conftest import make_folder
+from tests.conftest import make_folder
 
 runner = CliRunner()
 

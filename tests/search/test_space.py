@@ -3,8 +3,7 @@ import pytest
 
 from studyrunner.search.space import grid_space, suggest
 from studyrunner.search.spec import load_sweep
-
-from .conftest import write_sweep
+from tests.conftest import write_sweep
 
 SPACE = """\
 study: sp

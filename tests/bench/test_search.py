@@ -24,12 +24,11 @@ from studyrunner.bench.search_report import render_report, run_search_bench
 from studyrunner.bench.search_table import Curve, Point, Table, build_table, config_id, grid_axes, load_table
 from studyrunner.errors import StudyrunnerError
 from studyrunner.search.spec import load_sweep
-
-from .conftest import sweep_spec
+from tests.conftest import sweep_spec
 
 EPOCHS = 6
 LRS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 
 def learning(final: float) -> list[Point]:

@@ -5,8 +5,7 @@ from studyrunner.config import TrainConfig, apply_overrides
 from studyrunner.engine.data import load_splits
 from studyrunner.engine.fit import fit
 from studyrunner.engine.resolve import resolve_config
-
-from .conftest import make_folder
+from tests.conftest import make_folder
 
 
 def _checkpoint_on_a_folder(tmp_path, classes: int, per_class: int, **overrides) -> None:

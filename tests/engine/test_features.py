@@ -10,8 +10,7 @@ from studyrunner.engine.data import Splits
 from studyrunner.engine.decode import ImageSet
 from studyrunner.engine.features import FeatureCache
 from studyrunner.engine.fit import fit
-
-from .conftest import pattern_images
+from tests.conftest import pattern_images
 
 
 @pytest.fixture

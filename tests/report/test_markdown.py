@@ -9,10 +9,9 @@ from studyrunner.narrative.spec import Claim, judge
 from studyrunner.report.markdown import effects, history_info, render_sweep_report, spend_info
 from studyrunner.report.narrative_md import render_narrative
 from studyrunner.report.results import NarrativeResult, StudyResult, TrialResult
+from tests.conftest import history, step_result
 
-from .conftest import history, step_result
-
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parents[1] / "golden"
 
 
 def _fixed_study() -> StudyResult:

@@ -5,8 +5,7 @@ import torch
 from typer.testing import CliRunner
 
 from studyrunner.cli.main import app
-
-from .conftest import make_folder
+from tests.conftest import make_folder
 
 runner = CliRunner()
 
@@ -150,7 +149,7 @@ def test_compare_answers_which_sweep_found_better_configs_per_epoch(tmp_path, ti
 def test_validate_checks_every_shipped_file_at_once_and_names_the_invalid(tmp_path, cifar_dir):
     from pathlib import Path
 
-    root = Path(__file__).parents[1]
+    root = Path(__file__).parents[2]
     shipped = sorted(str(p) for p in [*root.glob("sweeps/*.yaml"), *root.glob("studies/*.yaml")])
     res = runner.invoke(app, ["validate", *shipped, "--data-dir", str(cifar_dir)])
     assert res.exit_code == 0, res.output

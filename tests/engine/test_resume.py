@@ -20,8 +20,7 @@ from studyrunner.engine.checkpoint import state_path
 from studyrunner.engine.fit import fit
 from studyrunner.report.results import trial_history
 from studyrunner.states import TrialState, trial_state
-
-from .conftest import write_sweep
+from tests.conftest import write_sweep
 
 
 class Stop(Exception):

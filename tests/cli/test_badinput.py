@@ -7,9 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from studyrunner.cli.main import app
-
-from .conftest import make_folder
-from .test_spec import BAD
+from tests.conftest import make_folder
+from tests.search.test_spec import BAD
 
 runner = CliRunner()
 

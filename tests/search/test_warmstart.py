@@ -14,8 +14,7 @@ from studyrunner.errors import StudyrunnerError
 from studyrunner.search.driver import RunOptions, run_study
 from studyrunner.search.spec import load_train_config
 from studyrunner.states import TrialState, trial_state
-
-from .conftest import sweep_spec
+from tests.conftest import sweep_spec
 
 LR = "space:\n  optim.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n"
 

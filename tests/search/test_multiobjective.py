@@ -10,8 +10,7 @@ from studyrunner.report.results import pareto_front, study_result, trial_history
 from studyrunner.search.driver import RunOptions, run_study
 from studyrunner.search.specfile import SpecError
 from studyrunner.states import TrialState, trial_state
-
-from .conftest import sweep_spec
+from tests.conftest import sweep_spec
 
 HEAD = (
     "objectives:\n  - {metric: val_acc, direction: maximize}\n  - {metric: num_params, direction: minimize}\n"

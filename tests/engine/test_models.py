@@ -9,8 +9,7 @@ from studyrunner.engine.data import load_splits
 from studyrunner.engine.fit import fit
 from studyrunner.engine.models import MODELS, CifarAlexNet, build_model, head_parameters, load_init
 from studyrunner.engine.resolve import resolve_config
-
-from .conftest import make_folder
+from tests.conftest import make_folder
 
 
 @pytest.mark.parametrize("classes", [2, 10, 37])

@@ -2,8 +2,7 @@ import pytest
 
 from studyrunner.search.spec import load_sweep
 from studyrunner.search.specfile import SpecError
-
-from .conftest import write_sweep
+from tests.conftest import write_sweep
 
 GOOD = """\
 study: s1
@@ -100,7 +99,7 @@ def test_missing_file(tmp_path):
 def test_shipped_sweeps_are_valid():
     from pathlib import Path
 
-    files = sorted(Path(__file__).parent.parent.joinpath("sweeps").glob("*.yaml"))
+    files = sorted(Path(__file__).parents[2].joinpath("sweeps").glob("*.yaml"))
     assert len(files) >= 4
     for f in files:
         spec = load_sweep(f)

@@ -3,8 +3,7 @@ import pytest
 
 from studyrunner.report.results import trial_history
 from studyrunner.search.objective import DataSource, Objective
-
-from .conftest import sweep_spec
+from tests.conftest import sweep_spec
 
 
 def test_objective_with_fixed_trial_trains_and_returns_best_val_acc(tmp_path, tiny_train):

@@ -9,8 +9,7 @@ from studyrunner.report.results import study_result, trial_history
 from studyrunner.search.driver import RunOptions, run_study
 from studyrunner.search.spec import load_sweep
 from studyrunner.states import finished_count
-
-from .conftest import sweep_spec, write_sweep
+from tests.conftest import sweep_spec, write_sweep
 
 
 def _opts(tmp_path, **kw):
@@ -164,7 +163,7 @@ def test_any_class_name_is_tracked(tmp_path):
     import json
     from pathlib import Path
 
-    from .conftest import make_folder
+    from tests.conftest import make_folder
 
     root = make_folder(tmp_path / "own", classes=2, per_class=8, split="train")
     make_folder(root, classes=2, per_class=4, split="val")

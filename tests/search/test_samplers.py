@@ -81,8 +81,7 @@ def test_warmup_epochs_are_the_epochs_that_cannot_be_pruned(tmp_path):
 
     from studyrunner.search.samplers import make_pruner
     from studyrunner.search.spec import load_sweep
-
-    from .conftest import write_sweep
+    from tests.conftest import write_sweep
 
     spec = load_sweep(write_sweep(tmp_path, "study: w\npruner: {name: median, warmup_epochs: 2, startup_trials: 0}\n"))
     study = optuna.create_study(direction="maximize", pruner=make_pruner(spec))
