@@ -124,7 +124,7 @@ _BY_OUTCOME: dict[tuple[str, str], TrialState] = {  # (Optuna state, outcome) ->
 }
 
 
-class _Trial(Protocol):
+class _TrialLike(Protocol):
     """What this module reads of an ``optuna.trial.FrozenTrial``."""
 
     @property
@@ -141,27 +141,27 @@ def state_of(optuna_state: str, attrs: Mapping[str, Any]) -> TrialState:
     return _BY_OUTCOME.get((optuna_state, outcome), TrialState(optuna_state))
 
 
-def trial_state(trial: _Trial) -> TrialState:
+def trial_state(trial: _TrialLike) -> TrialState:
     return state_of(trial.state.name, trial.user_attrs)
 
 
-def count_states(trials: Iterable[_Trial]) -> dict[TrialState, int]:
+def count_states(trials: Iterable[_TrialLike]) -> dict[TrialState, int]:
     """Trials by studyrunner state (states with no trial left out)."""
     return dict(Counter(trial_state(t) for t in trials))
 
 
-def finished_count(trials: Iterable[_Trial]) -> int:
+def finished_count(trials: Iterable[_TrialLike]) -> int:
     """Trials that count towards ``n_trials`` (COMPLETE, PRUNED, DIVERGED)."""
     return sum(1 for t in trials if trial_state(t).finished)
 
 
-def first_value(trial: _Trial) -> float | None:
+def first_value(trial: _TrialLike) -> float | None:
     """The trial's value on the study's first (or only) objective; None when it has none."""
     values = trial.values
     return float(values[0]) if values else None
 
 
-T = TypeVar("T", bound=_Trial)
+T = TypeVar("T", bound=_TrialLike)
 
 
 def best_of(trials: Iterable[T], maximize: bool) -> T | None:

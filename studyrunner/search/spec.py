@@ -191,8 +191,9 @@ class SweepSpec(StrictModel):
         return math.prod(p.grid_count() for p in self.space.values())
 
     def base_config(self, overrides: dict[str, Any] | None = None) -> TrainConfig:
-        """TrainConfig with the fixed ``train`` part and command-line overrides applied."""
-        return apply_overrides(apply_overrides(TrainConfig(), self.train), overrides or {})
+        """TrainConfig with the fixed ``train`` part, then the command-line overrides (which win), applied
+        and validated once; "auto" is left for each trial to decide (``trialconfig``)."""
+        return apply_overrides(TrainConfig(), {**self.train, **(overrides or {})})
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
