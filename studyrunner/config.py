@@ -71,6 +71,16 @@ class DataConfig:
     device_budget: float = (
         0.5  # share of the training device's free memory the images may take; beyond it they stay in host memory
     )
+    # where data.dataset=folder's classes come from: "" = class folders (data.path/<class>/ or train/ val/ test/ of
+    # them); "prefix" = a flat folder (or train/ val/ test/ folders) of images whose class is the file name's leading
+    # letters (fist_0001.jpg -> fist); "FILE.csv" = rows of path,label (header optional; paths relative to data.path,
+    # absolute, or found by file name under it), validation split from it by val_fraction; or one CSV per split,
+    # "train=A.csv,val=B.csv,test=C.csv" (val and test optional). A CSV name is relative to data.path, else the
+    # working directory
+    labels: str = ""
+    # unreadable images (and CSV rows whose file is missing) are left out, with a note naming them, instead of
+    # refusing to train; false = one error naming them all
+    skip_bad: bool = False
 
 
 @dataclass(frozen=True)
@@ -275,10 +285,18 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 
 
 def _unknown_key(key: str) -> ConfigError:
+    """"did you mean", then only the keys of the group the key names (all of them fill 17 lines)."""
     keys = allowed_keys()
-    close = difflib.get_close_matches(key, keys, n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"unknown config key {key!r}.{hint} Allowed keys: {', '.join(keys)}", key)
+    close = difflib.get_close_matches(key, keys, n=1)
+    hint = f" Did you mean {close[0]}?" if close else ""
+    group = key.split(".")[0] + "."
+    same = [k for k in keys if k.startswith(group)]
+    if same:
+        return ConfigError(f"unknown config key {key!r}.{hint} Keys of {group[:-1]}: {', '.join(same)}", key)
+    groups = sorted({k.split(".")[0] for k in keys if "." in k})
+    top = [k for k in keys if "." not in k]
+    listed = f"top-level keys: {', '.join(top)}; groups: {', '.join(groups)}"
+    return ConfigError(f"unknown config key {key!r}.{hint} Allowed {listed}", key)
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -300,12 +318,23 @@ def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainC
     (``{"optim": {"lr": 1e-3}}``) are accepted too.
     """
     leaf = _leaf_types()
-    for key, value in flatten(overrides).items():
+    for key, value in _fold_label_files(flatten(overrides)).items():
         if key not in leaf:
             raise _unknown_key(key)
         config = _replace(config, key.split("."), _coerce(key, value, leaf[key]))
     validate(config)
     return config
+
+
+def _fold_label_files(flat: dict[str, Any]) -> dict[str, Any]:
+    """``data: {labels: {train: a.csv, val: b.csv}}`` (or ``data.labels.train=a.csv``) is the text
+    ``data.labels: train=a.csv,val=b.csv``, the one form ``DataConfig.labels`` holds."""
+    splits = {k: v for k, v in flat.items() if k.startswith("data.labels.")}
+    if not splits:
+        return flat
+    out = {k: v for k, v in flat.items() if k not in splits}
+    out["data.labels"] = ",".join(f"{k.removeprefix('data.labels.')}={v}" for k, v in splits.items())
+    return out
 
 
 def _replace(obj: Any, path: list[str], value: Any) -> Any:
@@ -349,6 +378,20 @@ def _run_checks(config: TrainConfig) -> list[tuple[bool, str]]:
             "data.resize must be 0 (auto) or >= data.image_size (it is the shorter side before the centre crop)",
         ),
         (0.0 <= config.data.device_budget <= 1.0, "data.device_budget must be in [0, 1] (a share of the device's free memory)"),
+        (
+            re.fullmatch(
+                r"(?i)\s*(|prefix|[^=,]+\.csv|(train|val|test)\s*=[^=,]+\.csv(\s*,\s*(train|val|test)\s*=[^=,]+\.csv)*)\s*",
+                config.data.labels,
+            )
+            is not None
+            and ("=" not in config.data.labels or re.search(r"(^|,)\s*train\s*=", config.data.labels) is not None),
+            "data.labels must be '' (class folders), prefix (a file name's leading letters are its class), FILE.csv "
+            "(rows of path,label) or train=A.csv,val=B.csv,test=C.csv (val and test optional)",
+        ),
+        (
+            config.data.labels == "" or config.data.dataset == "folder",
+            "data.labels needs data.dataset=folder (it labels own images)",
+        ),
         (all(0.0 <= p < 1.0 for p in config.model.dropout), "model.dropout values must be in [0, 1)"),
         (0.0 <= config.model.head_dropout < 1.0, "model.head_dropout must be in [0, 1)"),
         (

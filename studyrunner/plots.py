@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -9,8 +10,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import font_manager  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 __all__ = [
     "learning_curves",
@@ -20,7 +23,42 @@ __all__ = [
     "params_figure",
     "anytime_figure",
     "close",
+    "decade_axis",
+    "CJK_FAMILIES",
+    "STOPPED_STYLE",
 ]
+
+# Class names can be in any script. DejaVu Sans (matplotlib's own) covers Latin, Greek and Cyrillic;
+# matplotlib >= 3.6 falls back glyph by glyph along the families of ``font.family`` (not along the
+# generic ``sans-serif`` list, which resolves to one font), so CJK names render in Noto (Debian's
+# fonts-noto-cjk) instead of as empty boxes.
+CJK_FAMILIES = ("Noto Sans CJK JP", "Noto Sans CJK SC")
+
+# Trials that stopped early, drawn at their last reported value: (marker, colour, legend label).
+STOPPED_STYLE = {
+    "PRUNED": ("x", "grey", "pruned (last reported value)"),
+    "DIVERGED": ("v", "tab:brown", "diverged (last reported value)"),
+}
+
+
+def _use_cjk_fallback() -> None:
+    """DejaVu Sans first, then the CJK families that are installed (one that is not would log a
+    "font family not found" warning on every text drawn). Matplotlib caches its font list on first
+    use, so a font installed after that is unknown to it until the cache is rebuilt: such Noto CJK
+    files are registered here (in memory) from the system's font folders."""
+    known = {f.name for f in font_manager.fontManager.ttflist}
+    if not known & set(CJK_FAMILIES):
+        for path in font_manager.findSystemFonts():
+            if "SansCJK" in path.replace(" ", "") and "Mono" not in path:
+                font_manager.fontManager.addfont(path)
+        known = {f.name for f in font_manager.fontManager.ttflist}
+    found = [f for f in CJK_FAMILIES if f in known]
+    rest = [f for f in plt.rcParams["font.sans-serif"] if f not in ("DejaVu Sans", *CJK_FAMILIES)]
+    plt.rcParams["font.sans-serif"] = ["DejaVu Sans", *CJK_FAMILIES, *rest]
+    plt.rcParams["font.family"] = ["DejaVu Sans", *found]
+
+
+_use_cjk_fallback()
 
 
 def learning_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], title: str = "") -> Figure:
@@ -105,31 +143,66 @@ def prediction_figure(images: Sequence[Any], names: Sequence[tuple[str, str]], c
     return fig
 
 
-def history_figure(info: Mapping[str, Sequence[float]], title: str) -> Figure:
-    """Each trial's value and the best so far (``report.markdown.history_info``)."""
+def _stopped(ax: Axes, points: Sequence[tuple[float, float, str]], labelled: bool = True) -> None:
+    """Pruned and diverged trials at their last reported value, one marker per state."""
+    for state, (marker, colour, label) in STOPPED_STYLE.items():
+        xs = [x for x, _, s in points if s == state]
+        ys = [y for _, y, s in points if s == state]
+        if xs:
+            ax.plot(xs, ys, marker, color=colour, alpha=0.8, ls="none", label=label if labelled else None)
+
+
+def history_figure(info: Mapping[str, Sequence[Any]], title: str, ylabel: str = "objective") -> Figure:
+    """Each complete trial's value, the best so far, and the pruned and diverged trials at their
+    last reported value (``report.markdown.history_info``); ``ylabel``: the study's metric."""
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    ax.plot(info["trial"], info["value"], "o", alpha=0.6, label="trial value")
+    ax.plot(info["trial"], info["value"], "o", alpha=0.6, label="complete trial")
     ax.step(info["trial"], info["best"], where="post", color="C3", label="best so far")
-    ax.set(xlabel="trial", ylabel="objective", title=title)
-    ax.legend(fontsize=8)
+    _stopped(ax, [(float(n), v, s) for n, s, v in info.get("stopped", ())])
+    ax.set(xlabel="trial", ylabel=ylabel, title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def params_figure(info: Mapping[str, tuple[str, Sequence[tuple[Any, float]]]], label: Callable[[Any], str] = str) -> Figure:
-    """Objective against each parameter (``report.markdown.params_info``): categorical values on a labelled
-    axis, log-float ones on a log axis."""
+def decade_axis(ax: Axes, values: Sequence[float]) -> None:
+    """A log x axis labelled at whole decades only, spanning at least one: matplotlib labels minor
+    ticks when the range is under a decade, and those labels run into each other."""
+    lows = [math.log10(v) for v in values if v > 0]
+    if not lows:
+        return
+    lo, hi = math.floor(min(lows)), math.ceil(max(lows))
+    hi = max(hi, lo + 1)
+    ax.set_xscale("log")
+    ax.set_xlim(10 ** (lo - 0.05), 10 ** (hi + 0.05))  # the decades at both ends stay inside (and labelled)
+    ax.xaxis.set_major_locator(LogLocator(base=10))
+    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(2, 10))))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def params_figure(
+    info: Mapping[str, tuple[str, Sequence[tuple[Any, float, str]]]],
+    label: Callable[[Any], str] = str,
+    ylabel: str = "objective",
+) -> Figure:
+    """The metric against each parameter (``report.markdown.params_info``: value, metric, state per
+    trial): complete trials as dots, pruned and diverged ones at their last reported value;
+    categorical values on a labelled axis, log-float ones on a log axis labelled at decades."""
     fig, axes = plt.subplots(1, len(info), figsize=(3.6 * len(info), 3.2), squeeze=False)
-    for ax, (p, (kind, pts)) in zip(axes[0], info.items(), strict=True):
+    for i, (ax, (p, (kind, pts))) in enumerate(zip(axes[0], info.items(), strict=True)):
+        labels = sorted({label(x) for x, _, _ in pts})
+        xs = [labels.index(label(x)) if kind == "categorical" else x for x, _, _ in pts]
+        done = [(x, y) for x, (_, y, s) in zip(xs, pts, strict=True) if s == "COMPLETE"]
+        ax.plot([x for x, _ in done], [y for _, y in done], "o", alpha=0.7, label="complete trial")
+        _stopped(ax, [(x, y, s) for x, (_, y, s) in zip(xs, pts, strict=True)], labelled=i == 0)
         if kind == "categorical":
-            labels = sorted({label(x) for x, _ in pts})
-            ax.plot([labels.index(label(x)) for x, _ in pts], [y for _, y in pts], "o", alpha=0.7)
             ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
-        else:
-            ax.plot([x for x, _ in pts], [y for _, y in pts], "o", alpha=0.7)
-            if kind == "log-float":
-                ax.set_xscale("log")
-        ax.set(xlabel=p, ylabel="objective")
+        elif kind == "log-float":
+            decade_axis(ax, [float(x) for x in xs])
+        ax.set(xlabel=p, ylabel=ylabel)
+    if any(s != "COMPLETE" for _, pts in info.values() for _, _, s in pts):
+        axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -30,9 +30,12 @@ HELP = (
     "Benchmarks: training throughput, per-trial overhead, frozen-backbone heads, search strategies. "
     "`studyrunner bench` alone runs throughput."
 )
-bench_app = typer.Typer(help=HELP, invoke_without_command=True, add_completion=False, pretty_exceptions_enable=False)
+SHORT_HELP = "Benchmarks: throughput, per-trial overhead, frozen heads, search strategies."
+bench_app = typer.Typer(
+    help=HELP, short_help=SHORT_HELP, invoke_without_command=True, add_completion=False, pretty_exceptions_enable=False
+)
 
-# cli/app.py adds this sub-app, so importing its helpers here would be an import cycle: the few
+# cli/main.py adds this sub-app, so importing its helpers here would be an import cycle: the few
 # this module needs are its own
 F = TypeVar("F", bound=Callable[..., Any])
 

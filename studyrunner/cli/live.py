@@ -8,8 +8,8 @@ from typing import Any
 import optuna
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from studyrunner.cli.views import percent, wrapping_table
 from studyrunner.engine.fit import EpochRecord
 from studyrunner.search.driver import StudyOutcome, best_trial
 from studyrunner.search.objective import StudyEvents
@@ -46,6 +46,9 @@ class LiveStudy(StudyEvents):
 
     def data_progress(self, what: str, done: int, total: int) -> None:
         self.progress.update(self.epoch_task, description=what, completed=done, total=total)
+
+    def notice(self, text: str) -> None:
+        self.progress.console.print(f"warning: {text}", highlight=False, style="yellow")
 
     def trial_started(self, number: int, params: dict[str, Any]) -> None:
         self.progress.console.print(f"trial {number} started: {_params(params)}", highlight=False)
@@ -89,15 +92,8 @@ class LiveStudy(StudyEvents):
     def summary(self, outcome: StudyOutcome) -> None:
         study = outcome.study
         params = sorted({k for t in study.trials for k in t.params})
-        table = Table(
-            "trial",
-            "state",
-            "value",
-            "test acc",
-            "epochs",
-            *params,
-            title=f"study {study.study_name}: {finished_count(study.trials)}/{outcome.target} finished",
-        )
+        title = f"study {study.study_name}: {finished_count(study.trials)}/{outcome.target} finished"
+        table = wrapping_table("trial", "state", "value", "test acc", "epochs", *params, title=title)  # headers fold, never "…"
         for t in study.trials:
             state = trial_state(t)
             record = TrialRecord.of(t.user_attrs)
@@ -106,7 +102,7 @@ class LiveStudy(StudyEvents):
                 str(t.number),
                 state,
                 "-" if not t.values else " / ".join(f"{v:.4g}" for v in t.values),
-                "-" if test is None else f"{100 * test:.2f}%",
+                percent(test),
                 str(record.epochs or len(record.history or []) or len(t.intermediate_values)),
                 *[(f"{t.params[k]:.3g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, "-"))) for k in params],
             )

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 
 from studyrunner.cli.bench import bench_app
-from studyrunner.cli.views import EpochTable, cell, console, fmt, progress_bar, validate_one, wrapping_table
+from studyrunner.cli.views import EpochTable, cell, console, fmt, percent, progress_bar, validate_one, wrapping_table
 from studyrunner.errors import StudyrunnerError, Terminated, note_signal
 
 app = typer.Typer(
@@ -38,8 +38,19 @@ SetOpt = Annotated[
 ]
 DataDirOpt = Annotated[
     str | None,
-    typer.Option("--data-dir", help="Data root (else data.path or $STUDYRUNNER_DATA_DIR).", envvar="STUDYRUNNER_DATA_DIR"),
+    typer.Option("--data-dir", help="Data root; wins over data.path (else data.path, else $STUDYRUNNER_DATA_DIR)."),
 ]
+
+
+def _overrides(set_: list[str] | None, data_dir: str | None) -> dict[str, Any]:
+    """The --set values, with --data-dir as data.path: a flag typed on the command line wins over the
+    file's data.path, while $STUDYRUNNER_DATA_DIR only fills in where data.path is empty."""
+    from studyrunner.config import parse_assignments
+
+    overrides: dict[str, Any] = dict(parse_assignments(set_ or []))
+    if data_dir:
+        overrides["data.path"] = data_dir
+    return overrides
 
 
 def user_errors(fn: F) -> F:
@@ -62,12 +73,16 @@ def _positive(option: str, value: float | None) -> None:
         raise StudyrunnerError(f"{option} {value:g}: must be > 0")
 
 
-def _output_file(option: str, path: Path | None) -> None:
-    """Refuse, before any work, an output file that is a folder or lies in a missing folder."""
+def _output_file(option: str, path: Path | None, create: bool = False) -> None:
+    """Refuse, before any work, an output file that is a folder or lies in a missing folder (or,
+    with ``create``, under a file: a missing folder is then made when the file is written)."""
     if path is None:
         return
     if path.is_dir():
         raise StudyrunnerError(f"{option} {path}: is a directory; give a file path, e.g. {path / 'result.json'}")
+    if create:
+        _output_folder(option, path.parent)
+        return
     if not path.parent.is_dir():
         raise StudyrunnerError(f"{option} {path}: the directory {path.parent} does not exist; create it first")
 
@@ -90,7 +105,7 @@ def _read_storage(storage: str | None) -> str:
     return url
 
 
-@app.command()
+@app.command(short_help="Train one configuration and print a per-epoch table.")
 @user_errors
 def train(
     config: Annotated[Path | None, typer.Argument(help="YAML of config keys (or a sweep file: its train: part).")] = None,
@@ -100,7 +115,7 @@ def train(
     out: Annotated[str | None, typer.Option(help="Checkpoint folder (best.pt, last.pt); default runs/train/<time>.")] = None,
 ) -> None:
     """Train one configuration and print a per-epoch table."""
-    from studyrunner.config import config_to_dict, parse_assignments
+    from studyrunner.config import config_to_dict
     from studyrunner.engine.checkpoint import state_path
     from studyrunner.engine.data import load_splits
     from studyrunner.engine.fit import fit
@@ -108,17 +123,17 @@ def train(
     from studyrunner.search.trialconfig import trial_config
     from studyrunner.stores import resolve_storage
 
-    _output_file("--json", json_path)
+    _output_file("--json", json_path, create=True)
     _output_folder("--out", out)
-    overrides: dict[str, Any] = dict(parse_assignments(set_ or []))
+    overrides = _overrides(set_, data_dir)
     overrides.setdefault("out_dir", out or f"runs/train/{time.strftime('%Y%m%d-%H%M%S')}")
     cfg = trial_config(load_train_config(config, overrides), storage=resolve_storage(None))  # as a trial's, resolved once
     with progress_bar() as bar:
         task = bar.add_task("loading data", total=None)
-        splits = load_splits(
-            cfg.data, data_dir, lambda what, done, n: bar.update(task, description=what, completed=done, total=n)
-        )
+        splits = load_splits(cfg.data, None, lambda what, done, n: bar.update(task, description=what, completed=done, total=n))
         bar.remove_task(task)
+        for note in splits.notes:  # skipped, nested or too-small data: said before training, not after
+            console.print(f"note: {note}", highlight=False, soft_wrap=True)
         console.print(
             f"train {len(splits.train)}  val {len(splits.val or [])}  test {len(splits.test or [])}  "
             f"classes {len(splits.classes)}  model {cfg.model.name}"
@@ -137,6 +152,7 @@ def train(
         highlight=False,
     )
     if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({**result.to_dict(), "config": config_to_dict(cfg)}, indent=2))
 
 
@@ -151,7 +167,7 @@ TrackingOpt = Annotated[
 ]
 
 
-@app.command()
+@app.command(short_help="Check sweep or narrative files and their data without training; print each plan.")
 def validate(
     sweeps: Annotated[list[Path], typer.Argument(help="Sweep or narrative study YAML files (several: each checked).")],
     set_: SetOpt = None,
@@ -162,7 +178,7 @@ def validate(
     failed = []
     for sweep in sweeps:
         try:
-            validate_one(sweep, set_, data_dir)
+            validate_one(sweep, _overrides(set_, data_dir), data_dir)
         except StudyrunnerError as exc:
             console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
             failed.append(str(sweep))
@@ -173,7 +189,7 @@ def validate(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(short_help="Run or resume a sweep's study (or a narrative study's steps), tracked in MLflow.")
 @user_errors
 def run(
     sweep: Annotated[Path, typer.Argument(help="Sweep YAML (sweeps/) or narrative study YAML (studies/).")],
@@ -188,7 +204,6 @@ def run(
 ) -> None:
     """Run (or resume) a sweep's Optuna study, or every step of a narrative study; every trial is
     a nested MLflow run. Every process started on the same --storage is a worker of the study."""
-    from studyrunner.config import parse_assignments
 
     _positive("--n-trials", n_trials)
     _positive("--timeout", timeout)
@@ -202,7 +217,7 @@ def run(
     from studyrunner.search.driver import RunOptions, run_study
     from studyrunner.search.spec import load_sweep
 
-    opts = RunOptions(n_trials, timeout, dict(parse_assignments(set_ or [])), storage, tracking_uri, data_dir)
+    opts = RunOptions(n_trials, timeout, _overrides(set_, data_dir), storage, tracking_uri)
     if is_narrative(sweep):
         story = load_narrative(sweep)
         story.check(scale, opts.overrides)  # a bad scale or --set value is refused before any store opens
@@ -254,7 +269,7 @@ def _interruptible() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous_int)
 
 
-@app.command("ls")
+@app.command("ls", short_help="List studies: trials by state, the best value and parameters.")
 @user_errors
 def ls(storage: StorageOpt = None) -> None:
     """List studies: trials by state and the best value and parameters."""
@@ -269,11 +284,13 @@ def ls(storage: StorageOpt = None) -> None:
     Console().print(table)
 
 
-@app.command()
+@app.command(short_help="A study's trials: state, value, test accuracy, epochs, time, parameters.")
 @user_errors
 def show(study: Annotated[str, typer.Argument(help="Study name.")], storage: StorageOpt = None) -> None:
     """The study's trials: state, value, parameters, test accuracy, epochs, duration."""
     from studyrunner.report.results import load_study, pareto_front, trial_rows
+    from studyrunner.search.driver import best_trial
+    from studyrunner.states import TrialRecord
 
     loaded = load_study(study, _read_storage(storage))
     rows = trial_rows(loaded)
@@ -282,8 +299,12 @@ def show(study: Annotated[str, typer.Argument(help="Study name.")], storage: Sto
     cols = ["number", "state", value, "test_acc", "epochs", "duration_s", *params]
     table = wrapping_table("trial", "state", value, "test acc", "epochs", "secs", *(c.removeprefix("param.") for c in params))
     for r in rows:
-        table.add_row(*[cell(r.get(c)) for c in cols])
+        table.add_row(*[percent(r.get(c)) if c == "test_acc" else cell(r.get(c)) for c in cols])
     Console().print(table)
+    best = best_trial(loaded)
+    if best is not None:
+        where = TrialRecord.of(best.user_attrs).checkpoint or "none recorded"
+        Console().print(f"best trial {best.number}: checkpoint {where}", highlight=False, soft_wrap=True)
     front = pareto_front(loaded)
     if front:  # multi-objective: the trials no other trial beats on every objective
         names = [o["metric"] for o in loaded.user_attrs.get("sweep", {}).get("objectives", [])]
@@ -296,7 +317,7 @@ def show(study: Annotated[str, typer.Argument(help="Study name.")], storage: Sto
             Console().print(f"trial {r['number']} {r['state']}: {r['reason']}", highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(short_help="Trials to CSV or Parquet, or (--best) the best trial's config for `train`.")
 @user_errors
 def export(
     study: Annotated[str, typer.Argument(help="Study name.")],
@@ -334,15 +355,18 @@ def _export_best(study: Any, path: Path) -> None:
     from studyrunner.report.results import best_config
 
     found = best_config(study)
+    checkpoint = found["checkpoint"] or "none recorded"
     header = (
         f"# study {study.study_name}: trial {found['trial']}, value {found['value']:.4f}\n"
+        f"# its best checkpoint: {checkpoint}\n"
         f"# train it again:  studyrunner train {path}\n"
     )
     path.write_text(header + yaml.safe_dump(found["config"], sort_keys=False))
-    console.print(f"wrote the config of trial {found['trial']} (value {found['value']:.4f}) to {path}")
+    console.print(f"wrote the config of trial {found['trial']} (value {found['value']:.4f}) to {path}", highlight=False)
+    console.print(f"its best checkpoint: {checkpoint}\ntrain it again: studyrunner train {path}", highlight=False)
 
 
-@app.command()
+@app.command(short_help="A markdown report with plots; a narrative study's figures beside the document's.")
 @user_errors
 def report(
     targets: Annotated[list[str], typer.Argument(help="A narrative study file, or sweep files / study names to compare.")],
@@ -403,7 +427,7 @@ def _study_results(targets: Sequence[str], url: str) -> tuple[list[str], list[An
     return names, [study_result(load_study(n, url)) for n in names]
 
 
-@app.command()
+@app.command(short_help="Which sweep found better configurations per epoch and per second spent.")
 @user_errors
 def compare(
     studies: Annotated[list[str], typer.Argument(help="Two or more study names (or their sweep files).")],
@@ -432,10 +456,10 @@ def compare(
     for row in rows:
         table.add_row(*[cell(v) for v in row])
     Console().print(table)
-    console.print(f"wrote {path} and best_per_epoch.png beside it")
+    console.print(f"wrote {path} and best_per_epoch.png, best_per_second.png beside it")
 
 
-@app.command()
+@app.command(short_help="The MLflow UI (and with --dashboard optuna-dashboard) on the study's stores.")
 @user_errors
 def ui(
     tracking_uri: TrackingOpt = None,

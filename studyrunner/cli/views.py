@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
-__all__ = ["console", "wrapping_table", "cell", "fmt", "progress_bar", "EpochTable", "validate_one"]
+__all__ = ["console", "wrapping_table", "cell", "fmt", "percent", "root_source", "progress_bar", "EpochTable", "validate_one"]
 
 console = Console(stderr=True)  # messages and progress; tables go to stdout
 
@@ -41,6 +41,11 @@ def progress_bar() -> Progress:
         console=console,
         transient=True,
     )
+
+
+def percent(v: Any) -> str:
+    """An accuracy as every command prints it: 92.41%."""
+    return "-" if v is None or v != v else f"{100 * float(v):.2f}%"
 
 
 def fmt(v: float | None, pct: bool = False) -> str:
@@ -84,20 +89,33 @@ class EpochTable:
         self.bar.update(self.task, completed=done, total=total)
 
 
-def validate_one(sweep: Path, set_: list[str] | None, data_dir: str | None) -> None:
-    from studyrunner.config import parse_assignments
-    from studyrunner.engine.data import check_objective_split, resolve_root
+def root_source(path: str, data_dir: str | None) -> str:
+    """Which setting named the data root: the --data-dir flag wins over data.path, which wins over
+    $STUDYRUNNER_DATA_DIR, then the project's .data/cifar10-jpg."""
+    import os
+
+    if data_dir and path == data_dir:
+        return "--data-dir"
+    if path:
+        return "data.path"
+    return "$STUDYRUNNER_DATA_DIR" if os.environ.get("STUDYRUNNER_DATA_DIR") else "the project's .data/"
+
+
+def validate_one(sweep: Path, overrides: dict[str, Any], data_dir: str | None) -> None:
+    """Check one sweep or narrative file and print its plan (``overrides``: --set, with --data-dir as data.path)."""
+    from studyrunner.engine.data import check_data, check_objective_split
     from studyrunner.engine.resolve import resolve_config
     from studyrunner.narrative.spec import is_narrative
     from studyrunner.search.spec import load_sweep
 
     if is_narrative(sweep):
-        _validate_narrative(sweep, parse_assignments(set_ or []), data_dir)
+        _validate_narrative(sweep, overrides, data_dir)
         return
     spec = load_sweep(sweep)
-    base = resolve_config(spec.base_config(parse_assignments(set_ or [])))
-    root = resolve_root(base.data, data_dir)
-    check_objective_split(spec.objective.metric, base.data, data_dir)
+    base = resolve_config(spec.base_config(overrides))
+    plan = check_data(base.data)  # layout, classes and split sizes, from the file listing alone
+    root = plan.root
+    check_objective_split(spec.objective.metric, base.data, None)
     table = wrapping_table(
         "parameter",
         "kind",
@@ -116,12 +134,17 @@ def validate_one(sweep: Path, set_: list[str] | None, data_dir: str | None) -> N
         )
         table.add_row(key, p.kind(base, key), rng, str(p.when or ""))
     Console().print(table)
+    console.print(plan.describe(), highlight=False, soft_wrap=True)
+    for note in plan.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
     console.print(
-        f"ok: {sweep} is valid; data root {root}; {base.epochs} epochs per trial, repeats {spec.repeats}", highlight=False
+        f"ok: {sweep} is valid; data root {root} (from {root_source(base.data.path, data_dir)}); "
+        f"{base.epochs} epochs per trial, repeats {spec.repeats}",
+        highlight=False,
     )
 
 
-def _validate_narrative(path: Path, overrides: dict[str, str], data_dir: str | None) -> None:
+def _validate_narrative(path: Path, overrides: dict[str, Any], data_dir: str | None) -> None:
     """Print every step's resolved settings at every scale (each step config is already checked by loading)."""
     from studyrunner.engine.data import resolve_root
     from studyrunner.engine.resolve import resolve_config
@@ -148,7 +171,7 @@ def _validate_narrative(path: Path, overrides: dict[str, str], data_dir: str | N
         for same, at in rows.items():
             table.add_row(step.name, ", ".join(at), *same)
     Console().print(table)
-    root = resolve_root(story.step_config(story.steps[0], scales[0], overrides).data, data_dir)
+    root = resolve_root(story.step_config(story.steps[0], scales[0], overrides).data)
     console.print(
         f"ok: {path} is a valid narrative study; {len(story.steps)} steps, {len(story.claims)} claims, "
         f"scales {', '.join(scales)}; data root {root}",

@@ -1,21 +1,38 @@
 """Image sources, seeded stratified splits, the checks made before decoding, and device batches.
 
-Sources are listed as files first (own image folders) or read from torchvision's CIFAR-10 batches;
-class selection, the validation split and the training subset are drawn on them, so only the images
-a run uses are ever decoded (by ``decode.py``, into its cache). Splits and subsets are seeded and stratified.
+Sources are listed as files first (own images, labelled by class folder, file-name prefix or CSV: see
+``labels.py``) or read from torchvision's CIFAR-10 batches; class selection, the validation split and
+the training subset are drawn on them, so only the images a run uses are ever decoded (by
+``decode.py``, into its cache). Splits and subsets are seeded and stratified. :func:`check_data` runs
+the same steps on the listings alone, for ``validate``; what is worth saying but no error comes back
+as notes (``Splits.notes``, ``DataPlan.notes``).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from studyrunner.config import DataConfig
-from studyrunner.engine.decode import DataError, FileSet, ImageSet, Progress, decode_files, project_folder, read_cifar_batches
+from studyrunner.engine.decode import (
+    DataError,
+    FileSet,
+    ImageSet,
+    Progress,
+    decode_files,
+    decode_readable,
+    project_folder,
+    read_cifar_batches,
+    read_cifar_labels,
+    skipped_note,
+    sniff_unreadable,
+    unreadable_message,
+)
+from studyrunner.engine.labels import csv_sources, list_folder, list_prefixed, parse_labels, shown, split_dirs
 
 __all__ = [
     "Splits",
@@ -28,9 +45,10 @@ __all__ = [
     "available_memory",
     "batches",
     "check_objective_split",
+    "check_data",
+    "DataPlan",
 ]
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # document 004's normalisation statistics
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
@@ -43,6 +61,9 @@ class Splits:
     classes: list[str]
     mean: tuple[float, float, float]  # per channel, of the training split, in [0, 1]
     std: tuple[float, float, float]
+    # warnings about the data, one line each (nested images, a class missing from a split, images left out by
+    # data.skip_bad): for the CLI to print; none of them stopped the load
+    notes: list[str] = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
@@ -54,13 +75,32 @@ class Splits:
         def pin(s: ImageSet | None) -> ImageSet | None:
             return None if s is None else ImageSet(s.images.pin_memory(), s.labels.pin_memory(), s.classes)
 
-        return Splits(pin(self.train) or self.train, pin(self.val), pin(self.test), self.classes, self.mean, self.std)
+        return replace(self, train=pin(self.train) or self.train, val=pin(self.val), test=pin(self.test))
 
     def to(self, device: torch.device | str) -> Splits:
         def move(s: ImageSet | None) -> ImageSet | None:
             return None if s is None else s.to(device)
 
-        return Splits(self.train.to(device), move(self.val), move(self.test), self.classes, self.mean, self.std)
+        return replace(self, train=self.train.to(device), val=move(self.val), test=move(self.test))
+
+
+@dataclass
+class DataPlan:
+    """What :func:`load_splits` would load, found from file listings alone (no image decoded)."""
+
+    root: Path
+    layout: str  # where the images and their classes come from, in words
+    classes: list[str]
+    counts: dict[str, list[int]]  # split (train, val, test; only those there are) -> images per class, in class order
+    notes: list[str] = field(default_factory=list)  # warnings, one line each, as Splits.notes
+
+    def total(self, split: str) -> int:
+        return sum(self.counts.get(split, []))
+
+    def describe(self) -> str:
+        """One line for ``validate``: root, layout, classes and images per split."""
+        sizes = "  ".join(f"{split} {self.total(split)}" for split in self.counts)
+        return f"data {self.root} ({self.layout}): {len(self.classes)} classes ({shown(self.classes, 10)})  {sizes}"
 
 
 # --------------------------------------------------------------------------- splits
@@ -111,92 +151,144 @@ def resolve_root(cfg: DataConfig, data_dir: str | None = None) -> Path:
     return root
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not dirs:
-        raise DataError(f"{folder}: no class folders; expected {folder}/<class>/<image files>")
-    return dirs
-
-
-def list_folder(folder: Path) -> FileSet:
-    """The image files of an image-folder tree ``folder/<class>/...``, labelled by class folder."""
-    files: list[Path] = []
-    labels: list[int] = []
-    dirs = _class_dirs(folder)
-    for i, d in enumerate(dirs):
-        found = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not found:
-            allowed = ", ".join(sorted(IMAGE_SUFFIXES))
-            raise DataError(f"class folder {d} holds no images (looked for {allowed})")
-        files += found
-        labels += [i] * len(found)
-    return FileSet(files, torch.tensor(labels, dtype=torch.int64), [d.name for d in dirs], folder)
-
-
 def read_folder(folder: Path, cfg: DataConfig, progress: Progress = None) -> ImageSet:
     """An image-folder tree ``folder/<class>/*`` as a cached uint8 ImageSet."""
     return decode_files(list_folder(folder), cfg, progress)
 
 
-Source = ImageSet | FileSet  # decoded (torchvision's CIFAR batches) or still files (image folders)
+Source = ImageSet | FileSet  # decoded (torchvision's CIFAR batches) or still files (own images)
 
 
-def _cifar_sources(root: Path, cfg: DataConfig) -> tuple[Source, Source]:
+@dataclass
+class _Found:
+    """The splits' sources before decoding; val None means 'split from train' (until it is drawn)."""
+
+    train: Source
+    val: Source | None
+    test: Source | None
+    layout: str
+    notes: list[str] = field(default_factory=list)
+
+    def named(self) -> list[tuple[str, Source]]:
+        return [(n, s) for n, s in (("train", self.train), ("val", self.val), ("test", self.test)) if s is not None]
+
+
+def _cifar_sources(root: Path, cfg: DataConfig, listing: bool = False) -> _Found:
+    """CIFAR-10 as torchvision's batches or train/ + test/ image folders; ``listing``: labels only."""
     for base in (root, root / "cifar10-jpg", root / "cifar10"):
         if (base / "cifar-10-batches-py").is_dir():
             b = base / "cifar-10-batches-py"
-            return read_cifar_batches(b, cfg, True), read_cifar_batches(b, cfg, False)
-        if (base / "train").is_dir() and (base / "test").is_dir():
-            return list_folder(base / "train"), list_folder(base / "test")
+            if listing:
+                return _Found(read_cifar_labels(b, True), None, read_cifar_labels(b, False), f"CIFAR-10 batches {b}")
+            return _Found(read_cifar_batches(b, cfg, True), None, read_cifar_batches(b, cfg, False), f"CIFAR-10 batches {b}")
+        dirs = split_dirs(base)
+        if "train" in dirs and "test" in dirs:
+            return _Found(list_folder(dirs["train"]), None, list_folder(dirs["test"]), f"CIFAR-10 image folders {base}")
+    where = (
+        f"Put either torchvision's {root}/cifar-10-batches-py/ or image folders {root}/train/<class>/*.jpg and "
+        f"{root}/test/<class>/*.jpg there, or point data.path / --data-dir at such a folder."
+    )
+    if listing:
+        raise DataError(f"CIFAR-10 not found under {root} (train and run download torchvision's copy when online). {where}")
     try:  # online machines fetch torchvision's copy; offline ones get the message below
         from torchvision.datasets import CIFAR10
 
         CIFAR10(str(root), train=True, download=True)
         return _cifar_sources(root, cfg)
     except Exception:
-        raise DataError(
-            f"CIFAR-10 not found under {root} and it could not be downloaded (offline?). Put either "
-            f"torchvision's {root}/cifar-10-batches-py/ or image folders {root}/train/<class>/*.jpg and "
-            f"{root}/test/<class>/*.jpg there, or point data.path / --data-dir at such a folder."
-        ) from None
+        raise DataError(f"CIFAR-10 not found under {root} and it could not be downloaded (offline?). {where}") from None
 
 
-def _own_sources(root: Path) -> tuple[FileSet, FileSet | None, FileSet | None]:
-    """(train, val, test) of an own image-folder tree; val None means 'split from train'."""
-    if not (root / "train").is_dir():
-        return list_folder(root), None, None
-    train = list_folder(root / "train")
-    val = list_folder(root / "val") if (root / "val").is_dir() else None
-    test = list_folder(root / "test") if (root / "test").is_dir() else None
-    return train, val, test
+def _own_sources(root: Path, cfg: DataConfig) -> _Found:
+    """(train, val, test) of own images, by ``data.labels``: class folders, name prefixes or CSV files."""
+    spec = parse_labels(cfg.labels)
+    if spec.kind == "csv":
+        sets = csv_sources(root, spec.files, cfg.skip_bad)
+        named = [f"{split}={name}" for split, name in spec.files.items()] if len(spec.files) > 1 else list(spec.files.values())
+        layout = "labels from " + ", ".join(named)
+        return _Found(sets["train"], sets.get("val"), sets.get("test"), layout)
+    by = "file-name prefixes" if spec.kind == "prefix" else "class folders"
+    dirs = split_dirs(root)
+    if "train" not in dirs:
+        return _Found(list_prefixed(root) if spec.kind == "prefix" else list_folder(root), None, None, by)
+    train = list_prefixed(dirs["train"]) if spec.kind == "prefix" else list_folder(dirs["train"])
+    held: list[FileSet | None] = []
+    for split in ("val", "test"):
+        folder = dirs.get(split)
+        if folder is None:
+            held.append(None)
+        else:
+            held.append(list_prefixed(folder, train.classes) if spec.kind == "prefix" else list_folder(folder))
+    return _Found(train, held[0], held[1], f"{by} in {' + '.join(d.name + '/' for d in dirs.values())}")
+
+
+def _split_names(root: Path, cfg: DataConfig) -> set[str]:
+    """The splits a source has of its own, looked up, not listed: {} for one folder or one CSV."""
+    spec = parse_labels(cfg.labels)
+    if cfg.dataset == "folder" and spec.kind == "csv":
+        return set(spec.files) if len(spec.files) > 1 else set()
+    dirs = split_dirs(root)
+    return set(dirs) if "train" in dirs else set()
 
 
 def check_objective_split(metric: str, cfg: DataConfig, data_dir: str | None) -> None:
-    """Refuse an objective on a split that own image folders will not have (looked up, not decoded):
-    test_ metrics need ``test/``, val_ metrics need ``val/`` or ``data.val_fraction`` > 0."""
+    """Refuse an objective on a split that own images will not have (looked up, not decoded): test_
+    metrics need a test split (``test/`` or ``test=`` in data.labels), val_ metrics need one of val or
+    ``data.val_fraction`` > 0."""
     if cfg.dataset != "folder" or not metric.startswith(("test_", "val_")):
         return
     root = resolve_root(cfg, data_dir)
-    split = root / "train"
-    has_test = split.is_dir() and (root / "test").is_dir() and cfg.val_from != "test"
-    has_val = cfg.val_fraction > 0 or (split.is_dir() and ((root / "val").is_dir() or cfg.val_from == "test"))
+    names = _split_names(root, cfg)
+    has_test = "test" in names and cfg.val_from != "test"
+    has_val = cfg.val_fraction > 0 or ("train" in names and ("val" in names or cfg.val_from == "test"))
     if metric.startswith("test_") and not has_test:
         raise DataError(
             f"objective {metric}: {root} has no test split (test metrics need {root}/train/ and {root}/test/ "
-            "class folders, and data.val_from=train); use a val_ metric or add a test folder"
+            "class folders, or test=FILE.csv in data.labels, and data.val_from=train); use a val_ metric or add a test split"
         )
     if metric.startswith("val_") and not has_val:
         raise DataError(f"objective {metric}: {root} has no val/ folder and data.val_fraction is 0; set data.val_fraction > 0")
 
 
+def _one_class(root: Path, cfg: DataConfig, train: Source) -> str:
+    """Why a source with one class cannot train, and where the classes may be instead."""
+    present = torch.unique(train.labels).tolist()
+    name = train.classes[present[0]] if present else "none"
+    spec = parse_labels(cfg.labels)
+    if cfg.classes:
+        return f"data.classes {list(cfg.classes)}"
+    if spec.kind == "prefix":
+        return f"data.labels=prefix: every image name under {root} starts with {name!r}, so there is one class"
+    if spec.kind == "csv":
+        return f"{spec.files['train']}: every training image found is labelled {name!r}, so there is one class"
+    folder = train.root if isinstance(train, FileSet) else root
+    inner = folder / name
+    subs = sorted(p.name for p in inner.iterdir() if p.is_dir() and not p.name.startswith(".")) if inner.is_dir() else []
+    if subs:
+        return (
+            f"{folder} has one class folder ({name}), which holds folders ({shown(subs)}); if those are the classes, "
+            f"point data.path at {inner}"
+        )
+    return f"{folder} has one class folder ({name})"
+
+
 def _check_classes(root: Path, cfg: DataConfig, train: Source, val: Source | None, test: Source | None) -> None:
-    """After the class selection: at least two classes, and the same ones in every split."""
-    if len(train.classes) < 2:
-        where = f"data.classes {list(cfg.classes)}" if cfg.classes else f"{root} has one class folder ({train.classes[0]})"
-        raise DataError(f"{where}: a classifier needs at least two classes; add class folders or select more classes")
+    """After the class selection: training images of at least two classes, and the same classes in every split."""
+    if not len(train):
+        raise DataError(f"{root}: no training images{_why(train)}; a classifier needs images of two classes")
+    if len(torch.unique(train.labels)) < 2:
+        raise DataError(f"{_one_class(root, cfg, train)}: a classifier needs at least two classes; add classes or select more")
     for name, s in (("val", val), ("test", test)):
         if s is not None and s.classes != train.classes:
-            raise DataError(f"{root / name} has classes {s.classes} but {root / 'train'} has {train.classes}")
+            held, trained = (s.root, train.root) if isinstance(s, FileSet) and isinstance(train, FileSet) else (name, "train")
+            raise DataError(f"{held} has classes {s.classes} but {trained} has {train.classes}")
+        if s is not None and not len(s):
+            raise DataError(f"{root}: the {name} split holds no images{_why(s)}; add some or leave it out")
+
+
+def _why(s: Source) -> str:
+    """What the listing said of an empty source (the rows data.skip_bad left out), in brackets."""
+    return f" ({'; '.join(s.notes)})" if isinstance(s, FileSet) and s.notes else ""
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
@@ -254,14 +346,11 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _sources(root: Path, cfg: DataConfig) -> tuple[Source, Source | None, Source | None]:
+def _sources(root: Path, cfg: DataConfig, listing: bool = False) -> _Found:
     """(train, val, test) before decoding, classes selected; val None means 'split from train'."""
-    val: Source | None = None
-    test: Source | None
-    if cfg.dataset == "cifar10":
-        train, test = _cifar_sources(root, cfg)
-    else:
-        train, val, test = _own_sources(root)
+    found = _cifar_sources(root, cfg, listing) if cfg.dataset == "cifar10" else _own_sources(root, cfg)
+    notes = [n for _, s in found.named() if isinstance(s, FileSet) for n in s.notes]
+    train, val, test = found.train, found.val, found.test
     if cfg.classes:
         train = select_classes(train, cfg.classes, root)
         val = None if val is None else select_classes(val, cfg.classes, root)
@@ -270,18 +359,14 @@ def _sources(root: Path, cfg: DataConfig) -> tuple[Source, Source | None, Source
     if cfg.val_from == "test":  # the held-out folder validates; nothing is left to test on
         val, test = (val or test), None
         if val is None:
-            raise DataError(f"data.val_from=test, but {root} has neither a val/ nor a test/ folder")
-    return train, val, test
+            raise DataError(f"data.val_from=test, but {root} has neither a val/ nor a test/ split")
+    return _Found(train, val, test, found.layout, notes)
 
 
-def load_splits(cfg: DataConfig, data_dir: str | None = None, progress: Progress = None) -> Splits:
-    """Train/val/test splits for ``cfg``: val held out from train (stratified, ``split_seed``),
-    the training subset drawn after that, normalisation statistics from what remains. Only the
-    chosen images are decoded, and only when they fit in memory."""
-    root = resolve_root(cfg, data_dir)
-    if not cfg.image_size:
-        raise ValueError("load_splits needs a resolved data.image_size (engine.resolve_config decides what 0 means)")
-    train, val, test = _sources(root, cfg)
+def _drawn(found: _Found, cfg: DataConfig) -> _Found:
+    """The validation split held out of train (stratified, ``split_seed``) where there is none, then
+    the seeded stratified subsets; still before decoding."""
+    train, val, test, layout = found.train, found.val, found.test, found.layout
     if val is None and cfg.val_fraction > 0:
         if round(cfg.val_fraction * len(train)) < 1:
             raise DataError(
@@ -290,22 +375,96 @@ def load_splits(cfg: DataConfig, data_dir: str | None = None, progress: Progress
             )
         keep, held = stratified_split(train.labels, cfg.val_fraction, cfg.split_seed)
         train, val = train.subset(keep), train.subset(held)
+        layout += f"; val = {cfg.val_fraction:.3g} of train, stratified"
     if cfg.train_subset and cfg.train_subset < len(train):
         train = train.subset(stratified_indices(train.labels, cfg.train_subset, cfg.split_seed + 1))
     if val is not None and cfg.val_subset and cfg.val_subset < len(val):
         val = val.subset(stratified_indices(val.labels, cfg.val_subset, cfg.split_seed + 2))
     if test is not None and cfg.test_subset and cfg.test_subset < len(test):
         test = test.subset(stratified_indices(test.labels, cfg.test_subset, cfg.split_seed + 3))
-    _check_fits(cfg, [s for s in (train, val, test) if isinstance(s, FileSet)])
+    return _Found(train, val, test, layout, found.notes)
 
-    def decoded(s: Source) -> ImageSet:
-        return decode_files(s, cfg, progress) if isinstance(s, FileSet) else s
 
-    images = decoded(train)
-    mean, std = channel_stats(images.images)
-    return Splits(
-        images, None if val is None else decoded(val), None if test is None else decoded(test), images.classes, mean, std
-    )
+_SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
+
+
+def _class_gaps(classes: list[str], labels: dict[str, torch.Tensor]) -> list[str]:
+    """A note per split that misses some classes (a class too small to reach every split: a 1-image class
+    gets no validation image), naming them with their images in all splits."""
+    counts = {split: torch.bincount(y.cpu(), minlength=len(classes)).tolist() for split, y in labels.items()}
+    total = [sum(c[i] for c in counts.values()) for i in range(len(classes))]
+    notes = []
+    for split, c in counts.items():
+        empty = [f"{classes[i]} ({total[i]} image{'s' if total[i] != 1 else ''} in all)" for i, n in enumerate(c) if n == 0]
+        if not empty:
+            continue
+        one = len(empty) == 1
+        it, its = ("it", "its") if one else ("them", "their")
+        what = f"the model never sees {it}" if split == "train" else f"{its} {_SPLIT_WORDS[split]} accuracy is not measured"
+        notes.append(
+            f"data: {'class' if one else 'classes'} {shown(empty)} {'has' if one else 'have'} no {_SPLIT_WORDS[split]} image: "
+            f"{what}; add images to {it} or drop {it} with data.classes"
+        )
+    return notes
+
+
+def _decoded(found: _Found, cfg: DataConfig, root: Path, progress: Progress) -> tuple[dict[str, ImageSet], list[str]]:
+    """Every split decoded in one pass over its files; the unreadable files of all splits are named
+    together in one DataError, or with ``data.skip_bad`` left out (a note says which)."""
+    out: dict[str, ImageSet] = {}
+    bad: list[tuple[Path, str]] = []
+    total = 0
+    for name, s in found.named():
+        if isinstance(s, FileSet):
+            out[name], failed = decode_readable(s, cfg, progress)
+            bad += failed
+            total += len(s)
+        else:
+            out[name] = s
+    if bad and not cfg.skip_bad:
+        raise DataError(unreadable_message(bad, total, root))
+    notes = [skipped_note(bad, total, root)] if bad else []
+    if not len(out["train"]):
+        raise DataError(f"{root}: none of the {len(found.train)} training images can be read (all left out by data.skip_bad)")
+    return out, notes
+
+
+def load_splits(cfg: DataConfig, data_dir: str | None = None, progress: Progress = None) -> Splits:
+    """Train/val/test splits for ``cfg``: val held out from train (stratified, ``split_seed``),
+    the training subset drawn after that, normalisation statistics from what remains. Only the
+    chosen images are decoded, and only when they fit in memory. Warnings come back as ``notes``."""
+    root = resolve_root(cfg, data_dir)
+    if not cfg.image_size:
+        raise ValueError("load_splits needs a resolved data.image_size (engine.resolve_config decides what 0 means)")
+    found = _drawn(_sources(root, cfg), cfg)
+    _check_fits(cfg, [s for _, s in found.named() if isinstance(s, FileSet)])
+    sets, skipped = _decoded(found, cfg, root, progress)
+    train = sets["train"]
+    mean, std = channel_stats(train.images)
+    notes = [*found.notes, *skipped, *_class_gaps(train.classes, {n: s.labels for n, s in sets.items()})]
+    return Splits(train, sets.get("val"), sets.get("test"), train.classes, mean, std, notes)
+
+
+def check_data(cfg: DataConfig, data_dir: str | None = None) -> DataPlan:
+    """The data ``cfg`` trains on, checked from file listings alone, for ``validate``: no image is decoded.
+    Refuses (DataError) what :func:`load_splits` would refuse before decoding (no class folders, one
+    class, an empty folder or class folder, CSV rows whose file is missing, a split too small to train,
+    more images than fit in memory when data.image_size is set) and files that are plainly no image (Git
+    LFS pointers, empty files; left out with data.skip_bad, which the counts do not subtract)."""
+    root = resolve_root(cfg, data_dir)
+    found = _drawn(_sources(root, cfg, listing=True), cfg)
+    files = [s for _, s in found.named() if isinstance(s, FileSet)]
+    if cfg.image_size:
+        _check_fits(cfg, list(files))
+    listed = [f for s in files for f in s.files]
+    bad = sniff_unreadable(listed)
+    if bad and not cfg.skip_bad:
+        raise DataError(unreadable_message(bad, len(listed), root))
+    classes = found.train.classes
+    labels = {name: s.labels for name, s in found.named()}
+    notes = [*found.notes, *([skipped_note(bad, len(listed), root)] if bad else []), *_class_gaps(classes, labels)]
+    counts = {name: torch.bincount(y, minlength=len(classes)).tolist() for name, y in labels.items()}
+    return DataPlan(root, found.layout, list(classes), counts, notes)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None, device: torch.device) -> Iterator[torch.Tensor]:

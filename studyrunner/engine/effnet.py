@@ -99,6 +99,13 @@ def build_efficientnet_lite0(num_classes: int, drop_rate: float = 0.2, *, drop_p
     model: nn.Module = _timm().create_model(
         TIMM_ARCH, pretrained=False, num_classes=num_classes, drop_rate=drop_rate, drop_path_rate=drop_path_rate
     )
+    # timm draws the classifier from +-1/sqrt(classes) (+-0.71 for 2 classes), so a fresh head on
+    # pretrained features starts at a loss of several times ln(C) and a frozen-backbone head needs
+    # many epochs to recover. nn.Linear's own init (+-1/sqrt(1280), as torchvision's heads) starts
+    # near ln(C).
+    head = model.get_classifier()  # type: ignore[operator]
+    if isinstance(head, nn.Linear):
+        head.reset_parameters()
     return model
 
 

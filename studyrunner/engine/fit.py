@@ -288,6 +288,9 @@ def _place(splits: Splits, device: torch.device, budget: float) -> tuple[Splits,
     )
 
 
+_WHERE = {"memory": "reused from this process", "disk": "read from the feature cache", "computed": "computed now"}
+
+
 def _on_features(ctx: Context, splits: Splits, cfg: TrainConfig) -> tuple[Context, Splits, str]:
     """The head alone, trained on the frozen backbone's features (computed once, cached)."""
     head = head_module(ctx.model)
@@ -295,21 +298,25 @@ def _on_features(ctx: Context, splits: Splits, cfg: TrainConfig) -> tuple[Contex
     extra = f"{cfg.model.name}|{cfg.data.image_size}|{ctx.mean.tolist()}|{ctx.std.tolist()}|{ctx.dtype}"
     sources: list[str] = []
 
-    def features(s: ImageSet | None) -> ImageSet | None:
+    def features(s: ImageSet | None, split: str) -> ImageSet | None:
         if s is None:
             return None
         inputs = lambda x: ctx.eval_inputs(x.to(ctx.device, non_blocking=True))  # noqa: E731
         compute = lambda: extract(ctx.model, head, s.images, inputs, ctx.autocast, cfg.eval_batch_size)  # noqa: E731
         feats, where = cache.get(digest(ctx.model, head, s.images, extra), compute)
-        sources.append(where)
+        sources.append(f"{split} {_WHERE.get(where, where)}")
         return ImageSet(feats.to(ctx.device), s.labels.to(ctx.device), s.classes)
 
-    train = features(splits.train)
+    train = features(splits.train, "train")
     assert train is not None
-    on = Splits(train, features(splits.val), features(splits.test), splits.classes, splits.mean, splits.std)
+    val, test = features(splits.val, "val"), features(splits.test, "test")
+    on = Splits(train, val, test, splits.classes, splits.mean, splits.std)
     head_net = nn.Sequential(nn.Dropout(cfg.model.head_dropout), head)
     dims = train.images.shape[1]
-    note = f"frozen backbone: {dims}-dim features ({', '.join(sources)}); only the head trains, on them"
+    note = (
+        f"frozen backbone: only the head trains, on the backbone's {dims} features per image, "
+        f"computed once and cached ({'; '.join(sources)})"
+    )
     return replace(ctx, model=head_net, network=ctx.model), on, note
 
 

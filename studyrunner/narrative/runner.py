@@ -25,7 +25,7 @@ def run_narrative(
     """
     spec.check(scale, opts.overrides)
     events = events or StudyEvents()
-    data = DataSource(opts.data_dir, events.data_progress)
+    data = DataSource(opts.data_dir, events.data_progress, events.notice)
     step_opts = RunOptions(None, opts.timeout, opts.overrides, opts.storage, opts.tracking_uri, opts.data_dir)
     outcomes = []
     for i, step in enumerate(spec.steps, 1):

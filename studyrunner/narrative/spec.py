@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 from pydantic import Field, field_validator, model_validator
 
 from studyrunner.config import ConfigError, TrainConfig, apply_overrides, config_to_dict, flatten
-from studyrunner.search.spec import ObjectiveSpec, SweepSpec
+from studyrunner.search.spec import MAX_REPEATS, ObjectiveSpec, SweepSpec
 from studyrunner.search.specfile import Problem, SpecError, StrictModel, load_spec, load_yaml
 
 __all__ = [
@@ -49,7 +49,7 @@ class Step(StrictModel):
     reduced: dict[str, Any] = Field(default_factory=dict)  # extra overrides at the reduced scale
     document: dict[str, float | int | str] = Field(default_factory=dict)  # the document's figures
     claim: str = ""  # what the document concludes from this step
-    repeats: int | None = Field(None, ge=1)  # seeds of this step (default: the study's repeats)
+    repeats: int | None = Field(None, ge=1, le=MAX_REPEATS)  # seeds of this step (default: the study's repeats)
 
     @field_validator("train", "full", "reduced", mode="before")
     @classmethod
@@ -91,7 +91,7 @@ class NarrativeSpec(StrictModel):
     description: str = ""
     source_document: str = ""
     objective: ObjectiveSpec = ObjectiveSpec()
-    repeats: int = Field(2, ge=2)  # seeds per step; report shows mean +- sd
+    repeats: int = Field(2, ge=2, le=MAX_REPEATS)  # seeds per step; report shows mean +- sd
     scales: dict[Scale, dict[str, Any]] = Field(default_factory=dict)
     base: dict[str, Any] = Field(default_factory=dict)  # shared by every step
     steps: list[Step] = Field(min_length=1)

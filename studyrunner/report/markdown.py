@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
 from studyrunner import plots
-from studyrunner.report.results import StudyResult
+from studyrunner.report.results import StudyResult, TrialResult, importance_min_trials
 from studyrunner.states import TrialState
 
 if TYPE_CHECKING:
@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 EFFECT_BINS = 4  # numeric parameters: at most this many quantile bins (decades for log ranges)
+CONFUSION_TABLE_CLASSES = 20  # more classes than this: the confusion matrix as a PNG only (a wider table is unreadable)
+STOPPED = (TrialState.PRUNED, TrialState.DIVERGED)  # trials drawn at their last reported value
 
 
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -49,19 +51,34 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def pct(v: float | None, digits: int = 1) -> str | None:
+def pct(v: float | None, digits: int = 2) -> str | None:
+    """An accuracy (a fraction) as the reports write every accuracy: a percentage, 2 decimals (92.41%)."""
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.{digits}f}%"
 
 
-def mean_sd(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
-    """'mean ± sd' in points (accuracies x 100); one value has no spread; none is '-'."""
+def is_accuracy(metric: str) -> bool:
+    """Whether ``metric`` is an accuracy (val_acc, test_acc, best_val_acc, val_acc_cat ...) and so
+    written as a percentage; a gap between two accuracies is a difference, in points."""
+    return "acc" in metric and "gap" not in metric
+
+
+def value_text(v: float | None, metric: str) -> str | None:
+    """A value of ``metric``: a percentage for an accuracy, else 4 decimals."""
+    if v is None:
+        return None
+    return pct(v) if is_accuracy(metric) else f"{v:.4f}"
+
+
+def mean_sd(values: Sequence[float], scale: float = 100.0, digits: int = 2, unit: str = "") -> str:
+    """'mean ± sd' of accuracies x 100 (``unit`` "%" after the mean: '61.00% ± 1.41', the sd in
+    points) or of gaps in points; one value has no spread; none is '-'."""
     if not values:
         return "-"
     m = sum(values) / len(values)
     if len(values) == 1:
-        return f"{scale * m:.{digits}f}"
+        return f"{scale * m:.{digits}f}{unit}"
     sd = (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{scale * m:.{digits}f} ± {scale * sd:.{digits}f}"
+    return f"{scale * m:.{digits}f}{unit} ± {scale * sd:.{digits}f}"
 
 
 def _num(v: Any) -> str:
@@ -89,7 +106,7 @@ def summary_rows(r: StudyResult) -> list[list[Any]]:
             ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
             sum(len(t.history) for t in r.trials),
             f"{sum(t.duration_s or 0 for t in r.trials) / 60:.1f}",
-            None if best is None else f"{best.value:.4f}",
+            None if best is None else value_text(best.value, r.metric),
             None if best is None else _params(best.params),
         ]
     ]
@@ -106,11 +123,11 @@ def leaderboard(r: StudyResult, top: int = 10) -> str:
             [
                 t.number,
                 _params(t.params),
-                f"{t.value:.4f}",
+                value_text(t.value, r.metric),
                 pct(t.metric("best_val_acc")),
                 pct(val),
                 pct(train),
-                None if train is None or val is None else f"{100 * (train - val):.1f}",
+                None if train is None or val is None else f"{100 * (train - val):.2f}",
                 _num(t.metric("best_epoch")),
                 pct(t.test_acc),
             ]
@@ -174,7 +191,7 @@ def effects(r: StudyResult) -> dict[str, pd.DataFrame]:
     return out
 
 
-def _effect_md(table: pd.DataFrame, param: str) -> str:
+def _effect_md(table: pd.DataFrame, param: str, metric: str) -> str:
     rows = [
         [
             g,
@@ -182,16 +199,25 @@ def _effect_md(table: pd.DataFrame, param: str) -> str:
             int(r["complete"]),
             int(r["pruned"]),
             int(r["diverged"]),
-            None if pd.isna(r["mean value"]) else f"{r['mean value']:.4f}",
-            None if pd.isna(r["best value"]) else f"{r['best value']:.4f}",
+            None if pd.isna(r["mean value"]) else value_text(float(r["mean value"]), metric),
+            None if pd.isna(r["best value"]) else value_text(float(r["best value"]), metric),
         ]
         for g, r in table.iterrows()
     ]
     return md_table([param, "trials", "complete", "pruned", "diverged", "mean value", "best value"], rows)
 
 
-def history_info(r: StudyResult) -> dict[str, list[float]]:
-    """Optimisation history: each finished trial's value and the best so far."""
+def _stopped(r: StudyResult) -> list[tuple[TrialResult, float]]:
+    """Pruned and diverged trials with their last reported value, in trial order (those that
+    reported none, a first epoch that diverged, are left out)."""
+    found = [(t, t.last_reported(r.metric)) for t in sorted(r.trials, key=lambda t: t.number) if t.state in STOPPED]
+    return [(t, v) for t, v in found if v is not None]
+
+
+def history_info(r: StudyResult) -> dict[str, list[Any]]:
+    """Optimisation history: each complete trial's value and the best so far; ``stopped``: each
+    pruned or diverged trial as (number, state, last reported value), so a region that was tried
+    and stopped does not look unexplored."""
     xs: list[float] = []
     ys: list[float] = []
     best: list[float] = []
@@ -200,7 +226,8 @@ def history_info(r: StudyResult) -> dict[str, list[float]]:
         xs.append(float(t.number))
         ys.append(float(t.value))  # type: ignore[arg-type]
         best.append(ys[-1] if not best else better(best[-1], ys[-1]))
-    return {"trial": xs, "value": ys, "best": best}
+    stopped = [(t.number, str(t.state), v) for t, v in _stopped(r)]
+    return {"trial": xs, "value": ys, "best": best, "stopped": stopped}
 
 
 def curves_info(r: StudyResult, top: int = 3) -> dict[str, list[dict[str, Any]]]:
@@ -210,12 +237,68 @@ def curves_info(r: StudyResult, top: int = 3) -> dict[str, list[dict[str, Any]]]
     return chosen
 
 
-def params_info(r: StudyResult) -> dict[str, tuple[str, list[tuple[Any, float]]]]:
-    """Per parameter: its kind and (value, objective) of every complete trial that has it."""
+def params_info(r: StudyResult) -> dict[str, tuple[str, list[tuple[Any, float, str]]]]:
+    """Per parameter: its kind and (value, metric, state) of every trial that has it, complete ones
+    at their value and pruned or diverged ones at their last reported value, in trial order."""
+    shown = sorted([(t, float(t.value or 0.0)) for t in r.complete] + _stopped(r), key=lambda tv: tv[0].number)
     return {
-        p: (r.distributions[p], [(t.params[p], float(t.value or 0.0)) for t in r.complete if p in t.params])
-        for p in sorted(r.distributions)
+        p: (kind, [(t.params[p], v, str(t.state)) for t, v in shown if p in t.params])
+        for p, kind in sorted(r.distributions.items())
     }
+
+
+def importance_info(r: StudyResult) -> dict[str, Any]:
+    """What the importance section shows: ``complete`` trials (imported ones count, as for fANOVA),
+    the trials it ``needs`` (``results.importance_min_trials``) and per parameter its importance,
+    None for one that never varied across the complete trials (fANOVA says 0 or leaves it out)."""
+    done = [t for t in r.trials if t.state in (TrialState.COMPLETE, TrialState.IMPORTED) and t.value is not None]
+    fixed = [
+        p for p in sorted(r.distributions) if done and all(p in t.params for t in done) and len({t.params[p] for t in done}) < 2
+    ]
+    found: dict[str, float | None] = {k: v for k, v in r.importances.items() if k not in fixed}
+    found.update(dict.fromkeys(fixed))
+    return {"complete": len(done), "needs": importance_min_trials(len(r.distributions)), "importances": found}
+
+
+def importance_section(r: StudyResult) -> list[str]:
+    """fANOVA importances, or why there are none: too few complete trials for the numbers to mean anything."""
+    if not r.distributions:
+        return []
+    info = importance_info(r)
+    head = ["### Parameter importances (fANOVA)", ""]
+    if info["complete"] < info["needs"]:
+        return head + [f"Importances need at least {info['needs']} complete trials (this study has {info['complete']}).", ""]
+    if not info["importances"]:
+        return []
+    rows = [[k, "did not vary" if v is None else f"{v:.3f}"] for k, v in info["importances"].items()]
+    return head + [md_table(["parameter", "importance"], rows), ""]
+
+
+def confusion_table(classes: Sequence[str], matrix: Sequence[Sequence[int]]) -> tuple[list[str], list[list[Any]]]:
+    """Headers and rows of a confusion matrix: a row per true class, a column per predicted one,
+    and each class's recall (correct / images of the class)."""
+    names = [c.replace("|", "\\|") for c in classes]
+    rows = [[names[i], *row, pct(row[i] / sum(row)) if sum(row) else None] for i, row in enumerate(matrix)]
+    return ["true \\ predicted", *names, "recall"], rows
+
+
+def confusion_section(r: StudyResult, out: Path | None) -> list[str]:
+    """The best trial's validation confusion matrix, as its MLflow run stored it: a table with class
+    names (up to ``CONFUSION_TABLE_CLASSES`` classes) and, with ``out``, a PNG."""
+    head = ["### Validation confusion matrix", ""]
+    c = r.confusion
+    if not r.tracking_uri:
+        return head + ["This study was not tracked (no MLflow store), so no confusion matrix was kept.", ""]
+    if c is None:
+        why = "no trial completed" if not r.complete else "the best trial's MLflow run holds none"
+        return head + [f"No confusion matrix: {why}.", ""]
+    parts = head + [f"Best trial {c['trial']}, best-validation weights (first seed); rows: true class, columns: predicted.", ""]
+    if len(c["classes"]) <= CONFUSION_TABLE_CLASSES:
+        parts += [md_table(*confusion_table(c["classes"], c["matrix"])), ""]
+    if out is not None:
+        _save(plots.confusion_figure(c["classes"], c["matrix"]), out / f"{r.name}_confusion.png")
+        parts += [f"![validation confusion matrix]({r.name}_confusion.png)", ""]
+    return parts
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -227,9 +310,9 @@ def _save(fig: Figure, path: Path) -> None:
 
 def _plot_params(r: StudyResult, path: Path) -> bool:
     info = params_info(r)
-    if not info or not r.complete:
+    if not any(pts for _, pts in info.values()):
         return False
-    _save(plots.params_figure(info, _num), path)
+    _save(plots.params_figure(info, _num, r.metric), path)
     return True
 
 
@@ -246,7 +329,11 @@ def pareto_section(r: StudyResult) -> list[str]:
         return []
     names = [f"{metric} ({'max' if d == 'maximize' else 'min'})" for metric, d in r.objectives]
     on_front = [t for t in r.trials if t.number in r.front and t.values]
-    rows = [[t.number, *[_num(v) for v in t.values or []], _params(t.params)] for t in sorted(on_front, key=lambda t: t.number)]
+    metrics = [m for m, _ in r.objectives]
+    rows = [
+        [t.number, *[value_text(v, m) for v, m in zip(t.values or [], metrics, strict=False)], _params(t.params)]
+        for t in sorted(on_front, key=lambda t: t.number)
+    ]
     return [
         "### Pareto front",
         "",
@@ -257,9 +344,29 @@ def pareto_section(r: StudyResult) -> list[str]:
     ]
 
 
+def _plots_section(r: StudyResult, out: Path, gallery: Callable[[str, Path], bool] | None) -> list[str]:
+    """The optimisation history, learning curves, parameters against the metric and predictions, as PNGs."""
+    pngs = []
+    info = history_info(r)
+    if info["trial"] or info["stopped"]:
+        _save(plots.history_figure(info, f"{r.name}: optimisation history", r.metric), out / f"{r.name}_history.png")
+        pngs.append(f"![optimisation history]({r.name}_history.png)")
+    if save_curves(curves_info(r), f"{r.name}: top and diverged trials", out / f"{r.name}_curves.png"):
+        pngs.append(f"![learning curves]({r.name}_curves.png)")
+    if _plot_params(r, out / f"{r.name}_params.png"):
+        pngs.append(f"![parameter vs {r.metric}]({r.name}_params.png)")
+    if gallery is not None and r.checkpoint and gallery(r.checkpoint, out / f"{r.name}_predictions.png"):
+        caption = "Validation images, predicted (true), best trial's best checkpoint:"
+        pngs.append(f"{caption}\n\n![predictions]({r.name}_predictions.png)")
+    if not pngs:
+        return []
+    note = "Pruned and diverged trials are drawn at their last reported value."
+    return ["### Plots", "", note, ""] + [p + "\n" for p in pngs]
+
+
 def render_study(r: StudyResult, out: Path | None, gallery: Callable[[str, Path], bool] | None = None) -> str:
-    """One study's section: summary, leaderboard, effects, importances, plots (and with ``gallery``,
-    the best trial's predictions on validation images)."""
+    """One study's section: summary, leaderboard, effects, importances, the best trial's confusion
+    matrix, plots (and with ``gallery``, the best trial's predictions on validation images)."""
     parts = [
         f"## {r.name}",
         "",
@@ -278,48 +385,35 @@ def render_study(r: StudyResult, out: Path | None, gallery: Callable[[str, Path]
     if tables:
         parts += ["### Parameter effects", ""]
         for param, table in tables.items():
-            parts += [_effect_md(table, param), ""]
-    if r.importances:
-        parts += [
-            "### Parameter importances (fANOVA)",
-            "",
-            md_table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in r.importances.items()]),
-            "",
-        ]
+            parts += [_effect_md(table, param, r.metric), ""]
+    parts += importance_section(r)
+    parts += confusion_section(r, out)
     if out is not None:
-        pngs = []
-        info = history_info(r)
-        if info["trial"]:
-            _save(plots.history_figure(info, f"{r.name}: optimisation history"), out / f"{r.name}_history.png")
-            pngs.append(f"![optimisation history]({r.name}_history.png)")
-        if save_curves(curves_info(r), f"{r.name}: top and diverged trials", out / f"{r.name}_curves.png"):
-            pngs.append(f"![learning curves]({r.name}_curves.png)")
-        if _plot_params(r, out / f"{r.name}_params.png"):
-            pngs.append(f"![parameter vs objective]({r.name}_params.png)")
-        if gallery is not None and r.checkpoint and gallery(r.checkpoint, out / f"{r.name}_predictions.png"):
-            caption = "Validation images, predicted (true), best trial's best checkpoint:"
-            pngs.append(f"{caption}\n\n![predictions]({r.name}_predictions.png)")
-        if pngs:
-            parts += ["### Plots", ""] + [p + "\n" for p in pngs]
+        parts += _plots_section(r, out, gallery)
     return "\n".join(parts)
 
 
-def spend_info(results: Sequence[StudyResult]) -> dict[str, tuple[list[float], list[float]]]:
-    """Per study: epochs trained so far (every trial, pruned and diverged ones too, in trial order)
-    against the best complete trial's value by then; a step where the best changes or at the end."""
-    curves: dict[str, tuple[list[float], list[float]]] = {}
+Curves = dict[str, tuple[list[float], list[float]]]  # study -> (spent so far, best value by then)
+
+
+def spend_info(results: Sequence[StudyResult], by: Literal["epochs", "seconds"] = "epochs") -> Curves:
+    """Per study: epochs (or with ``by="seconds"``, trial seconds) spent so far, every trial, pruned
+    and diverged ones too, in trial order, against the best complete trial's value by then; a step
+    where the best changes or at the end."""
+    cost = TrialResult.seconds if by == "seconds" else (lambda t: float(len(t.history)))
+    curves: Curves = {}
     for r in results:
         sign = -1.0 if r.direction == "minimize" else 1.0
-        spent, best = 0, None
+        spent, best = 0.0, None
         xs: list[float] = []
         ys: list[float] = []
         for t in sorted(r.trials, key=lambda t: t.number):
-            spent += len(t.history)
+            spent += cost(t)
             if t in r.complete and (best is None or sign * float(t.value or 0) > sign * best):
                 best = float(t.value or 0)
-                xs, ys = [*xs, float(spent)], [*ys, best]
+                xs, ys = [*xs, spent], [*ys, best]
         if xs:
-            curves[r.name] = (xs + [float(spent)], ys + [ys[-1]])
+            curves[r.name] = (xs + [spent], ys + [ys[-1]])
     return curves
 
 
@@ -327,36 +421,51 @@ def _epochs(v: float | None) -> int | None:
     return None if v is None else int(v)
 
 
+def _seconds(v: float | None) -> str | None:
+    return None if v is None else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
 def _spent_to(curve: tuple[list[float], list[float]], bar: float, maximize: bool) -> float | None:
     return next((x for x, y in zip(*curve, strict=True) if (y >= bar if maximize else y <= bar)), None)
 
 
 def spend_table(results: Sequence[StudyResult], tolerance: float = 0.01) -> tuple[list[str], list[list[Any]], float]:
-    """The headers and one row per study of ``spend_info`` (epochs spent, best, epochs to its best
-    and to within ``tolerance`` of the best of all), and the bar that tolerance sets."""
-    curves = spend_info(results)
+    """The headers and one row per study of ``spend_info`` by epochs and by seconds (spent, best, to
+    its best and to within ``tolerance`` of the best of all), and the bar that tolerance sets."""
+    curves, timed = spend_info(results), spend_info(results, "seconds")
     maximize = results[0].direction != "minimize"
+    metric = results[0].metric
     overall = (max if maximize else min)((y[-1] for _, y in curves.values()), default=0.0)
     bar = overall - tolerance if maximize else overall + tolerance
-    rows = [
-        [name, int(x[-1]), f"{y[-1]:.4f}", _epochs(_spent_to((x, y), y[-1], maximize)), _epochs(_spent_to((x, y), bar, maximize))]
-        for name, (x, y) in curves.items()
-    ]
-    headers = ["study", "epochs spent", "best", "epochs to its best", f"epochs to within {tolerance:g} of {overall:.4f}"]
+    rows = []
+    for name, (x, y) in curves.items():
+        secs = timed[name]
+        best = (_spent_to((x, y), y[-1], maximize), _spent_to(secs, y[-1], maximize))
+        near = (_spent_to((x, y), bar, maximize), _spent_to(secs, bar, maximize))
+        spent = [name, int(x[-1]), _seconds(secs[0][-1]), value_text(y[-1], metric)]
+        rows.append([*spent, _epochs(best[0]), _seconds(best[1]), _epochs(near[0]), _seconds(near[1])])
+    within = f"{100 * tolerance:.2f} pts of {pct(overall)}" if is_accuracy(metric) else f"{tolerance:g} of {overall:.4f}"
+    headers = ["study", "epochs spent", "seconds spent", "best", "epochs to its best", "seconds to its best"]
+    headers += [f"epochs to within {within}", f"seconds to within {within}"]
     return headers, rows, bar
 
 
 def spend_section(results: Sequence[StudyResult], out: Path | None) -> list[str]:
-    """Which sweep found better configurations per epoch spent: one figure, one row per study."""
+    """Which sweep found better configurations per epoch and per second spent: a figure each, one row per study."""
     curves = spend_info(results)
     if len(curves) < 2:
         return []
     headers, rows, bar = spend_table(results)
-    parts = ["## Best per epoch spent", "", md_table(headers, rows), ""]
+    note = "Seconds: trials' wall times summed (every seed, data loading, test evaluation), pruned and diverged trials included."
+    parts = ["## Best per epoch spent (and per second)", "", note, "", md_table(headers, rows), ""]
     if out is not None:
-        title = f"best {results[0].metric} against epochs trained (pruned and diverged trials included)"
-        _save(plots.anytime_figure(curves, bar, title, ylabel=f"best {results[0].metric}"), out / "best_per_epoch.png")
-        parts += ["![best per epoch spent](best_per_epoch.png)", ""]
+        metric = results[0].metric
+        title = f"best {metric} against epochs trained (pruned and diverged trials included)"
+        _save(plots.anytime_figure(curves, bar, title, ylabel=f"best {metric}"), out / "best_per_epoch.png")
+        title = f"best {metric} against trial seconds (pruned and diverged trials included)"
+        timed = plots.anytime_figure(spend_info(results, "seconds"), bar, title, "trial seconds (cumulative)", f"best {metric}")
+        _save(timed, out / "best_per_second.png")
+        parts += ["![best per epoch spent](best_per_epoch.png)", "", "![best per second spent](best_per_second.png)", ""]
     return parts
 
 
@@ -365,7 +474,7 @@ def render_sweep_report(
 ) -> str:
     """Several studies side by side (one row each), then one section per study."""
     rows = [row for r in results for row in summary_rows(r)]
-    parts = ["# Study report", ""]
+    parts = ["# Study report", "", "Accuracies are percentages (2 decimals); gaps between two accuracies are in points.", ""]
     if len(results) > 1:
         parts += ["Studies side by side, one row each.", "", md_table(SUMMARY_HEADERS, rows), ""]
         parts += spend_section(results, out)

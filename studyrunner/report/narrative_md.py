@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from studyrunner.narrative.spec import Verdict
-from studyrunner.report.markdown import md_table, mean_sd, pct, save_curves
+from studyrunner.report.markdown import is_accuracy, md_table, mean_sd, pct, save_curves
 from studyrunner.report.results import NarrativeResult, StepResult, TrialResult
 from studyrunner.states import TrialState
 
@@ -31,18 +31,23 @@ def _scale_words(sc: dict[str, Any]) -> str:
 
 def _doc_figures(doc: dict[str, Any]) -> str:
     keys = [("epochs", "epochs"), ("train_acc", "train"), ("val_acc", "val"), ("test_acc", "test")]
-    return ", ".join(f"{label} {pct(doc[k], 1) if k != 'epochs' else doc[k]}" for k, label in keys if k in doc) or "-"
+    return ", ".join(f"{label} {pct(doc[k]) if k != 'epochs' else doc[k]}" for k, label in keys if k in doc) or "-"
+
+
+def _figure(values: list[float], metric: str) -> str:
+    """Mean ± sd over seeds: an accuracy as a percentage ('61.00% ± 1.41', the sd in points), a gap in points."""
+    return mean_sd(values, unit="%" if is_accuracy(metric) else "")
 
 
 def _ours(step: StepResult) -> list[str]:
-    return [mean_sd(step.values(m)) for m in ("final_train_acc", "best_val_acc", "final_val_acc", "test_acc", "final_gap")]
+    return [_figure(step.values(m), m) for m in ("final_train_acc", "best_val_acc", "final_val_acc", "test_acc", "final_gap")]
 
 
 def _verdict_row(v: Verdict) -> list[Any]:
     def side(name: str | None, vals: list[float]) -> str:
-        return f"{name}: {mean_sd(vals)}" if name else "-"
+        return f"{name}: {_figure(vals, v.metric)}" if name else "-"
 
-    diff = None if v.difference is None else f"{100 * v.difference:+.1f} ± {100 * (v.noise or 0):.1f}"
+    diff = None if v.difference is None else f"{100 * v.difference:+.2f} ± {100 * (v.noise or 0):.2f}"
     target = side(v.b, v.b_values) if v.b else "threshold"
     return [v.text, f"`{v.metric}`", side(v.a, v.a_values), target, diff, f"**{v.verdict}**", v.note or ""]
 
@@ -59,8 +64,8 @@ def _narrative_head(n: NarrativeResult) -> list[str]:
         n.description,
         "",
         f"Scale `{n.scale}`: {_scale_words(n.scale_config)}up to {seeds} seeds per step; test sets are evaluated once per run. "
-        "Figures are mean ± sd over seeds, in % (gap = final train accuracy - final validation accuracy, in "
-        "points). The document's figures come from its own runs, at its own scale.",
+        "Figures are mean ± sd over seeds: accuracies in % (2 decimals), their sd and the gap (final train accuracy - "
+        "final validation accuracy) in points. The document's figures come from its own runs, at its own scale.",
         "",
     ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -59,8 +60,11 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
     if best is None or not stored:
         raise StudyrunnerError(f"study {study.study_name!r} has no completed trial of studyrunner's to export")
     cfg = apply_overrides(config_from_dict(stored), {k: decode(v) for k, v in best.params.items()})
-    flat = {**flatten(config_to_dict(cfg)), **_PORTABLE}
-    return {"trial": best.number, "value": first_value(best), "config": config_to_dict(config_from_dict(flat))}
+    data_path = cfg.data.path or str(study.user_attrs.get("data_root", ""))  # the root the trials read
+    flat = {**flatten(config_to_dict(cfg)), **_PORTABLE, "data.path": data_path}
+    checkpoint = TrialRecord.of(best.user_attrs).checkpoint
+    config = config_to_dict(config_from_dict(flat))
+    return {"trial": best.number, "value": first_value(best), "config": config, "checkpoint": checkpoint}
 
 
 def _maximize(study: optuna.Study) -> bool:
@@ -182,6 +186,23 @@ class TrialResult:
             return float(1 + max(range(len(h)), key=lambda i: h[i].get("val_acc") or -1.0)) if vals else None
         raise KeyError(name)
 
+    def last_reported(self, metric: str) -> float | None:
+        """A stopped trial's last reported value: Optuna keeps it as a pruned (or diverged) trial's
+        value; without it, the last finite epoch value of ``metric`` in the history (what the
+        objective reports: test_ metrics as their val_ twins)."""
+        if self.value is not None and math.isfinite(self.value):
+            return float(self.value)
+        key = metric.replace("test_", "val_")
+        found = [v for rec in self.history if isinstance(v := rec.get(key), int | float) and math.isfinite(v)]
+        return float(found[-1]) if found else None
+
+    def seconds(self) -> float:
+        """What the trial cost: its wall time (every seed, the data loading and the test evaluation,
+        what it held a worker for); the sum of its epochs' seconds when none was stored."""
+        if self.duration_s is not None:
+            return float(self.duration_s)
+        return sum(float(r.get("epoch_seconds") or 0.0) for r in self.history)
+
 
 @dataclass
 class StudyResult:
@@ -196,6 +217,8 @@ class StudyResult:
     checkpoint: str = ""  # best trial's best-validation checkpoint, when one was saved
     objectives: list[tuple[str, str]] = field(default_factory=list)  # (metric, direction) of each objective
     front: list[int] = field(default_factory=list)  # multi-objective: trial numbers on the Pareto front
+    tracking_uri: str = ""  # the MLflow store the study logged to ("" when it was not tracked)
+    confusion: dict[str, Any] | None = None  # best trial's validation confusion: {"trial", "classes", "matrix"[true][pred]}
 
     @property
     def complete(self) -> list[TrialResult]:
@@ -252,10 +275,6 @@ def study_result(study: optuna.Study) -> StudyResult:
     checkpoint = "" if best is None else TrialRecord.of(best.user_attrs).checkpoint
     targets = sweep.get("objectives") or [sweep.get("objective", {})]
     objectives = [(o.get("metric", "value"), d.name.lower()) for o, d in zip(targets, study.directions, strict=False)]
-    dists: dict[str, str] = {}
-    for t in study.get_trials(deepcopy=False):
-        for k, d in t.distributions.items():
-            dists.setdefault(k, _kind(d))
     return StudyResult(
         study.study_name,
         study.directions[0].name.lower(),
@@ -264,19 +283,53 @@ def study_result(study: optuna.Study) -> StudyResult:
         sweep.get("pruner", {}).get("name", "?"),
         trials,
         importances(study),
-        dists,
+        _distributions(study),
         checkpoint,
         objectives,
         [t.number for t in pareto_front(study)],
+        tracking or "",
+        _confusion(best, tracking),
     )
+
+
+def _distributions(study: optuna.Study) -> dict[str, str]:
+    """Every parameter any trial sampled, with its kind."""
+    dists: dict[str, str] = {}
+    for t in study.get_trials(deepcopy=False):
+        for k, d in t.distributions.items():
+            dists.setdefault(k, _kind(d))
+    return dists
+
+
+def _confusion(best: optuna.trial.FrozenTrial | None, tracking: str | None) -> dict[str, Any] | None:
+    """The best trial's validation confusion matrix, read from its MLflow run's artifacts (the
+    first seed's, of its best-validation weights); None without tracking, a run, or the artifact."""
+    run_id = "" if best is None else TrialRecord.of(best.user_attrs).mlflow_run_id
+    if best is None or not tracking or not run_id:
+        return None
+    from studyrunner.track.runs import read_confusion
+
+    found = read_confusion(tracking, run_id)
+    return None if found is None else {"trial": best.number, **found}
+
+
+# fANOVA fits a random forest to (parameters -> value). Below 8 trials its trees split a handful of
+# bootstrap samples and the importances are seed noise; it also needs about two trials per
+# parameter before it can tell one parameter's effect from another's.
+IMPORTANCE_MIN_TRIALS = 8
+
+
+def importance_min_trials(n_params: int) -> int:
+    """Complete trials a study needs before its fANOVA importances are reported: max(8, 2 x parameters)."""
+    return max(IMPORTANCE_MIN_TRIALS, 2 * n_params)
 
 
 def importances(study: optuna.Study) -> dict[str, float]:
     """fANOVA importances, with a fixed seed (same study, same numbers), of the parameters every
-    complete trial has (conditional ones are left out); {} when Optuna cannot compute them (fewer
-    than two complete trials, or no such parameter that varies)."""
+    complete trial has (conditional ones are left out); {} below ``importance_min_trials`` complete
+    trials or when Optuna cannot compute them (no parameter that varies)."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if len(complete) < 2:
+    if len(complete) < importance_min_trials(len(_distributions(study))):
         return {}
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)

@@ -63,6 +63,7 @@ if TYPE_CHECKING:
         where,
     )
     from studyrunner.search.stopping import (
+        LOSS_ABOVE,
         LOSS_AT_CHANCE,
         LOSS_STILL,
         EpochLike,
@@ -130,6 +131,7 @@ __all__ = [
     "converged",
     "LOSS_AT_CHANCE",
     "LOSS_STILL",
+    "LOSS_ABOVE",
     "trial_config",
     "best_checkpoint",
     "STUDY_INIT",
@@ -186,6 +188,7 @@ _HOMES = {
     "converged": "stopping",
     "LOSS_AT_CHANCE": "stopping",
     "LOSS_STILL": "stopping",
+    "LOSS_ABOVE": "stopping",
     "trial_config": "trialconfig",
     "best_checkpoint": "trialconfig",
     "STUDY_INIT": "trialconfig",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from studyrunner.config import RUNTIME_KEYS, TrainConfig, apply_overrides, config_to_dict, flatten
-from studyrunner.engine.data import check_objective_split
+from studyrunner.engine.data import check_objective_split, resolve_root
 from studyrunner.engine.resolve import resolve_config
 from studyrunner.errors import StudyrunnerError
 from studyrunner.search.objective import DataSource, Objective, StudyEvents
@@ -112,14 +112,15 @@ def run_study(
     with setup_lock():  # processes started at once on fresh stores take turns creating them
         check_stores(url, opts.tracking_uri)
         storage = open_storage(url, spec.max_retries)
-        study = _open_study(spec, base, resolved, storage)
+        study = _open_study(spec, base, resolved, storage, events)
         warm_start(study, spec, resolved, url)
         _requeue_interrupted(study)
         enqueue_configs(study, spec, base)
+        _record_data_root(study, base, opts.data_dir)
         tracker = _tracker(spec, opts)
         if tracker is not None:  # where a report finds the curves of trials that ran on another machine
             study.set_user_attr("tracking_uri", tracker.uri)
-    source = data or DataSource(opts.data_dir, events.data_progress)
+    source = data or DataSource(opts.data_dir, events.data_progress, events.notice)
     objective = Objective(spec, base, source, tracker, events, target, url, _pruning_study(spec, storage))
     heartbeat = isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None
     driver = _Driver(study, spec, objective, tracker, events, target, heartbeat)
@@ -136,7 +137,7 @@ def run_study(
 
 
 def _open_study(
-    spec: SweepSpec, base: TrainConfig, resolved: TrainConfig, storage: optuna.storages.BaseStorage
+    spec: SweepSpec, base: TrainConfig, resolved: TrainConfig, storage: optuna.storages.BaseStorage, events: StudyEvents
 ) -> optuna.Study:
     """The study, created or loaded; a resumed study or a parallel worker continues the sampler's
     stream at another offset, never replays it."""
@@ -161,9 +162,24 @@ def _open_study(
     stream = _claim_stream(study)
     if stream:
         study.sampler = make_sampler(spec, base, offset=_WORKER_STRIDE * stream)
+    changed = _search_changes(study, spec)
+    if changed:
+        events.notice(
+            f"study {spec.study!r} resumes with another {' and '.join(changed)} than it began with; "
+            "its earlier trials were pruned or sampled under the old settings"
+        )
     study.set_user_attr("sweep", spec.model_dump(mode="json"))
     study.set_user_attr("base_config", config_to_dict(resolved))
     return study
+
+
+def _search_changes(study: optuna.Study, spec: SweepSpec) -> list[str]:
+    """The search settings (sampler, pruner, space) that differ from those the study recorded."""
+    stored = study.user_attrs.get("sweep")
+    if not stored or not study.trials:
+        return []
+    now = spec.model_dump(mode="json")
+    return [key for key in ("sampler", "pruner", "space") if stored.get(key) != now.get(key)]
 
 
 def _pruning_study(spec: SweepSpec, storage: optuna.storages.BaseStorage) -> optuna.Study | None:
@@ -189,6 +205,13 @@ def _requeue_interrupted(study: optuna.Study) -> None:
         if trial_state(t) == TrialState.INTERRUPTED and t.number not in queued and t.params:
             origin = TrialRecord.of(t.user_attrs).first_attempt(t.number)
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "origin": origin}, skip_if_exists=False)
+
+
+def _record_data_root(study: optuna.Study, base: TrainConfig, data_dir: str | None) -> None:
+    """Where this study's images are (``export --best`` writes it as data.path, so that the config it
+    prints trains without the environment that named the folder)."""
+    with contextlib.suppress(StudyrunnerError):  # no folder yet: loading the data says why, with the trial
+        study.set_user_attr("data_root", str(resolve_root(base.data, data_dir).resolve()))
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -276,8 +299,11 @@ class _Driver:
     def step(self) -> Stop:
         """One trial, then its retry (if it failed), the events and the parent run; a reason to
         stop when failures keep coming."""
-        self.study.optimize(self.objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
-        trial = self.study.trials[-1] if self.study.trials else None
+        ran: list[optuna.trial.FrozenTrial] = []  # the trial this call ran: with other workers, not always the last one
+        self.study.optimize(
+            self.objective, n_trials=1, catch=(Exception,), gc_after_trial=False, callbacks=[lambda _, t: ran.append(t)]
+        )
+        trial = ran[-1] if ran else None
         if trial is None or trial_state(trial) == TrialState.CANCELLED:
             return Stop()
         self._after_trial(trial)

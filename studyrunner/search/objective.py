@@ -48,19 +48,24 @@ class StudyEvents:
     def batch_done(self, done: int, total: int) -> None: ...
     def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None: ...
     def data_progress(self, what: str, done: int, total: int) -> None: ...
+    def notice(self, text: str) -> None: ...  # something the user should know before trials run
 
 
 class DataSource:
     """Loads each distinct data configuration once per process and keeps it for later trials."""
 
-    def __init__(self, data_dir: str | None, progress: Progress = None) -> None:
+    def __init__(self, data_dir: str | None, progress: Progress = None, notice: Callable[[str], None] | None = None) -> None:
         self.data_dir = data_dir
         self.progress = progress
+        self.notice = notice  # hears the data's notes (skipped, nested, too-small) once per data configuration
         self._cache: dict[DataConfig, Splits] = {}
 
     def __call__(self, cfg: DataConfig) -> Splits:
         if cfg not in self._cache:
-            self._cache[cfg] = load_splits(cfg, self.data_dir, self.progress)
+            splits = self._cache[cfg] = load_splits(cfg, self.data_dir, self.progress)
+            for note in splits.notes:
+                if self.notice is not None:
+                    self.notice(note)
         return self._cache[cfg]
 
 

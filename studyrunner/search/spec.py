@@ -7,6 +7,7 @@ categorical ``choices`` and conditional parameters with ``when``). See README, "
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import typing
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 MAX_NAME = 100  # characters of a study name (an MLflow experiment and run name too)
+MAX_REPEATS = 100  # seeds per configuration: beyond this a trial is a benchmark, not a search step
+MAX_RETRIES = 20  # re-runs of a failing trial: beyond this the failure is not transient
 MAX_GRID = 100_000  # grid points the grid sampler may enumerate
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss")
 _MAXIMIZE = ("val_acc", "train_acc", "test_acc")
@@ -149,8 +152,8 @@ class SweepSpec(StrictModel):
     budget: Budget = Budget()
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
-    repeats: int = Field(1, ge=1)  # seeds per configuration; the trial's value is their mean
-    max_retries: int = Field(1, ge=0)  # re-runs of a trial that failed by exception
+    repeats: int = Field(1, ge=1, le=MAX_REPEATS)  # seeds per configuration; the trial's value is their mean
+    max_retries: int = Field(1, ge=0, le=MAX_RETRIES)  # re-runs of a trial that failed by exception
     train: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, ParamSpec] = Field(default_factory=dict)
     # two or more: a multi-objective study (Pareto front); the first objective drives pruning and reports
@@ -336,9 +339,24 @@ def _condition_problems(spec: SweepSpec, name: str, p: ParamSpec, earlier: list[
     return []
 
 
+def _condition_values(spec: SweepSpec, p: ParamSpec, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Values under which ``p`` is sampled: the first wanted value of each ``when`` condition, and
+    of the conditions those parameters have in turn."""
+    values: dict[str, Any] = {}
+    for cond, want in (p.when or {}).items():
+        cp = spec.space.get(cond)
+        if cp is not None and cond not in seen:
+            values.update(_condition_values(spec, cp, (*seen, cond)))
+        values[cond] = (want if isinstance(want, list) else [want])[0]
+    return values
+
+
 def _range_problems(spec: SweepSpec, base: TrainConfig, name: str, p: ParamSpec) -> list[Problem]:
-    """Every choice (or both bounds) is a valid value of the key; int ranges are whole; grids are finite."""
+    """Every choice (or both bounds) is a valid value of the key where the parameter applies (its
+    ``when`` conditions holding, not the default model); int ranges are whole; grids are finite."""
     loc = ("space", name)
+    with contextlib.suppress(ConfigError):  # conditions that do not combine with the fixed values: judged on the base
+        base = apply_overrides(base, _condition_values(spec, p))
     for v in p.choices if p.choices is not None else [p.low, p.high]:
         try:
             apply_overrides(base, {name: _int_if_whole(v) if p.choices is None else v})

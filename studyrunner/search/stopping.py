@@ -16,10 +16,11 @@ import math
 from collections.abc import Sequence
 from typing import Protocol
 
-__all__ = ["EpochLike", "no_learning", "chance_band", "converged", "LOSS_AT_CHANCE", "LOSS_STILL"]
+__all__ = ["EpochLike", "no_learning", "chance_band", "converged", "LOSS_AT_CHANCE", "LOSS_STILL", "LOSS_ABOVE"]
 
 LOSS_AT_CHANCE = 0.98  # a training loss at or above this share of ln(C) has not moved from chance level
 LOSS_STILL = 0.001  # a training loss that changed by at most this share since epoch 1 has not moved
+LOSS_ABOVE = 1.05  # a loss above this share of ln(C) is above chance level, not at it (a far-off start)
 
 
 class EpochLike(Protocol):
@@ -40,21 +41,27 @@ def no_learning(history: Sequence[EpochLike], classes: int, n_eval: int, after: 
     """The reason the trial cannot learn, or "": from epoch ``after`` on (0 = never), its training
     loss is still at least 98% of ln(C) and either its latest validation accuracy (training
     accuracy without a validation split) is within the chance band or the loss has not moved
-    (by 0.1%) since epoch 1."""
+    (by 0.1%) since epoch 1. A loss that is falling (by more than 0.1% since epoch 1) is never
+    "not learning": a slow learning rate, or a fresh head coming down from a far-off start."""
     if after <= 0 or len(history) < after or classes < 2:
         return ""
     first, last = history[0], history[-1]
     acc = last.val_acc if last.val_acc is not None else last.train_acc
-    band = chance_band(classes, n_eval)
-    if not (math.isfinite(last.train_loss) and last.train_loss >= LOSS_AT_CHANCE * math.log(classes)):
+    band, chance_loss = chance_band(classes, n_eval), math.log(classes)
+    if not (math.isfinite(last.train_loss) and last.train_loss >= LOSS_AT_CHANCE * chance_loss):
         return ""  # the loss has left chance level: something is being learned
+    above = last.train_loss > LOSS_ABOVE * chance_loss
+    if len(history) >= 2 and last.train_loss < first.train_loss * (1 - LOSS_STILL):
+        return ""  # falling, at chance level or from a far-off start above it: it is learning, slowly
     still = len(history) >= 2 and abs(last.train_loss - first.train_loss) <= LOSS_STILL * first.train_loss
     if acc > band and not still:
         return ""
     why = f"accuracy {acc:.4f} is within chance ({band:.4f} for {classes} classes)" if acc <= band else "the loss has not moved"
+    where = "is above" if above else "has not left"
+    tail = " and is not falling" if above else ""
     return (
         f"no learning: after epoch {last.epoch} {why} and the training loss {last.train_loss:.3f} "
-        f"has not left ln({classes}) = {math.log(classes):.3f}"
+        f"{where} ln({classes}) = {chance_loss:.3f}{tail}"
     )
 
 

@@ -18,12 +18,14 @@ if TYPE_CHECKING:
         git_commit,
         metric_key,
         prepare_store,
+        quiet_mlflow,
     )
 
 __all__ = [
     "machine",
     "environment_tags",
     "Tracker",
+    "quiet_mlflow",
     "metric_key",
     "git_commit",
     "prepare_store",
@@ -34,6 +36,7 @@ _HOMES = {
     "machine": "machine",
     "environment_tags": "machine",
     "Tracker": "runs",
+    "quiet_mlflow": "runs",
     "metric_key": "runs",
     "git_commit": "runs",
     "prepare_store": "runs",

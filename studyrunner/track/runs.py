@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from studyrunner.engine.fit import EpochRecord, FitResult
 
-__all__ = ["Tracker", "metric_key", "git_commit", "prepare_store", "ROLE", "STUDY"]
+__all__ = ["Tracker", "quiet_mlflow", "metric_key", "git_commit", "prepare_store", "ROLE", "STUDY"]
 
 ROLE, STUDY = "studyrunner.role", "studyrunner.study"  # tags that tell a study's parent run from its trials
 EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -59,11 +59,21 @@ def _ms() -> int:
     return int(time.time() * 1000)
 
 
+def quiet_mlflow() -> None:
+    """MLflow's own lines would interleave with the trial lines: its "Creating initial MLflow
+    database tables..." and schema-migration logs, and with a tracking server a "View run ... at"
+    and "View experiment at" pair on stdout for every trial. studyrunner prints where to look once."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    for name in ("mlflow.store.db.utils", "mlflow.store.db", "alembic", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def prepare_store(uri: str) -> None:
     """Create the tracking store's tables (MLflow's schema migrations) now, before several
     processes race to do it on the same fresh SQLite file."""
     from mlflow.tracking import MlflowClient
 
+    quiet_mlflow()
     MlflowClient(uri).search_experiments(max_results=1)
 
 
@@ -87,6 +97,33 @@ def epoch_history(uri: str, run_id: str) -> list[dict[str, Any]]:
     except (MlflowException, OSError):
         return []
     return [{k: r.get(k) for k in keys} for _, r in sorted(by_epoch.items())]
+
+
+def read_confusion(uri: str, run_id: str) -> dict[str, Any] | None:
+    """A trial run's validation confusion matrix as ``Tracker.log_confusion`` stored it:
+    ``{"classes": [...], "matrix": [[...]]}`` ([true][predicted]); None when the store, the run or
+    the artifact cannot be read."""
+    import json
+    import tempfile
+
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    before = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+    os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"  # a report prints no download bar per study
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = MlflowClient(uri).download_artifacts(run_id, "confusion_matrix.json", tmp)
+            found = json.loads(Path(path).read_text())
+        return {"classes": [str(c) for c in found["classes"]], "matrix": [[int(v) for v in row] for row in found["matrix"]]}
+    except (MlflowException, OSError, ValueError, KeyError, TypeError):
+        return None
+    finally:
+        if before is None:
+            os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
+        else:
+            os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = before
 
 
 def newest_experiment(uri: str, study: str | None = None) -> str | None:
@@ -115,6 +152,7 @@ class Tracker:
     def __init__(self, tracking_uri: str, study: str, tags: Mapping[str, str] | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
+        quiet_mlflow()
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         self.study = study

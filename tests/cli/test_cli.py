@@ -1,7 +1,9 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from studyrunner.cli.main import app
@@ -137,7 +139,7 @@ def test_compare_answers_which_sweep_found_better_configs_per_epoch(tmp_path, ti
         assert runner.invoke(app, ["run", str(sweep), *store]).exit_code == 0
     res = runner.invoke(app, ["compare", "wide", "narrow", *store[:2]])
     assert res.exit_code == 0, res.output
-    assert "epochs spent" in flat(res) and "wide" in flat(res) and "narrow" in flat(res)
+    assert "epochs" in flat(res) and "seconds" in flat(res) and "wide" in flat(res) and "narrow" in flat(res)  # headers fold at 80 columns
     text = (tmp_path / "reports" / "compare-wide-narrow" / "README.md").read_text()
     assert "## Best per epoch spent" in text and "(best_per_epoch.png)" in text
     assert "| wide | 4 |" in text and "| narrow | 4 |" in text  # 2 trials x 2 epochs each
@@ -218,3 +220,32 @@ def test_frozen_pretrained_efficientnet_on_a_photo_folder_offline(tmp_path, monk
     assert result["config"]["data"]["image_size"] == 224 and result["outcome"] == "completed"
     assert "only the head trains" in " ".join(result["notes"]) and "only the head trains" in flat(res)
     assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]  # the head learnt
+
+
+def test_data_dir_wins_over_data_path_and_export_best_trains_again_from_the_project_folder(tmp_path, tiny_train, monkeypatch):
+    """--data-dir typed on the command line wins over the file's data.path (validate says which named
+    the root); the study records the root, so export --best writes a data.path and the train
+    command it prints works in a shell with no STUDYRUNNER_DATA_DIR."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STUDYRUNNER_DATA_DIR", raising=False)
+    real = tiny_train.split("path: '")[1].split("'")[0]
+    train = tiny_train.replace(real, str(tmp_path / "moved-away"))  # the file's data.path no longer exists
+    sweep = tmp_path / "dd.yaml"
+    space = "space:\n  optim.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n"
+    sweep.write_text("study: dd\nbudget: {n_trials: 1}\n" + train + space)
+    res = runner.invoke(app, ["validate", str(sweep)])
+    assert res.exit_code == 1 and "moved-away" in flat(res)
+    res = runner.invoke(app, ["validate", str(sweep), "--data-dir", real])
+    assert res.exit_code == 0 and f"data root {real} (from --data-dir)" in flat(res)
+    store = ["--storage", f"sqlite:///{tmp_path / 'o.db'}"]
+    res = runner.invoke(app, ["run", str(sweep), *store, "--tracking-uri", "none", "--data-dir", real])
+    assert res.exit_code == 0 and "1/1 finished" in flat(res), res.output
+    res = runner.invoke(app, ["show", "dd", *store])
+    assert "best trial 0: checkpoint" in flat(res) and "best.pt" in flat(res) and "%" in flat(res)
+    res = runner.invoke(app, ["export", "dd", "--best", *store])  # to runs/exports/dd-best.yaml
+    assert res.exit_code == 0 and "its best checkpoint:" in flat(res) and "train it again: studyrunner train" in flat(res)
+    exported = yaml.safe_load((tmp_path / "runs/exports/dd-best.yaml").read_text())
+    assert exported["data"]["path"] == str(Path(real).resolve())
+    res = runner.invoke(app, ["train", "runs/exports/dd-best.yaml", "--set", "epochs=1", "--json", "runs/train/x/r.json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "runs/train/x/r.json").read_text())["history"]  # its parent folder was made

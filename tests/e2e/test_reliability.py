@@ -125,7 +125,7 @@ def _out_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     (tmp_path / "a_dir").mkdir()
     return {
         "train --json is a directory": (["train", "--json", str(tmp_path / "a_dir")], "is a directory"),
-        "train --json in a missing dir": (["train", "--json", str(tmp_path / "no" / "r.json")], "does not exist"),
+        "train --json under a file": (["train", "--json", str(tmp_path / "a_file" / "r.json")], "is a file, not a folder"),
         "train --out is a file": (["train", "--out", str(tmp_path / "a_file")], "is a file, not a folder"),
         "export --out is a directory": (["export", "kept", "--out", str(tmp_path / "a_dir")], "is a directory"),
         "export --out in a missing dir": (["export", "kept", "--out", str(tmp_path / "no" / "t.csv")], "does not exist"),
@@ -137,7 +137,7 @@ def _out_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     "case",
     [
         "train --json is a directory",
-        "train --json in a missing dir",
+        "train --json under a file",
         "train --out is a file",
         "export --out is a directory",
         "export --out in a missing dir",

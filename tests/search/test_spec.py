@@ -104,3 +104,15 @@ def test_shipped_sweeps_are_valid():
     for f in files:
         spec = load_sweep(f)
         assert spec.space and spec.study == f.stem
+
+
+def test_a_conditional_value_is_validated_where_its_condition_holds(tmp_path):
+    """model.head_dropout exists on efficientnet_lite0 only: under when: {model.name: [efficientnet_lite0]}
+    it is valid although the default model has none; without the condition it is refused."""
+    space = "space:\n  model.name: {choices: [efficientnet_lite0, resnet18]}\n"
+    when = "when: {model.name: [efficientnet_lite0]}"
+    ok = write_sweep(tmp_path, f"study: s\n{space}  model.head_dropout: {{low: 0.0, high: 0.5, {when}}}\n")
+    assert load_sweep(ok).space["model.head_dropout"].when == {"model.name": ["efficientnet_lite0"]}
+    bad = write_sweep(tmp_path, f"study: s\n{space}  model.head_dropout: {{low: 0.0, high: 0.5}}\n", "bad.yaml")
+    with pytest.raises(SpecError, match="model.head_dropout applies to efficientnet_lite0 only"):
+        load_sweep(bad)

@@ -57,3 +57,15 @@ def test_converged_when_the_last_trials_add_no_more_than_the_margin():
     assert converged(values, maximize=True, window=5, margin=1.0) == ""  # not enough trials yet
     assert converged([1.0, 0.5, 0.49], maximize=False, window=1, margin=0.02).startswith("converged")
     assert converged([1.0, 0.5, 0.40], maximize=False, window=1, margin=0.02) == ""
+
+
+def test_a_loss_above_chance_that_falls_is_learning_and_one_that_stays_is_named_as_above():
+    """A fresh head that starts far off (loss 5.9 for 4 classes) and comes down is learning, whatever
+    its accuracy so far; the same loss standing still is stopped, and the reason says "above"."""
+    falling = [Rec(1, 5.91, 0.25, 0.25), Rec(2, 5.48, 0.26, 0.25)]
+    assert no_learning(falling, classes=4, n_eval=400, after=2) == ""
+    stuck = [Rec(1, 5.48, 0.25, 0.25), Rec(2, 5.4801, 0.25, 0.25)]
+    reason = no_learning(stuck, classes=4, n_eval=400, after=2)
+    assert "is above ln(4) = 1.386 and is not falling" in reason and "has not left" not in reason
+    near = [Rec(1, 1.3900, 0.25, 0.25), Rec(2, 1.3890, 0.25, 0.25)]  # at chance level and at chance accuracy
+    assert "has not left ln(4)" in no_learning(near, classes=4, n_eval=400, after=2)

