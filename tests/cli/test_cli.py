@@ -139,7 +139,8 @@ def test_compare_answers_which_sweep_found_better_configs_per_epoch(tmp_path, ti
         assert runner.invoke(app, ["run", str(sweep), *store]).exit_code == 0
     res = runner.invoke(app, ["compare", "wide", "narrow", *store[:2]])
     assert res.exit_code == 0, res.output
-    assert "epochs" in flat(res) and "seconds" in flat(res) and "wide" in flat(res) and "narrow" in flat(res)  # headers fold at 80 columns
+    assert "epochs" in flat(res) and "seconds" in flat(res)  # its headers fold at 80 columns
+    assert "wide" in flat(res) and "narrow" in flat(res)
     text = (tmp_path / "reports" / "compare-wide-narrow" / "README.md").read_text()
     assert "## Best per epoch spent" in text and "(best_per_epoch.png)" in text
     assert "| wide | 4 |" in text and "| narrow | 4 |" in text  # 2 trials x 2 epochs each
