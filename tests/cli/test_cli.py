@@ -250,3 +250,53 @@ def test_data_dir_wins_over_data_path_and_export_best_trains_again_from_the_proj
     res = runner.invoke(app, ["train", "runs/exports/dd-best.yaml", "--set", "epochs=1", "--json", "runs/train/x/r.json"])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "runs/train/x/r.json").read_text())["history"]  # its parent folder was made
+
+
+def _flat_prefixed(root: Path) -> Path:
+    """A flat folder of 20 px images whose class is the name's prefix (fist_0001.png, palm_0001.png)."""
+    from tests.conftest import write_image
+
+    for c, name in enumerate(("fist", "palm")):
+        for i in range(12):
+            write_image(root / f"{name}_{i:04d}.png", "RGB", (20, 20), 40 + 120 * c)
+    return root
+
+
+def test_train_reads_file_name_prefixes_and_csv_splits_with_windows_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STUDYRUNNER_CACHE_DIR", str(tmp_path / "cache"))
+    root = _flat_prefixed(tmp_path / "gestures")
+    base = ["--set", "data.dataset=folder", "--set", f"data.path={root}", "--set", "data.image_size=20", "--set", "epochs=1"]
+    res = runner.invoke(app, ["validate", str(_sweep(tmp_path, root, "")), "--set", "epochs=1"])
+    assert res.exit_code == 1 and "data.labels: prefix" in flat(res)  # a flat folder: refused, with the way out
+    res = runner.invoke(app, ["train", *base, "--set", "data.labels=prefix", "--set", "data.val_fraction=0.25"])
+    assert res.exit_code == 0, res.output
+    assert "train 18 val 6 test 0 classes 2" in flat(res)
+    files = sorted(root.glob("*.png"))
+    parts = {"train": files[0:8] + files[12:20], "val": files[8:10] + files[20:22], "test": files[10:12] + files[22:24]}
+    for split, part in parts.items():
+        rows = [f"C:\\Users\\someone\\data\\gestures\\{p.name},{p.name.split('_')[0]}" for p in part]  # no header
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    res = runner.invoke(app, ["train", *base, "--set", "data.labels=train=train.csv,val=val.csv,test=test.csv"])
+    assert res.exit_code == 0, res.output
+    assert "train 16 val 4 test 4 classes 2" in flat(res)
+
+
+def _sweep(tmp_path: Path, root: Path, labels: str) -> Path:
+    sweep = tmp_path / "g.yaml"
+    extra = f", labels: {labels}" if labels else ""
+    sweep.write_text(
+        f"study: g\ntrain:\n  data: {{dataset: folder, path: '{root}', image_size: 20{extra}}}\n"
+        "space:\n  optim.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n"
+    )
+    return sweep
+
+
+def test_validate_shows_the_plan_of_a_prefixed_folder_and_refuses_an_absurd_repeats(tmp_path):
+    root = _flat_prefixed(tmp_path / "gestures")
+    res = runner.invoke(app, ["validate", str(_sweep(tmp_path, root, "prefix"))])
+    assert res.exit_code == 0 and "2 classes (fist, palm)" in flat(res) and "(from data.path)" in flat(res), res.output
+    sweep = tmp_path / "g.yaml"
+    sweep.write_text(sweep.read_text() + "repeats: 1000000\n")
+    res = runner.invoke(app, ["validate", str(sweep)])
+    assert res.exit_code == 1 and "repeats" in flat(res) and "100" in flat(res)

@@ -190,3 +190,24 @@ def test_any_class_name_is_tracked(tmp_path):
     from studyrunner.track.runs import metric_key
 
     assert metric_key("val_acc_猫") == "val_acc_猫"  # letters of any script are kept
+
+
+def test_resuming_with_an_edited_pruner_warns_once_before_trials_run(tmp_path, tiny_train, monkeypatch):
+    from studyrunner.search.objective import StudyEvents
+
+    class Heard(StudyEvents):
+        def __init__(self) -> None:
+            self.notices: list[str] = []
+
+        def notice(self, text: str) -> None:
+            self.notices.append(text)
+
+    monkeypatch.chdir(tmp_path)
+    short = tiny_train.replace("epochs: 3", "epochs: 1")
+    first, again, edited = Heard(), Heard(), Heard()
+    run_study(sweep_spec(tmp_path, short, head="budget: {n_trials: 1}\n"), _opts(tmp_path), first)
+    run_study(sweep_spec(tmp_path, short, head="budget: {n_trials: 2}\n"), _opts(tmp_path), again)
+    head = "budget: {n_trials: 3}\npruner: {name: median, warmup_epochs: 1}\n"
+    run_study(sweep_spec(tmp_path, short, head=head), _opts(tmp_path), edited)
+    assert first.notices == [] and again.notices == []  # a bigger budget is not a change of the search
+    assert len(edited.notices) == 1 and "another pruner than it began with" in edited.notices[0]
