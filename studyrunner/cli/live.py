@@ -48,7 +48,7 @@ class LiveStudy(StudyEvents):
         self.progress.update(self.epoch_task, description=what, completed=done, total=total)
 
     def notice(self, text: str) -> None:
-        self.progress.console.print(f"warning: {text}", highlight=False, style="yellow")
+        self.progress.console.print(f"note: {text}", highlight=False, style="yellow")
 
     def trial_started(self, number: int, params: dict[str, Any]) -> None:
         self.progress.console.print(f"trial {number} started: {_params(params)}", highlight=False)

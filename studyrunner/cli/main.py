@@ -400,8 +400,11 @@ def report(
         folder = out or Path("reports") / story.study
         folder.mkdir(parents=True, exist_ok=True)
         flags = (" --gallery" if gallery else "") + (f" --out {out}" if out else "")
+        data = story.data_command or (
+            "export STUDYRUNNER_DATA_DIR=/path/to/cifar10-jpg   # train/<class>/*.jpg and test/<class>/*.jpg"
+        )
         command = (
-            "export STUDYRUNNER_DATA_DIR=/path/to/cifar10-jpg   # train/<class>/*.jpg and test/<class>/*.jpg\n"
+            f"{data}\n"
             f"studyrunner run {targets[0]} --scale {scale}{store}\n"
             f"studyrunner report {targets[0]} --scale {scale}{store}{flags}"
         )

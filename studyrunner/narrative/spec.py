@@ -97,6 +97,7 @@ class NarrativeSpec(StrictModel):
     steps: list[Step] = Field(min_length=1)
     claims: list[Claim] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)  # where our setup differs from the document's
+    data_command: str = ""  # how to get the study's data (the report's reproduce block starts with it)
     source: str = ""
 
     @field_validator("base", mode="before")
@@ -159,7 +160,7 @@ class NarrativeSpec(StrictModel):
         )
 
 
-_NARRATIVE_ONLY = {"steps", "claims", "scales", "base", "notes", "source_document", "title"}
+_NARRATIVE_ONLY = {"steps", "claims", "scales", "base", "notes", "source_document", "title", "data_command"}
 _SWEEP_ONLY = {"space", "train", "budget", "sampler", "pruner", "max_retries"}
 
 

@@ -3,6 +3,7 @@ from a trial's checkpoint: the model and its resolved config are both in the fil
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,13 +20,15 @@ __all__ = ["prediction_grid"]
 
 
 def prediction_grid(checkpoint: str | Path, out: Path, n: int = 16, data_dir: str | None = None) -> Path:
-    """Predict ``n`` validation images (seeded, stratified) with ``checkpoint`` and save the grid."""
+    """Predict ``n`` validation images (seeded, stratified) with ``checkpoint`` and save the grid;
+    ``data_dir``, when given (``--data-dir``), replaces the data.path the checkpoint was trained on."""
     try:
         blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
         cfg = config_from_dict(blob["config"])
     except Exception as exc:  # missing, truncated, not a pickle, not ours
         raise StudyrunnerError(f"{checkpoint}: not a readable studyrunner checkpoint ({type(exc).__name__}: {exc})") from None
-    splits = load_splits(cfg.data, data_dir)
+    data = dataclasses.replace(cfg.data, path=data_dir) if data_dir else cfg.data
+    splits = load_splits(data)
     val = splits.val or splits.test
     if val is None:
         raise StudyrunnerError(f"{checkpoint}: its data has no validation or test images to show")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from studyrunner.narrative.spec import Verdict
-from studyrunner.report.markdown import is_accuracy, md_table, mean_sd, pct, save_curves
+from studyrunner.report.markdown import CONFUSION_TABLE_CLASSES, confusion_table, is_accuracy, md_table, mean_sd, pct, save_curves
 from studyrunner.report.results import NarrativeResult, StepResult, TrialResult
 from studyrunner.states import TrialState
 
@@ -130,6 +130,13 @@ def _step_section(s: StepResult, out: Path | None, gallery: Callable[[str, Path]
             "Validation images, predicted (true), best run's best checkpoint:",
             "",
             f"![{s.title}: predictions]({s.name}_predictions.png)",
+            "",
+        ]
+    if s.confusion is not None and len(s.confusion["classes"]) <= CONFUSION_TABLE_CLASSES:
+        parts += [
+            f"Validation confusion matrix of its best run (trial {s.confusion['trial']}; rows: true class, columns: predicted):",
+            "",
+            md_table(*confusion_table(s.confusion["classes"], s.confusion["matrix"])),
             "",
         ]
     return parts

@@ -353,6 +353,7 @@ class StepResult:
     runs: list[TrialResult]  # one per seed (complete or not)
     config: dict[str, Any]  # the resolved config of the step at this scale
     checkpoint: str = ""  # best-validation checkpoint of the step's best run, when one was saved
+    confusion: dict[str, Any] | None = None  # its best run's validation confusion matrix (see StudyResult)
 
     def values(self, metric: str) -> list[float]:
         return [v for v in (r.metric(metric) for r in self.runs if r.state == TrialState.COMPLETE) if v is not None]
@@ -378,13 +379,14 @@ def narrative_result(spec: NarrativeSpec, scale: str, storage: str) -> Narrative
     for step in spec.steps:
         study_name = spec.step_study(step, scale)
         runs: list[TrialResult] = []
-        checkpoint = ""
+        checkpoint, confusion = "", None
         if study_name in names:
             study = optuna.load_study(study_name=study_name, storage=storage)
             tracking = study.user_attrs.get("tracking_uri")
             runs = sorted((_trial_result(t, tracking) for t in study.trials), key=lambda r: (r.params.get("seed", 0), r.number))
             best = best_of(study.get_trials(deepcopy=False), _maximize(study))
             checkpoint = "" if best is None else TrialRecord.of(best.user_attrs).checkpoint
+            confusion = _confusion(best, tracking)
         steps.append(
             StepResult(
                 step.name,
@@ -395,6 +397,7 @@ def narrative_result(spec: NarrativeSpec, scale: str, storage: str) -> Narrative
                 runs,
                 config_to_dict(spec.step_config(step, scale)),
                 checkpoint,
+                confusion,
             )
         )
     by_name = {s.name: s for s in steps}

@@ -88,6 +88,7 @@ enqueue:
 """
 
 
+@pytest.mark.long
 def test_a_pretrained_head_against_a_scratch_resnet_is_one_sweep_that_validates_and_runs(tmp_path, monkeypatch):
     """model.head_dropout applies to efficientnet_lite0 only: under its when: condition it is valid,
     although the default model (cifar_alexnet) has none. The pretrained trial trains at 224 px and
