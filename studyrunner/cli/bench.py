@@ -11,16 +11,15 @@ The flag form of the last release (``studyrunner bench --frozen``, ``--trial-ove
 
 from __future__ import annotations
 
-import functools
 import importlib
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from studyrunner.cli.guards import output_folder, positive, user_errors
 from studyrunner.cli.views import console, wrapping_table
 from studyrunner.errors import StudyrunnerError
 
@@ -34,37 +33,6 @@ SHORT_HELP = "Benchmarks: throughput, per-trial overhead, frozen heads, search s
 bench_app = typer.Typer(
     help=HELP, short_help=SHORT_HELP, invoke_without_command=True, add_completion=False, pretty_exceptions_enable=False
 )
-
-# cli/main.py adds this sub-app, so importing its helpers here would be an import cycle: the few
-# this module needs are its own
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _user_errors(fn: F) -> F:
-    """A StudyrunnerError becomes a one-line message and exit code 1 (as in cli/app.py)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except StudyrunnerError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _positive(option: str, value: float) -> None:
-    if not value > 0:
-        raise StudyrunnerError(f"{option} {value:g}: must be > 0")
-
-
-def _output_folder(option: str, path: Path) -> None:
-    """Refuse, before any work, an output folder that is a file or lies under a file."""
-    for p in (path, *path.parents):
-        if p.exists() and not p.is_dir():
-            raise StudyrunnerError(f"{option} {path}: {p} is a file, not a folder")
-
 
 def _log(message: str) -> None:
     console.print(message, highlight=False)
@@ -115,13 +83,13 @@ OutOpt = Annotated[Path, _default("search_report", "out", "Report folder (README
 
 
 @bench_app.command()
-@_user_errors
+@user_errors
 def throughput(images: ImagesOpt, batch_size: BatchOpt, workers: WorkersOpt, data_dir: DataDirOpt = None) -> None:
     """Training images/s: the documents' pipeline (ImageFolder + PIL + DataLoader, fp32) vs the engine."""
     from studyrunner.bench.throughput import run_bench
 
-    _positive("--images", images)
-    _positive("--batch-size", batch_size)
+    positive("--images", images)
+    positive("--batch-size", batch_size)
     _on_machine()
     table = wrapping_table("pipeline", "images/s", "x documents'")
     for name, speed, ratio in run_bench(data_dir, images, batch_size, workers, log=_log):
@@ -130,7 +98,7 @@ def throughput(images: ImagesOpt, batch_size: BatchOpt, workers: WorkersOpt, dat
 
 
 @bench_app.command()
-@_user_errors
+@user_errors
 def overhead(data_dir: DataDirOpt = None) -> None:
     """Per-trial time of a tracked study (SQLite Optuna + SQLite MLflow) spent outside training."""
     from studyrunner.bench.overhead import trial_overhead
@@ -140,18 +108,18 @@ def overhead(data_dir: DataDirOpt = None) -> None:
 
 
 @bench_app.command()
-@_user_errors
+@user_errors
 def frozen(epochs: EpochsOpt, data_dir: DataDirOpt = None) -> None:
     """Seconds per frozen-backbone head trial (EfficientNet-Lite0, 224 px) with and without the feature cache."""
     from studyrunner.bench.frozen import frozen_head
 
-    _positive("--epochs", epochs)
+    positive("--epochs", epochs)
     _on_machine()
     _figures(frozen_head(data_dir, epochs=epochs, log=_log))
 
 
 @bench_app.command()
-@_user_errors
+@user_errors
 def search(
     sweep: Annotated[Path, typer.Argument(help="Sweep YAML whose space the strategies search (e.g. sweeps/search_bench.yaml).")],
     seeds: SeedsOpt,
@@ -162,8 +130,8 @@ def search(
     (a resumable table), then samplers x pruners x stopping rules replayed over several seeds."""
     from studyrunner.bench.search_report import run_search_bench
 
-    _positive("--seeds", seeds)
-    _output_folder("--out", out)
+    positive("--seeds", seeds)
+    output_folder("--out", out)
     _on_machine()
     _figures(run_search_bench(sweep, {}, data_dir, out, seeds=seeds, log=_log))
 
@@ -193,7 +161,7 @@ def _hidden(*decls: str) -> Any:
 
 
 @bench_app.callback()
-@_user_errors
+@user_errors
 def bench(
     ctx: typer.Context,
     data_dir: Annotated[str | None, _hidden("--data-dir")] = None,

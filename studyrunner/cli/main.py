@@ -7,7 +7,6 @@ one place; nothing else is caught.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import signal
 import time
@@ -19,6 +18,7 @@ import typer
 from rich.console import Console
 
 from studyrunner.cli.bench import bench_app
+from studyrunner.cli.guards import output_file, output_folder, positive, user_errors
 from studyrunner.cli.views import EpochTable, cell, console, fmt, percent, progress_bar, validate_one, wrapping_table
 from studyrunner.errors import StudyrunnerError, Terminated, note_signal
 
@@ -53,49 +53,6 @@ def _overrides(set_: list[str] | None, data_dir: str | None) -> dict[str, Any]:
     return overrides
 
 
-def user_errors(fn: F) -> F:
-    """Turn a StudyrunnerError into a clean message and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except StudyrunnerError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _positive(option: str, value: float | None) -> None:
-    """A count, budget or timeout from the command line must be > 0 (and not a boolean)."""
-    if value is not None and not value > 0:
-        raise StudyrunnerError(f"{option} {value:g}: must be > 0")
-
-
-def _output_file(option: str, path: Path | None, create: bool = False) -> None:
-    """Refuse, before any work, an output file that is a folder or lies in a missing folder (or,
-    with ``create``, under a file: a missing folder is then made when the file is written)."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise StudyrunnerError(f"{option} {path}: is a directory; give a file path, e.g. {path / 'result.json'}")
-    if create:
-        _output_folder(option, path.parent)
-        return
-    if not path.parent.is_dir():
-        raise StudyrunnerError(f"{option} {path}: the directory {path.parent} does not exist; create it first")
-
-
-def _output_folder(option: str, path: Path | str | None) -> None:
-    """Refuse, before any work, an output folder that is a file or lies under a file."""
-    if path is None:
-        return
-    for p in (Path(path), *Path(path).parents):
-        if p.exists() and not p.is_dir():
-            raise StudyrunnerError(f"{option} {path}: {p} is a file, not a folder")
-
-
 def _read_storage(storage: str | None) -> str:
     """The Optuna storage of a command that only reads it (ls, show, export, report): it must exist."""
     from studyrunner.stores import check_storage, resolve_storage
@@ -123,8 +80,8 @@ def train(
     from studyrunner.search.trialconfig import trial_config
     from studyrunner.stores import resolve_storage
 
-    _output_file("--json", json_path, create=True)
-    _output_folder("--out", out)
+    output_file("--json", json_path, create=True)
+    output_folder("--out", out)
     overrides = _overrides(set_, data_dir)
     overrides.setdefault("out_dir", out or f"runs/train/{time.strftime('%Y%m%d-%H%M%S')}")
     cfg = trial_config(load_train_config(config, overrides), storage=resolve_storage(None))  # as a trial's, resolved once
@@ -205,8 +162,8 @@ def run(
     """Run (or resume) a sweep's Optuna study, or every step of a narrative study; every trial is
     a nested MLflow run. Every process started on the same --storage is a worker of the study."""
 
-    _positive("--n-trials", n_trials)
-    _positive("--timeout", timeout)
+    positive("--n-trials", n_trials)
+    positive("--timeout", timeout)
     if jobs > 1:
         from studyrunner.cli.workers import run_workers
 
@@ -336,7 +293,7 @@ def export(
         raise StudyrunnerError(f"--format {fmt!r}: allowed {'with --best' if best else 'without --best'}: {', '.join(allowed)}")
     path = out or Path("runs/exports") / (f"{study}-best.yaml" if best else f"{study}.{fmt}")
     if out is not None:
-        _output_file("--out", path)
+        output_file("--out", path)
     loaded = load_study(study, _read_storage(storage))
     path.parent.mkdir(parents=True, exist_ok=True)
     if best:
@@ -383,7 +340,7 @@ def report(
     from studyrunner.report.narrative_md import render_narrative
     from studyrunner.report.results import narrative_result
 
-    _output_folder("--out", out)
+    output_folder("--out", out)
     url = _read_storage(storage)
     store = f" --storage {storage}" if storage else ""
 
@@ -443,7 +400,7 @@ def compare(
 
     if len(studies) < 2:
         raise StudyrunnerError(f"compare needs two or more studies, got {len(studies)}; `studyrunner report` shows one")
-    _output_folder("--out", out)
+    output_folder("--out", out)
     url = _read_storage(storage)
     names, results = _study_results(studies, url)
     if len({r.direction for r in results}) > 1 or len({r.metric for r in results}) > 1:
