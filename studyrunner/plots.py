@@ -127,7 +127,9 @@ def confusion_figure(classes: Sequence[str], matrix: Sequence[Sequence[int]]) ->
     return fig
 
 
-def prediction_figure(images: Sequence[Any], names: Sequence[tuple[str, str]], cols: int = 8) -> Figure:
+def prediction_figure(
+    images: Sequence[Any], names: Sequence[tuple[str, str]], cols: int = 8, title: str = "predicted (true) on validation images"
+) -> Figure:
     """A grid of images (HWC uint8 arrays) titled "predicted (true)", green when right, red when wrong."""
     rows = (len(images) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 2.0 * rows), squeeze=False)
@@ -138,7 +140,7 @@ def prediction_figure(images: Sequence[Any], names: Sequence[tuple[str, str]], c
         ax.imshow(images[i])
         predicted, true = names[i]
         ax.set_title(f"{predicted}\n({true})", fontsize=7, color="green" if predicted == true else "red")
-    fig.suptitle("predicted (true) on validation images", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
 

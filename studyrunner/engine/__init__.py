@@ -22,7 +22,9 @@ if TYPE_CHECKING:
         save,
     )
     from studyrunner.engine.checkpoint import (
+        Checkpoint,
         identity,
+        load_checkpoint,
         save_checkpoint,
         state_path,
     )
@@ -100,6 +102,12 @@ if TYPE_CHECKING:
         build_optimizer,
         head_group,
     )
+    from studyrunner.engine.predict import (
+        Prediction,
+        Predictions,
+        find_images,
+        predict_images,
+    )
     from studyrunner.engine.resolve import (
         is_resolved,
         resolve_config,
@@ -123,6 +131,8 @@ __all__ = [
     "load",
     "save",
     "save_checkpoint",
+    "load_checkpoint",
+    "Checkpoint",
     "state_path",
     "identity",
     "Splits",
@@ -185,6 +195,10 @@ __all__ = [
     "build_optimizer",
     "Schedule",
     "head_group",
+    "Prediction",
+    "Predictions",
+    "find_images",
+    "predict_images",
     "resolve_config",
     "is_resolved",
     "TransferPolicy",
@@ -204,6 +218,8 @@ _HOMES = {
     "load": "cachefile",
     "save": "cachefile",
     "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "Checkpoint": "checkpoint",
     "state_path": "checkpoint",
     "identity": "checkpoint",
     "Splits": "data",
@@ -266,6 +282,10 @@ _HOMES = {
     "build_optimizer": "optim",
     "Schedule": "optim",
     "head_group": "optim",
+    "Prediction": "predict",
+    "Predictions": "predict",
+    "find_images": "predict",
+    "predict_images": "predict",
     "resolve_config": "resolve",
     "is_resolved": "resolve",
     "TransferPolicy": "transfer",

@@ -7,7 +7,7 @@ state stays with the training loop in ``fit.py``, which owns the state it holds.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,9 +17,11 @@ from studyrunner.config import RUNTIME_KEYS, TrainConfig, config_to_dict, flatte
 from studyrunner.files import atomic_write
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from studyrunner.engine.fit import Context, EpochRecord
 
-__all__ = ["save_checkpoint", "state_path", "identity"]
+__all__ = ["save_checkpoint", "load_checkpoint", "Checkpoint", "state_path", "identity"]
 
 
 def save_checkpoint(path: Path, ctx: Context, cfg: TrainConfig, record: EpochRecord, classes: list[str]) -> None:
@@ -45,3 +47,40 @@ def state_path(cfg: TrainConfig) -> Path | None:
 def identity(cfg: TrainConfig) -> dict[str, Any]:
     """What a state file must match to be resumed: the config, less where and how fast it runs."""
     return {k: v for k, v in flatten(config_to_dict(cfg)).items() if k not in RUNTIME_KEYS}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A trained network ready to predict, with exactly the preprocessing it was trained with."""
+
+    model: nn.Module  # in eval mode, on the CPU
+    config: TrainConfig  # the resolved config it was trained with (image size, resize, model)
+    classes: list[str]
+    mean: list[float]  # input normalisation (ImageNet's for pretrained weights, else the data's)
+    std: list[float]
+    epoch: int
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """``best.pt``/``last.pt`` of a studyrunner run, rebuilt: the network named in its config, its
+    weights, its class names and its normalisation; one clear error for anything else."""
+    from studyrunner.config import config_from_dict
+    from studyrunner.engine.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+    from studyrunner.errors import StudyrunnerError
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = config_from_dict(blob["config"])
+        classes = [str(c) for c in blob["classes"]]
+    except Exception as exc:  # missing, truncated, not a pickle, not ours
+        raise StudyrunnerError(f"{path}: not a readable studyrunner checkpoint ({type(exc).__name__}: {exc})") from None
+    imagenet = blob.get("normalisation") == "imagenet"
+    arch = replace(cfg.model, init="imagenet" if imagenet else "scratch")  # an ImageNet stem, when it was trained with one
+    model = build_model(arch, len(classes), cfg.data.image_size)
+    try:
+        model.load_state_dict(blob["model"])
+    except RuntimeError as exc:
+        raise StudyrunnerError(f"{path}: its weights do not fit model {cfg.model.name} ({exc})") from None
+    mean = list(blob.get("mean") or (IMAGENET_MEAN if imagenet else (0.5, 0.5, 0.5)))
+    std = list(blob.get("std") or (IMAGENET_STD if imagenet else (0.5, 0.5, 0.5)))
+    return Checkpoint(model.eval(), cfg, classes, mean, std, int(blob.get("epoch", 0)))
