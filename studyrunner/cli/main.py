@@ -19,8 +19,8 @@ from rich.console import Console
 
 from studyrunner.cli.bench import bench_app
 from studyrunner.cli.guards import output_file, output_folder, positive, user_errors
+from studyrunner.cli.predict import REGISTER_HELP, predict, register
 from studyrunner.cli.predict import SHORT_HELP as PREDICT_HELP
-from studyrunner.cli.predict import predict
 from studyrunner.cli.views import EpochTable, cell, console, fmt, percent, progress_bar, validate_one, wrapping_table
 from studyrunner.errors import StudyrunnerError, Terminated, note_signal
 
@@ -33,6 +33,7 @@ app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 app.command("predict", short_help=PREDICT_HELP)(predict)
+app.command("register", short_help=REGISTER_HELP)(register)
 F = TypeVar("F", bound=Callable[..., Any])
 
 SetOpt = Annotated[

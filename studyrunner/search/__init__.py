@@ -15,6 +15,7 @@ if TYPE_CHECKING:
         best_trial,
         check_budget,
         check_stores,
+        register_study,
         run_study,
     )
     from studyrunner.search.objective import (
@@ -86,6 +87,7 @@ __all__ = [
     "Stop",
     "StudyOutcome",
     "run_study",
+    "register_study",
     "check_stores",
     "check_budget",
     "best_trial",
@@ -143,6 +145,7 @@ _HOMES = {
     "Stop": "driver",
     "StudyOutcome": "driver",
     "run_study": "driver",
+    "register_study": "driver",
     "check_stores": "driver",
     "check_budget": "driver",
     "best_trial": "driver",

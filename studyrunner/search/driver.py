@@ -43,7 +43,17 @@ from studyrunner.track.machine import environment_tags
 if TYPE_CHECKING:
     from studyrunner.track.runs import Tracker
 
-__all__ = ["RunOptions", "Stop", "StudyOutcome", "run_study", "check_stores", "check_budget", "best_trial", "POLL_S"]
+__all__ = [
+    "RunOptions",
+    "Stop",
+    "StudyOutcome",
+    "run_study",
+    "register_study",
+    "check_stores",
+    "check_budget",
+    "best_trial",
+    "POLL_S",
+]
 
 POLL_S = 2.0  # seconds between looks at a study whose last trials run in other workers
 _WORKER_STRIDE = 7919  # seed offset between parallel workers' sampler streams (a prime)
@@ -132,8 +142,38 @@ def run_study(
     done = finished_count(study.get_trials(deepcopy=False)) >= target or stop.kind == StopReason.CONVERGED
     if stop and tracker is not None:
         tracker.update_parent({}, {}, {"stop_reason": stop.text[:5000]})
+    if done and tracker is not None:
+        register_study(study, tracker.uri, events)
     driver.close("FINISHED" if done else "KILLED")
     return StudyOutcome(study, driver.counts(), target, stop, objective.timings)
+
+
+def register_study(study: optuna.Study, tracking_uri: str, events: StudyEvents | None = None) -> tuple[bool, str]:
+    """The best trial's model registered as the study's name with the alias ``best`` (see
+    ``track.registry``); a line that says what happened. A registry that refuses costs no result:
+    the trials and their checkpoints are recorded already, and ``studyrunner register`` retries.
+    Whether it is registered now, and the line."""
+    from studyrunner.engine.checkpoint import load_checkpoint
+    from studyrunner.track.registry import register_best
+
+    best = best_trial(study)
+    record = TrialRecord.of(best.user_attrs) if best is not None else None
+    if best is None or record is None or not record.checkpoint or not record.mlflow_run_id:
+        return False, f"study {study.study_name}: no completed, tracked trial with a checkpoint to register"
+    try:
+        model = load_checkpoint(record.checkpoint)
+        done = register_best(tracking_uri, study.study_name, record.mlflow_run_id, model, best.number)
+    except Exception as exc:  # the registry's failure is reported, never the study's
+        ok = False
+        why = f"{type(exc).__name__}: {exc}"
+        line = f"the best model of {study.study_name} was not registered ({why}); retry: studyrunner register {study.study_name}"
+    else:
+        ok = True
+        how = "registered" if done.new else "already registered"
+        line = f"best model (trial {best.number}) {how} as {done.name} version {done.version}: {done.uri}"
+    if events is not None:
+        events.notice(line)
+    return ok, line
 
 
 def _open_study(

@@ -11,6 +11,12 @@ if TYPE_CHECKING:
         environment_tags,
         machine,
     )
+    from studyrunner.track.registry import (
+        ALIAS,
+        Registered,
+        load_registered,
+        register_best,
+    )
     from studyrunner.track.runs import (
         ROLE,
         STUDY,
@@ -24,6 +30,10 @@ if TYPE_CHECKING:
 __all__ = [
     "machine",
     "environment_tags",
+    "ALIAS",
+    "Registered",
+    "register_best",
+    "load_registered",
     "Tracker",
     "quiet_mlflow",
     "metric_key",
@@ -35,6 +45,10 @@ __all__ = [
 _HOMES = {
     "machine": "machine",
     "environment_tags": "machine",
+    "ALIAS": "registry",
+    "Registered": "registry",
+    "register_best": "registry",
+    "load_registered": "registry",
     "Tracker": "runs",
     "quiet_mlflow": "runs",
     "metric_key": "runs",

@@ -64,6 +64,7 @@ def quiet_mlflow() -> None:
     database tables..." and schema-migration logs, and with a tracking server a "View run ... at"
     and "View experiment at" pair on stdout for every trial. studyrunner prints where to look once."""
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per artifact download
     for name in ("mlflow.store.db.utils", "mlflow.store.db", "alembic", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
