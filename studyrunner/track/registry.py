@@ -101,21 +101,29 @@ def _log_model(client: Any, run_id: str, checkpoint: Checkpoint) -> None:
 
 
 def load_registered(model_uri: str, tracking_uri: str) -> Checkpoint:
-    """A registered model (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``) with its preprocessing."""
-    import mlflow
+    """A registered model (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``) with its preprocessing.
+    Read through a client of ``tracking_uri``: MLflow's global tracking URI (which its
+    ``set_tracking_uri`` also exports to every child process) is left alone."""
     import mlflow.pytorch
     from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+    from mlflow.tracking import MlflowClient
 
     quiet_mlflow()
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    name, _, ref = model_uri.removeprefix("models:/").partition("@")
     try:
-        meta = mlflow.models.get_model_info(model_uri).metadata or {}
-        model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+        if ref:
+            mv = client.get_model_version_by_alias(name, ref)
+        else:
+            name, _, version = name.rpartition("/")
+            mv = client.get_model_version(name, version)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = client.download_artifacts(str(mv.run_id), MODEL_PATH, tmp)
+            meta = Model.load(local).metadata or {}
+            model = mlflow.pytorch.load_model(local, map_location="cpu")
     except MlflowException as exc:
         raise StudyrunnerError(f"{model_uri}: not found in the model registry at {tracking_uri} ({exc.message})") from None
-    finally:
-        mlflow.set_tracking_uri(previous)
     if "classes" not in meta:
         raise StudyrunnerError(f"{model_uri}: not a studyrunner model (no preprocessing metadata)")
     cfg = config_from_dict(meta["config"])

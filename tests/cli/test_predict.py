@@ -2,6 +2,7 @@
 accuracy and confusion matrix it prints, the grid, and its refusals."""
 
 import csv
+import os
 
 from typer.testing import CliRunner
 
@@ -33,8 +34,10 @@ def test_predict_a_studys_best_model_on_class_folders(tmp_path, tiny_train, tiny
 
 
 def test_predict_refuses_what_it_cannot_use(tmp_path):
-    res = runner.invoke(app, ["predict", "models:/s@best", str(tmp_path)])
-    assert res.exit_code == 1 and "model registry" in flat(res)
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    res = runner.invoke(app, ["predict", "models:/s@best", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    assert res.exit_code == 1 and "not found in the model registry" in flat(res)
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before  # later worker processes must not inherit it
     res = runner.invoke(app, ["predict", str(tmp_path / "none.pt"), str(tmp_path)])
     assert res.exit_code == 1 and "not a readable studyrunner checkpoint" in flat(res)
     res = runner.invoke(app, ["predict", "x.pt", str(tmp_path), "--top-k", "0"])

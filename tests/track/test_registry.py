@@ -26,7 +26,7 @@ def test_a_tracked_study_registers_its_best_model_once(tmp_path, tiny_train, tin
     best = best_trial(study)
     assert best is not None and version.run_id == TrialRecord.of(best.user_attrs).mlflow_run_id and int(version.version) == 1
 
-    mlflow.set_tracking_uri(tracking)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)  # for mlflow's own loader; restored after the test
     registered = mlflow.pytorch.load_model("models:/s@best", map_location="cpu").eval()
     checkpoint = load_checkpoint(TrialRecord.of(best.user_attrs).checkpoint)
     meta = mlflow.models.get_model_info("models:/s@best").metadata
