@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         decode_files,
         project_folder,
         read_cifar_batches,
+        relative,
     )
     from studyrunner.engine.effnet import (
         IMAGENET_FILE_NAME,
@@ -147,6 +148,7 @@ __all__ = [
     "check_objective_split",
     "check_data",
     "DataPlan",
+    "relative",
     "DataError",
     "ImageSet",
     "FileSet",
@@ -234,6 +236,7 @@ _HOMES = {
     "check_objective_split": "data",
     "check_data": "data",
     "DataPlan": "data",
+    "relative": "decode",
     "DataError": "decode",
     "ImageSet": "decode",
     "FileSet": "decode",

@@ -29,6 +29,7 @@ from studyrunner.engine import cachefile
 from studyrunner.errors import StudyrunnerError
 
 __all__ = [
+    "relative",
     "DataError",
     "ImageSet",
     "FileSet",
@@ -184,7 +185,7 @@ def sniff_unreadable(files: list[Path], below: int = 256) -> list[tuple[Path, st
 
 def unreadable_message(bad: list[tuple[Path, str]], total: int, root: Path) -> str:
     """All unreadable images in one message: how many, the first few with their reasons, what to do."""
-    named = "; ".join(f"{_relative(p, root)}: {why}" for p, why in bad[:SHOWN])
+    named = "; ".join(f"{relative(p, root)}: {why}" for p, why in bad[:SHOWN])
     more = f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
     lfs = sum(why == LFS_POINTER for _, why in bad)
     hint = f" {lfs} of them are Git LFS pointers: run git lfs pull where the data was cloned." if lfs > 1 else ""
@@ -196,11 +197,12 @@ def unreadable_message(bad: list[tuple[Path, str]], total: int, root: Path) -> s
 
 
 def skipped_note(bad: list[tuple[Path, str]], total: int, root: Path) -> str:
-    names = ", ".join(_relative(p, root) for p, _ in bad[:SHOWN]) + (f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
+    names = ", ".join(relative(p, root) for p, _ in bad[:SHOWN]) + (f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
     return f"data.skip_bad: left out {len(bad)} unreadable image{'s' if len(bad) > 1 else ''} of {total}: {names}"
 
 
-def _relative(path: Path, root: Path) -> str:
+def relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when it lies under it (shorter messages), else as it is."""
     try:
         return str(path.relative_to(root))
     except ValueError:

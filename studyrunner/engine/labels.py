@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 
 from studyrunner.config import ConfigError
-from studyrunner.engine.decode import DataError, FileSet
+from studyrunner.engine.decode import DataError, FileSet, relative
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
 UNREAD_PHOTOS = frozenset({".heic", ".heif"})  # phone photos PIL cannot read: named, not silently dropped
@@ -49,14 +49,6 @@ def shown(items: list[str], n: int = SHOWN) -> str:
 def plural(n: int, word: str) -> str:
     """``1 image``, ``3 images``."""
     return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def relative(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` when it lies under it (shorter messages), else as it is."""
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
 
 
 def skipped_name(name: str) -> bool:
