@@ -145,3 +145,19 @@ def step_result(name: str, values: list[float], gap: float = 0.05) -> StepResult
     """A narrative step whose complete runs end at ``values`` train accuracy."""
     runs = [TrialResult(i, "COMPLETE", v, {"seed": i}, history([v - 0.1, v], gap), v - 0.01) for i, v in enumerate(values)]
     return StepResult(name, f"step {name}", "setup", "claim", {"train_acc": 0.9, "epochs": 50}, runs, {})
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL server of our own on loopback for the whole session (tests.servers.Postgres)."""
+    from tests.servers import Postgres
+
+    server = Postgres()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh, empty database on the session's PostgreSQL server."""
+    return pg_server.database()

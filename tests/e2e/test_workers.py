@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,57 +16,6 @@ from mlflow.tracking import MlflowClient
 from studyrunner.states import trial_state
 
 FAST_HEARTBEAT = {"STUDYRUNNER_HEARTBEAT_S": "1", "STUDYRUNNER_GRACE_S": "4"}
-
-
-def _pg_bin() -> Path | None:
-    found = shutil.which("initdb")
-    candidates = ([found] if found else []) + sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
-    return Path(candidates[0]).parent if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    """A PostgreSQL server of our own on loopback (trust auth), stopped after the module."""
-    pg = _pg_bin()
-    if pg is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL server binaries missing: .ci/run installs the distribution's postgresql package")
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not installed")
-    home = Path(tempfile.mkdtemp(prefix="studyrunner-pg-"))  # outside pytest's root-only tmp tree
-    data = home / "data"
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        home.chmod(0o777)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    subprocess.run(
-        [*as_user, str(pg / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"], check=True, capture_output=True
-    )
-    subprocess.run(
-        [
-            *as_user,
-            str(pg / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(data.parent / "log"),
-            "-w",
-            "start",
-            "-o",
-            f"-p {port} -h 127.0.0.1 -k {data} -c max_connections=200",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-    shutil.rmtree(home, ignore_errors=True)
 
 
 def _sweep(tmp_path: Path, tiny_train: str, n_trials: int, epochs: int = 3, name: str = "w", head: str = "") -> Path:
