@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "check_tracking",
     "connect_timeout",
     "setup_lock",
+    "storage_retry_s",
 ]
 
 
@@ -57,20 +59,21 @@ def open_storage(url: str, max_retries: int = 1) -> optuna.storages.BaseStorage:
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}  # a pooled connection cut by a restart is replaced
     if url.startswith("sqlite"):
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # wait for the lock instead of failing
+        kwargs["engine_kwargs"]["connect_args"] = {"timeout": 60}  # wait for the lock instead of failing
     beat = int(os.environ.get("STUDYRUNNER_HEARTBEAT_S", "10"))  # seconds between a running trial's heartbeats
     grace = int(os.environ.get("STUDYRUNNER_GRACE_S", str(3 * beat)))  # silence after which its worker is dead
     with warnings.catch_warnings():  # heartbeats are marked experimental by Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
+        storage: optuna.storages.RDBStorage = _retrying_rdb()(
             url,
             heartbeat_interval=beat,
             grace_period=grace,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries),
             **kwargs,
         )
+        return storage
 
 
 # --------------------------------------------------------------------------- checks before anything is created
@@ -274,3 +277,68 @@ def setup_lock() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- a storage that outlives a server restart
+
+_NOT_RETRIED = {"get_current_version", "get_head_version", "get_all_versions", "upgrade", "remove_session"}
+# what Optuna's cache layer (_CachedStorage, in front of every RDBStorage) calls besides the public methods
+_CACHE_CALLS = {"_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials", "_get_stale_trial_ids"}
+
+
+def storage_retry_s() -> float:
+    """Seconds a storage call keeps retrying while its database server is unreachable
+    ($STUDYRUNNER_STORAGE_RETRY_S, default 120): a restart or a network blip costs no trial."""
+    return float(os.environ.get("STUDYRUNNER_STORAGE_RETRY_S", "120"))
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what Optuna wrapped in it) says the database connection was lost or
+    refused, as opposed to a statement the database rejected."""
+    import sqlalchemy.exc as sa
+
+    seen: BaseException | None = exc
+    for _ in range(4):  # Optuna's StorageInternalError wraps SQLAlchemy's error, which wraps the driver's
+        if seen is None:
+            return False
+        if isinstance(seen, sa.DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _retried(method: Any) -> Any:
+    import functools
+    import time
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        deadline, pause = time.monotonic() + storage_retry_s(), 0.25
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                if not _lost_connection(exc) or time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)  # the pool's pre-ping replaces the dead connection on the next checkout
+                pause = min(pause * 2, 5.0)
+
+    return call
+
+
+@cache
+def _retrying_rdb() -> type:
+    """Optuna's RDBStorage whose every storage call (heartbeats too: Optuna's heartbeat thread
+    stops at its first error) is retried while the database server is unreachable. Without it, a
+    PostgreSQL restart fails the running trial with Optuna's "An exception is raised during the
+    commit ... e.g. exceeding max length"."""
+    import inspect
+
+    import optuna
+
+    members = inspect.getmembers(optuna.storages.RDBStorage, inspect.isfunction)
+    names = [n for n, _ in members if not n.startswith("_") or n in _CACHE_CALLS]
+    body = {n: _retried(getattr(optuna.storages.RDBStorage, n)) for n in names if n not in _NOT_RETRIED}
+    return type("RetryingRDBStorage", (optuna.storages.RDBStorage,), body)
