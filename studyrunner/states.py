@@ -189,6 +189,7 @@ class TrialRecord:
     worker: str = ""  # host:pid of the process that ran it
     mlflow_run_id: str = ""
     origin: int | None = None  # the first attempt's number (a retry continues its checkpoint folder)
+    resumed_from_epoch: int | None = None  # a retry that continued an earlier attempt's saved state: after this epoch
     retry: int = 0  # how many times these parameters were retried before
     retry_of: int | None = None  # the attempt this one retries
     checkpoint: str = ""  # best-validation checkpoint file ("" when none was written)

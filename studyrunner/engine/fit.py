@@ -84,6 +84,7 @@ class FitResult:
     classes: list[str] = field(default_factory=list)
     val_confusion: list[list[int]] = field(default_factory=list)  # [true][predicted], best weights, val set
     notes: list[str] = field(default_factory=list)  # how it ran: feature cache, data placement
+    resumed_from: int = 0  # the epochs restored from a resume state (0: trained from the start)
 
     @property
     def per_class_val_acc(self) -> dict[str, float]:
@@ -449,7 +450,7 @@ def fit(
     training loss ends the run with outcome ``diverged`` instead of an exception.
     """
     training = _start(cfg, splits)
-    done = _resume(training, on_epoch) if resume else 0
+    done = training.result.resumed_from = _resume(training, on_epoch) if resume else 0
     chance = math.log(max(2, len(splits.classes)))  # the loss of a uniform guess
     for epoch in range(done + 1, cfg.epochs + 1):
         record = _epoch(training, epoch, on_batch)

@@ -10,7 +10,9 @@ import optuna
 
 from studyrunner.config import config_to_dict
 from studyrunner.errors import StudyrunnerError
+from studyrunner.search.trialconfig import local_checkpoint
 from studyrunner.states import TrialRecord, TrialState, best_of, count_states, first_value, trial_state
+from studyrunner.stores import open_storage
 from studyrunner.track.history import read_history
 
 if TYPE_CHECKING:
@@ -62,7 +64,7 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
     cfg = apply_overrides(config_from_dict(stored), {k: decode(v) for k, v in best.params.items()})
     data_path = cfg.data.path or str(study.user_attrs.get("data_root", ""))  # the root the trials read
     flat = {**flatten(config_to_dict(cfg)), **_PORTABLE, "data.path": data_path}
-    checkpoint = TrialRecord.of(best.user_attrs).checkpoint
+    checkpoint = local_checkpoint(best, study.user_attrs.get("tracking_uri", "")) or TrialRecord.of(best.user_attrs).checkpoint
     config = config_to_dict(config_from_dict(flat))
     return {"trial": best.number, "value": first_value(best), "config": config, "checkpoint": checkpoint}
 
@@ -82,7 +84,7 @@ def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def list_studies(storage: str) -> list[StudyRow]:
     """One row per study in ``storage``: trials by state and the best trial."""
     rows = []
-    store = optuna.storages.get_storage(storage)  # one connection and schema check for every study (0.4 s each)
+    store = optuna.storages.get_storage(open_storage(storage))  # one connection and schema check for every study (0.4 s each)
     for s in optuna.get_all_study_summaries(store, include_best_trial=False):
         if s.study_name.endswith(".pruning"):  # a multi-objective study's pruning mirror, not a study of its own
             continue
@@ -105,10 +107,11 @@ def list_studies(storage: str) -> list[StudyRow]:
 
 
 def load_study(name: str, storage: str) -> optuna.Study:
+    store = open_storage(storage)  # a database URL, journal:PATH or a grpc:// storage proxy
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        return optuna.load_study(study_name=name, storage=store)
     except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
         raise StudyrunnerError(f"no study named {name!r} in {storage}; studies there: {', '.join(names) or 'none'}") from None
 
 
@@ -272,7 +275,7 @@ def study_result(study: optuna.Study) -> StudyResult:
     tracking = study.user_attrs.get("tracking_uri")
     trials = [_trial_result(t, tracking) for t in study.get_trials(deepcopy=False)]
     best = best_of(study.get_trials(deepcopy=False), _maximize(study))
-    checkpoint = "" if best is None else TrialRecord.of(best.user_attrs).checkpoint
+    checkpoint = "" if best is None else local_checkpoint(best, tracking or "")
     targets = sweep.get("objectives") or [sweep.get("objective", {})]
     objectives = [(o.get("metric", "value"), d.name.lower()) for o, d in zip(targets, study.directions, strict=False)]
     return StudyResult(
@@ -375,17 +378,18 @@ class NarrativeResult:
 def narrative_result(spec: NarrativeSpec, scale: str, storage: str) -> NarrativeResult:
     """The stored runs of every step of a narrative study, and a verdict per claim."""
     steps: list[StepResult] = []
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    store = optuna.storages.get_storage(open_storage(storage))  # one connection for every step's study
+    names = {s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
     for step in spec.steps:
         study_name = spec.step_study(step, scale)
         runs: list[TrialResult] = []
         checkpoint, confusion = "", None
         if study_name in names:
-            study = optuna.load_study(study_name=study_name, storage=storage)
+            study = optuna.load_study(study_name=study_name, storage=store)
             tracking = study.user_attrs.get("tracking_uri")
             runs = sorted((_trial_result(t, tracking) for t in study.trials), key=lambda r: (r.params.get("seed", 0), r.number))
             best = best_of(study.get_trials(deepcopy=False), _maximize(study))
-            checkpoint = "" if best is None else TrialRecord.of(best.user_attrs).checkpoint
+            checkpoint = "" if best is None else local_checkpoint(best, tracking or "")
             confusion = _confusion(best, tracking)
         steps.append(
             StepResult(

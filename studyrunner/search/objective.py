@@ -33,6 +33,7 @@ from studyrunner.search.stopping import no_learning
 from studyrunner.search.trialconfig import trial_config
 from studyrunner.states import OPTUNA_FINISHED, Outcome, TrialRecord
 from studyrunner.track.history import write_history
+from studyrunner.track.trialfiles import trial_folder
 
 if TYPE_CHECKING:
     from studyrunner.track.runs import Tracker
@@ -109,6 +110,8 @@ class _Attempt:
     shadow: optuna.Trial | None = None  # multi-objective: the pruning study's trial that mirrors this one
     records: list[EpochRecord] = field(default_factory=list)  # first seed's epochs seen so far (pruned trials too)
     retry: bool = False  # a retry of an earlier attempt: continue from its saved state
+    origin: int = 0  # the first attempt's number: the trial's files are in its folder, its runs tagged with it
+    delivered: bool = False  # history written, files uploaded, tracking calls flushed
 
     @property
     def history(self) -> list[EpochRecord]:
@@ -146,6 +149,7 @@ class Objective:
         self.storage_url = storage_url  # where model.init=study:NAME finds the earlier study
         self.direction = spec.objective.resolved_direction
         self.timings = {"fit_s": 0.0, "epoch_logging_s": 0.0}  # seconds spent training and logging epochs, all trials
+        self.extra_tags: dict[str, str] = {}  # more tags for every trial run: where an executor placed it (Ray)
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         if self.target is not None and _surplus(trial, self.target):
@@ -156,15 +160,22 @@ class Objective:
         self.events.trial_started(attempt.number, sampled)
         if self.tracker is not None:
             tags = {
+                "origin": str(attempt.origin),
                 "seed": str(attempt.cfg.seed),
                 "device": attempt.cfg.device,
                 "precision": attempt.cfg.precision,
                 "repeats": str(self.spec.repeats),
+                **self.extra_tags,
             }
             attempt.run_id = self.tracker.start_trial(attempt.number, attempt.cfg, sampled, tags, splits.classes)
             TrialRecord.write(trial, mlflow_run_id=attempt.run_id)
         try:
-            return self._train(trial, attempt, splits)
+            self._fetch(attempt)
+            value = self._train(trial, attempt, splits)
+            undelivered = self._deliver(attempt)
+            if undelivered:  # the values stay in the trial's folder; the retry resumes there and logs again
+                raise StudyrunnerError(f"the tracking store did not take the trial's metrics and files: {undelivered}")
+            return value
         except optuna.TrialPruned as exc:
             attempt.outcome = Outcome.DIVERGED if attempt.outcome == Outcome.DIVERGED else Outcome.PRUNED
             attempt.reason = attempt.reason or str(exc) or "pruned"
@@ -188,7 +199,8 @@ class Objective:
         try:
             sampled = suggest(trial, self.spec, self.base)
             attempt = _Attempt(getattr(trial, "number", 0), self._trial_config(trial, sampled))
-            attempt.retry = _record_of(trial).first_attempt(attempt.number) != attempt.number
+            attempt.origin = _record_of(trial).first_attempt(attempt.number)
+            attempt.retry = attempt.origin != attempt.number
             return attempt, self.data(attempt.cfg.data), sampled
         except Exception as exc:
             if not _record_of(trial).fail_reason:
@@ -205,7 +217,7 @@ class Objective:
         origin = _record_of(trial).first_attempt(number)  # a retry continues its first attempt's folder
         if origin == number:
             TrialRecord.write(trial, origin=number)
-        folder = str(Path("runs/checkpoints").resolve() / self.spec.study / f"trial-{origin}")
+        folder = str(trial_folder(self.spec.study, origin))
         try:
             cfg = trial_config(self.base, sampled, out_dir=folder, storage=self.storage_url)
         except StudyrunnerError as exc:  # e.g. a sampled optim.lr below a fixed sched.min_lr: the same every time
@@ -229,6 +241,8 @@ class Objective:
             finally:  # pruned runs end in an exception: their training time counts all the same
                 self.timings["fit_s"] += time.perf_counter() - start
             attempt.results.append(result)
+            if r == 0 and attempt.retry:
+                self._resumed(trial, attempt, result.resumed_from)
             if result.outcome == "diverged":
                 attempt.outcome, attempt.reason = Outcome.DIVERGED, result.reason
                 raise optuna.TrialPruned(result.reason)
@@ -269,6 +283,7 @@ class Objective:
             if attempt.run_id and self.tracker:
                 start = time.perf_counter()
                 self.tracker.log_epoch(attempt.run_id, record, prefix="" if repeat == 0 else f"seed{repeat}_")
+                self.tracker.upload(attempt.run_id, attempt.cfg.out_dir)  # this epoch's checkpoint and resume state
                 self.timings["epoch_logging_s"] += time.perf_counter() - start
             self.events.epoch_done(attempt.number, record, attempt.cfg.epochs)
             if repeat:
@@ -286,6 +301,33 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned after epoch {record.epoch} ({metric} {value:.4f})")
 
         return on_epoch
+
+    def _fetch(self, attempt: _Attempt) -> None:
+        """A retry on a machine without the trial's files: the newest uploaded resume state first."""
+        if not (attempt.retry and self.tracker is not None and attempt.cfg.out_dir):
+            return
+        source, count = self.tracker.fetch_state(attempt.origin, attempt.cfg.out_dir)
+        if source:
+            self.events.notice(f"trial {attempt.number}: fetched {count} files of trial {attempt.origin} from run {source}")
+
+    def _resumed(self, trial: optuna.Trial, attempt: _Attempt, epochs: int) -> None:
+        """Where a retry continued: user attribute and tag ``resumed_from_epoch`` (0: from the start)."""
+        TrialRecord.write(trial, resumed_from_epoch=epochs)
+        if attempt.run_id and self.tracker is not None:
+            self.tracker.set_tags(attempt.run_id, {"resumed_from_epoch": str(epochs)})
+
+    def _deliver(self, attempt: _Attempt) -> str:
+        """The history beside the checkpoints, then the trial's files uploaded and its queued
+        tracking calls made: "" when all arrived (or nothing is tracked), else what did not."""
+        if attempt.delivered:
+            return ""
+        attempt.delivered = True
+        if attempt.history:
+            write_history(Path(attempt.cfg.out_dir), [asdict(r) for r in attempt.history])
+        if attempt.run_id is None or self.tracker is None:
+            return ""
+        self.tracker.upload(attempt.run_id, attempt.cfg.out_dir)
+        return self.tracker.flush(attempt.run_id)
 
     def _settle(self, attempt: _Attempt) -> None:
         """The pruning study's mirror told; a finished trial's state files removed (nothing to resume)."""
@@ -305,8 +347,8 @@ class Objective:
             TrialRecord.write(trial, reason=attempt.reason)
         elif attempt.outcome != Outcome.COMPLETED:
             TrialRecord.write(trial, fail_reason=attempt.reason[:2000])
-        if attempt.history:  # pruned, diverged and failed curves are kept too, beside the checkpoint (and in MLflow)
-            write_history(Path(attempt.cfg.out_dir), [asdict(r) for r in attempt.history])
+        self._deliver(attempt)  # pruned, diverged and failed curves are kept too, beside the checkpoint and in MLflow
+        if attempt.history:
             last = attempt.history[-1]
             TrialRecord.write(
                 trial, epochs=len(attempt.history), final_train_acc=last.train_acc, final_val_acc=last.val_acc

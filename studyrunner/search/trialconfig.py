@@ -19,8 +19,9 @@ from studyrunner.config import TrainConfig, apply_overrides
 from studyrunner.engine.resolve import resolve_config
 from studyrunner.errors import StudyrunnerError
 from studyrunner.states import TrialRecord, best_of
+from studyrunner.stores import open_storage
 
-__all__ = ["trial_config", "best_checkpoint", "STUDY_INIT"]
+__all__ = ["trial_config", "best_checkpoint", "local_checkpoint", "STUDY_INIT"]
 
 STUDY_INIT = "study:"  # model.init prefix: start from the best checkpoint of an earlier study
 
@@ -43,15 +44,29 @@ def trial_config(
 def best_checkpoint(study_name: str, storage: str) -> str:
     """The best-validation checkpoint of ``study_name``'s best trial (for model.init=study:NAME)."""
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage))  # a URL or grpc:// proxy
     except KeyError:
         raise StudyrunnerError(f"model.init=study:{study_name}: no study named {study_name!r} in {storage}") from None
     best = best_of(study.get_trials(deepcopy=False), study.directions[0] == optuna.study.StudyDirection.MAXIMIZE)
     if best is None:
         raise StudyrunnerError(f"model.init=study:{study_name}: the study has no completed trial yet")
-    path = TrialRecord.of(best.user_attrs).checkpoint
-    if not path or not Path(path).is_file():
+    path = local_checkpoint(best, study.user_attrs.get("tracking_uri", ""))
+    if not path:
+        path = TrialRecord.of(best.user_attrs).checkpoint
         raise StudyrunnerError(
             f"model.init=study:{study_name}: best trial {best.number} has no checkpoint file ({path or 'none recorded'})"
         )
     return str(path)
+
+
+def local_checkpoint(trial: optuna.trial.FrozenTrial, tracking_uri: str = "") -> str:
+    """The trial's best-validation checkpoint as a file here: where it was written, else fetched
+    from its MLflow run's artifacts (a trial that ran on another machine); "" when neither has it."""
+    record = TrialRecord.of(trial.user_attrs)
+    if record.checkpoint and Path(record.checkpoint).is_file():
+        return record.checkpoint
+    if not (tracking_uri and record.mlflow_run_id and record.checkpoint):
+        return ""
+    from studyrunner.track.trialfiles import fetch_checkpoint
+
+    return fetch_checkpoint(tracking_uri, record.mlflow_run_id, Path(record.checkpoint).name)

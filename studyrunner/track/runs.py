@@ -14,7 +14,7 @@ import re
 import statistics
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ from studyrunner import plots
 from studyrunner.config import TrainConfig, config_to_dict, flatten
 from studyrunner.extras import available
 from studyrunner.states import DEAD_WORKER_STATUS, TrialState
+from studyrunner.track.trialfiles import ARTIFACT_DIR, TRIAL_FILES, Outbox, fetch_state
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -161,6 +162,8 @@ class Tracker:
         self.experiment_id = self._experiment()
         self.parent_id = self._parent()
         self._monitors: dict[str, Any] = {}  # trial run id -> its system-metrics monitor
+        self._outbox: Outbox | None = None
+        self._sent: dict[tuple[str, str], tuple[int, int]] = {}  # (run, file) -> (mtime_ns, size) last queued
 
     def _experiment(self) -> str:
         """The study's experiment; two workers creating it at once both end up with the same one."""
@@ -220,6 +223,7 @@ class Tracker:
                 STUDY: self.study,
                 "trial_number": str(number),
                 "state": "RUNNING",
+                **({"cuda_visible_devices": os.environ["CUDA_VISIBLE_DEVICES"]} if "CUDA_VISIBLE_DEVICES" in os.environ else {}),
                 **self.tags,
                 **tags,
                 **({"classes": ", ".join(classes)[:5000]} if classes else {}),
@@ -260,8 +264,14 @@ class Tracker:
         if monitor is not None:
             monitor.finish()
 
+    @property
+    def outbox(self) -> Outbox:
+        if self._outbox is None:
+            self._outbox = Outbox()
+        return self._outbox
+
     def log_epoch(self, run_id: str, record: EpochRecord, prefix: str = "") -> None:
-        """One epoch's metrics in one call, step = epoch."""
+        """One epoch's metrics in one call, step = epoch, made by the outbox's thread."""
         from mlflow.entities import Metric
 
         ts, step = _ms(), record.epoch
@@ -270,7 +280,43 @@ class Tracker:
             for k, v in asdict(record).items()
             if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v)
         ]
-        self.client.log_batch(run_id, metrics=metrics, synchronous=True)
+        self.outbox.put(run_id, lambda: self.client.log_batch(run_id, metrics=metrics, synchronous=True))
+
+    def upload(self, run_id: str, folder: str | Path, names: Sequence[str] | None = None) -> None:
+        """Queue the upload of the trial's files in ``folder`` that changed since they were last
+        queued (``names``, default every checkpoint, resume state and history file there) to the
+        run's ``checkpoint/`` artifacts."""
+        here = Path(folder)
+        found = [here / n for n in (names if names is not None else TRIAL_FILES)]
+        if names is None:
+            found += sorted(here.glob("state-seed*.pt"))
+        for path in found:
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            key, stamp = (run_id, path.name), (st.st_mtime_ns, st.st_size)
+            if self._sent.get(key) == stamp:
+                continue
+            self._sent[key] = stamp
+            self.outbox.put(run_id, self._uploader(run_id, str(path)), key=path.name)
+
+    def _uploader(self, run_id: str, path: str) -> Callable[[], None]:
+        return lambda: self.client.log_artifact(run_id, path, ARTIFACT_DIR)
+
+    def flush(self, run_id: str) -> str:
+        """Wait for the run's queued metrics and uploads: "" when all were delivered, else why not."""
+        return self.outbox.flush(run_id) if self._outbox is not None else ""
+
+    def fetch_state(self, origin: int, folder: str | Path) -> tuple[str, int]:
+        """An earlier attempt's uploaded resume state and checkpoints, into ``folder`` when it has
+        none of its own (``trialfiles.fetch_state``)."""
+        return fetch_state(self.client, self.experiment_id, self.study, origin, Path(folder))
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.outbox.put(run_id, lambda: self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
 
     def end_trial(
         self,
@@ -281,9 +327,13 @@ class Tracker:
         result: FitResult | None,
         history: Sequence[EpochRecord],
     ) -> None:
-        """Final metrics, state tag, learning-curve PNG, confusion matrix, and the run's terminal status."""
+        """Final metrics, state tag, learning-curve PNG, confusion matrix, and the run's terminal
+        status, after the queued epochs and uploads (an undelivered one is named in the reason)."""
         from mlflow.entities import Metric, RunTag
 
+        undelivered = self.flush(run_id)
+        if undelivered:
+            reason = f"{reason}; not all of the run's metrics and files reached the tracking store ({undelivered})".lstrip("; ")
         ts = _ms()
         keys: dict[str, int] = {}  # two names that clean to the same key get _2, _3, ...
         final = []
@@ -334,6 +384,8 @@ class Tracker:
         )
 
     def close(self, status: str = "FINISHED") -> None:
+        if self._outbox is not None:
+            self._outbox.flush("")
         for run_id in list(self._monitors):
             self._unwatch(run_id)
         self.client.set_terminated(self.parent_id, status)
