@@ -99,12 +99,15 @@ def throughput(images: ImagesOpt, batch_size: BatchOpt, workers: WorkersOpt, dat
 
 @bench_app.command()
 @user_errors
-def overhead(data_dir: DataDirOpt = None) -> None:
-    """Per-trial time of a tracked study (SQLite Optuna + SQLite MLflow) spent outside training."""
+def overhead(
+    data_dir: DataDirOpt = None,
+    server: Annotated[bool, typer.Option("--server", help="Track to a local mlflow server --serve-artifacts.")] = False,
+) -> None:
+    """Per-trial time of a tracked study (SQLite Optuna + SQLite MLflow, or --server) spent outside training."""
     from studyrunner.bench.overhead import trial_overhead
 
     _on_machine()
-    _figures(trial_overhead(data_dir, log=_log))
+    _figures(trial_overhead(data_dir, log=_log, server=server))
 
 
 @bench_app.command()
@@ -134,6 +137,31 @@ def search(
     output_folder("--out", out)
     _on_machine()
     _figures(run_search_bench(sweep, {}, data_dir, out, seeds=seeds, log=_log))
+
+
+@bench_app.command()
+@user_errors
+def storage(
+    url: Annotated[str, typer.Argument(help="PostgreSQL URL of a database for the benchmark (it adds one study per run).")],
+    workers: Annotated[str, _default("storage", "workers", "Simulated workers per run, comma-separated.")],
+    processes: Annotated[int, _default("storage", "processes", "Spawned processes the worker threads are spread over.")],
+    seed_trials: Annotated[int, _default("storage", "seed_trials", "Finished trials in each run's study before it starts.")],
+    duration_s: Annotated[float, _default("storage", "duration_s", "Measured seconds per mode and worker count.")],
+    cycles: Annotated[int | None, typer.Option(help="Cycles per worker instead of a duration (ask, 10 reports, tell).")] = None,
+) -> None:
+    """Many workers on one study: straight on PostgreSQL against through the gRPC storage proxy
+    (started here): cycles/s, ask latency, errors and the server's peak connections."""
+    from studyrunner.bench.storage import parse_workers, storage_bench, storage_ratios
+
+    counts = parse_workers(workers)
+    for flag, value in (("--processes", processes), ("--duration-s", duration_s), ("--cycles", cycles)):
+        positive(flag, value)
+    if seed_trials < 0:
+        raise StudyrunnerError(f"--seed-trials {seed_trials}: must be >= 0")
+    rows = storage_bench(url, counts, processes, seed_trials, duration_s, cycles or 0, log=_log)
+    for line in storage_ratios(rows):
+        _log(line)
+    _on_machine()
 
 
 def _refuse_options_before(ctx: typer.Context, sub: str) -> None:

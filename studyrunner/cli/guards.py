@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from studyrunner.cli.views import console
 from studyrunner.errors import StudyrunnerError
@@ -26,7 +27,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except StudyrunnerError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)  # ".[ray]" stays
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

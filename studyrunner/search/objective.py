@@ -148,7 +148,9 @@ class Objective:
         self.events = events or StudyEvents()
         self.storage_url = storage_url  # where model.init=study:NAME finds the earlier study
         self.direction = spec.objective.resolved_direction
-        self.timings = {"fit_s": 0.0, "epoch_logging_s": 0.0}  # seconds spent training and logging epochs, all trials
+        # seconds, all trials: training, queueing each epoch's metrics and files, waiting for the last uploads at a trial's
+        # end, and what the outbox thread spent delivering them in the background
+        self.timings = {"fit_s": 0.0, "epoch_logging_s": 0.0, "upload_wait_s": 0.0, "outbox_busy_s": 0.0}
         self.extra_tags: dict[str, str] = {}  # more tags for every trial run: where an executor placed it (Ray)
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
@@ -326,8 +328,12 @@ class Objective:
             write_history(Path(attempt.cfg.out_dir), [asdict(r) for r in attempt.history])
         if attempt.run_id is None or self.tracker is None:
             return ""
+        start = time.perf_counter()
         self.tracker.upload(attempt.run_id, attempt.cfg.out_dir)
-        return self.tracker.flush(attempt.run_id)
+        undelivered = self.tracker.flush(attempt.run_id)
+        self.timings["upload_wait_s"] += time.perf_counter() - start  # what the trial waited for at its end
+        self.timings["outbox_busy_s"] = self.tracker.outbox.busy_s  # all the uploads and metrics took, off the loop
+        return undelivered
 
     def _settle(self, attempt: _Attempt) -> None:
         """The pruning study's mirror told; a finished trial's state files removed (nothing to resume)."""

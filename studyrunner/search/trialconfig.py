@@ -46,15 +46,15 @@ def best_checkpoint(study_name: str, storage: str) -> str:
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage))  # a URL or grpc:// proxy
     except KeyError:
-        raise StudyrunnerError(f"model.init=study:{study_name}: no study named {study_name!r} in {storage}") from None
+        raise StudyrunnerError(f"study:{study_name}: no study named {study_name!r} in {storage}") from None
     best = best_of(study.get_trials(deepcopy=False), study.directions[0] == optuna.study.StudyDirection.MAXIMIZE)
     if best is None:
-        raise StudyrunnerError(f"model.init=study:{study_name}: the study has no completed trial yet")
+        raise StudyrunnerError(f"study:{study_name}: the study has no completed trial yet")
     path = local_checkpoint(best, study.user_attrs.get("tracking_uri", ""))
     if not path:
         path = TrialRecord.of(best.user_attrs).checkpoint
         raise StudyrunnerError(
-            f"model.init=study:{study_name}: best trial {best.number} has no checkpoint file ({path or 'none recorded'})"
+            f"study:{study_name}: best trial {best.number} has no checkpoint file ({path or 'none recorded'})"
         )
     return str(path)
 

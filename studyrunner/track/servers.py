@@ -8,6 +8,7 @@ never uses, and cost a process and ~300 MB each). Its link opens the "Model trai
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,8 +16,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from studyrunner.errors import StudyrunnerError
 from studyrunner.extras import available
@@ -55,6 +57,11 @@ def optuna_dashboard(storage: str, host: str, port: int) -> Server:
         raise StudyrunnerError("--dashboard needs optuna-dashboard: pip install optuna-dashboard")
     base = f"http://{host}:{port}"
     code = "import sys; from optuna_dashboard._cli import main; sys.exit(main())"
+    if storage.startswith("grpc:"):  # optuna-dashboard's command line takes database URLs only: give it the proxy's client
+        code = (
+            "import sys; from optuna_dashboard import run_server; from studyrunner.stores import open_storage; "
+            "run_server(open_storage(sys.argv[1]), host=sys.argv[3], port=int(sys.argv[5]))"
+        )
     command = [sys.executable, "-c", code, storage, "--host", host, "--port", str(port), "--quiet"]
     command += ["--server", "wsgiref"]  # one process; gunicorn, when installed, would add a master and a worker
     return Server("optuna-dashboard", command, dict(os.environ), f"{base}/api/meta", f"{base}/dashboard/", storage)
@@ -110,3 +117,24 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextlib.contextmanager
+def artifact_server(root: Path, host: str = "127.0.0.1", ready_s: float = 120.0) -> Iterator[str]:
+    """A throw-away ``mlflow server --serve-artifacts`` (SQLite backend and artifact folder under
+    ``root``) for a benchmark: its URL while the block runs, stopped after."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port = int(sock.getsockname()[1])
+    base = f"http://{host}:{port}"
+    command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")]
+    server = Server("mlflow server", [*command, "--serve-artifacts"], dict(os.environ), f"{base}/health", base, str(root))
+    proc = subprocess.Popen(server.command, env=server.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_ready(server, proc, ready_s)
+        yield base
+    finally:
+        _stop([proc])

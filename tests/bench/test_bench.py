@@ -30,6 +30,20 @@ def test_trial_overhead_separates_training_from_the_rest(tmp_path, monkeypatch):
     f = trial_overhead(str(root), trials=2, epochs=2, subset=40, log=lambda m: None)
     assert 0 < f["training_s"] < f["total_s"] and f["setup_once_s"] > 0
     assert f["overhead_per_trial_s"] > 0 and f["share_of_1min_trial"] == f["overhead_per_trial_s"] / 60
+    # each trial's files reached the artifact store: best.pt, last.pt, history.json (the resume state too)
+    assert f["uploaded_mb_per_trial"] > 0 and f["outbox_background_per_trial_s"] > 0
+    assert 0 < f["upload_wait_per_trial_s"] < f["overhead_per_trial_s"]
+
+
+@pytest.mark.long
+def test_trial_overhead_through_a_real_artifact_server(tmp_path, monkeypatch):
+    from studyrunner.bench.overhead import trial_overhead
+
+    monkeypatch.setenv("STUDYRUNNER_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_folder(tmp_path / "c", classes=3, per_class=20, split="train", sizes=((32, 32),))
+    make_folder(root, classes=3, per_class=2, split="test", sizes=((32, 32),))
+    f = trial_overhead(str(root), trials=2, epochs=2, subset=40, log=lambda m: None, server=True)
+    assert f["uploaded_mb_per_trial"] > 0 and 0 < f["upload_wait_per_trial_s"] < f["overhead_per_trial_s"]
 
 
 # --------------------------------------------------------------------------- the `bench` sub-app
