@@ -302,7 +302,15 @@ class Tracker:
             self.outbox.put(run_id, self._uploader(run_id, str(path)), key=path.name)
 
     def _uploader(self, run_id: str, path: str) -> Callable[[], None]:
-        return lambda: self.client.log_artifact(run_id, path, ARTIFACT_DIR)
+        def upload() -> None:
+            try:
+                self.client.log_artifact(run_id, path, ARTIFACT_DIR)
+            except Exception:
+                if os.path.exists(path):
+                    raise  # retried by the outbox
+                # else the trial removed it meanwhile (a finished trial's resume state): nothing to deliver
+
+        return upload
 
     def flush(self, run_id: str) -> str:
         """Wait for the run's queued metrics and uploads: "" when all were delivered, else why not."""
