@@ -9,7 +9,7 @@ DATA     ?= .data
 export STUDYRUNNER_DATA_DIR  ?= $(abspath $(DATA))/cifar10-jpg
 export STUDYRUNNER_CACHE_DIR ?= $(abspath $(DATA))/cache
 
-.PHONY: install data run train test test-all lint bench clean
+.PHONY: install data run train test test-all lint bench clean gpu-wheels gpu-install gpu-check
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -50,6 +50,31 @@ lint: install
 
 bench: install data
 	$(BIN)/studyrunner bench throughput
+
+# The GPU check (scripts/gpu_check.py, one line per figure, under 6 minutes): `make gpu-wheels` where the
+# package registry is reachable (the wheels of studyrunner's runtime dependencies, pinned to this .venv's
+# versions, into $(WHEELS)); copy the tree with $(WHEELS) and the data to the CUDA machine; there
+# `make gpu-check` installs offline from $(WHEELS) (unless .venv is installed already) and runs it.
+# Another Python or platform: WHEEL_FLAGS="--python-version 3.12 --platform manylinux_2_28_x86_64 --only-binary=:all:".
+WHEELS      ?= $(DATA)/wheels
+WHEEL_FLAGS ?=
+gpu-wheels: install
+	mkdir -p $(WHEELS)
+	$(BIN)/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+	    > $(WHEELS)/requirements.txt
+	$(BIN)/pip freeze --exclude-editable > $(WHEELS)/constraints.txt
+	$(BIN)/pip download --quiet -d $(WHEELS) $(WHEEL_FLAGS) -r $(WHEELS)/requirements.txt -c $(WHEELS)/constraints.txt "setuptools>=64"
+	@echo "wheels in $(WHEELS) ($$(du -sh $(WHEELS) | cut -f1)); on the GPU machine: make gpu-check"
+
+gpu-install:
+	@test -f $(WHEELS)/requirements.txt || { echo "no wheels in $(WHEELS): run \`make gpu-wheels\` where the registry is reachable"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --no-index --find-links $(WHEELS) -e .
+	touch $(VENV)/.offline
+
+gpu-check: data
+	@test -f $(VENV)/.installed || test -f $(VENV)/.offline || $(MAKE) --no-print-directory gpu-install
+	$(BIN)/python scripts/gpu_check.py $(GPU_CHECK_FLAGS)
 
 clean:
 	rm -rf $(VENV) $(DATA) runs
