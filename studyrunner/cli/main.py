@@ -18,9 +18,11 @@ import typer
 from rich.console import Console
 
 from studyrunner.cli.bench import bench_app
+from studyrunner.cli.exports import BEST_FORMATS, BEST_SUFFIX, export_best_model, require_model_format
 from studyrunner.cli.guards import output_file, output_folder, positive, user_errors
 from studyrunner.cli.predict import REGISTER_HELP, predict, register
 from studyrunner.cli.predict import SHORT_HELP as PREDICT_HELP
+from studyrunner.cli.proxy import PROXY_HELP, storage_proxy
 from studyrunner.cli.views import EpochTable, cell, console, fmt, percent, progress_bar, validate_one, wrapping_table
 from studyrunner.errors import StudyrunnerError, Terminated, note_signal
 
@@ -34,6 +36,7 @@ app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 app.command("predict", short_help=PREDICT_HELP)(predict)
 app.command("register", short_help=REGISTER_HELP)(register)
+app.command("storage-proxy", short_help=PROXY_HELP)(storage_proxy)
 F = TypeVar("F", bound=Callable[..., Any])
 
 SetOpt = Annotated[
@@ -150,6 +153,27 @@ def validate(
         raise typer.Exit(1)
 
 
+RayOpt = Annotated[
+    str | None,
+    typer.Option("--ray", help="Run the trials as Ray tasks: local (a Ray instance here), auto or HOST:PORT of a cluster."),
+]
+CpusPerTrialOpt = Annotated[float | None, typer.Option("--cpus-per-trial", help="With --ray: CPUs per trial (resources.cpus).")]
+GpusPerTrialOpt = Annotated[float | None, typer.Option("--gpus-per-trial", help="With --ray: GPUs per trial, e.g. 0.25.")]
+
+
+def _check_ray(ray: str | None, jobs: int | None, gpus: str | None, cpus: float | None, gpus_per_trial: float | None) -> None:
+    """Ray places the trials itself: --jobs and --gpus are refused with it, its resource flags without it."""
+    from studyrunner.search.raytrials import check_resources
+
+    if ray is None and (cpus is not None or gpus_per_trial is not None):
+        raise StudyrunnerError("--cpus-per-trial and --gpus-per-trial size the Ray tasks of --ray; give --ray too")
+    if ray is not None and (jobs is not None or gpus is not None):
+        raise StudyrunnerError(
+            "--ray places the trials itself: drop --jobs/--gpus (size its trials with --cpus-per-trial/--gpus-per-trial)"
+        )
+    check_resources(cpus, gpus_per_trial)
+
+
 @app.command(short_help="Run or resume a sweep's study (or a narrative study's steps), tracked in MLflow.")
 @user_errors
 def run(
@@ -157,21 +181,32 @@ def run(
     n_trials: Annotated[int | None, typer.Option("--n-trials", help="Finished trials the study should hold in total.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Stop starting new trials after this many seconds.")] = None,
     scale: Annotated[str, typer.Option(help="Narrative studies: full (the document's scale) or reduced (CPU).")] = "reduced",
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Local worker processes on the same study.")] = 1,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", "-j", min=1, help="Local worker processes (default 1; with --gpus, GPUs x K).")
+    ] = None,
+    gpus: Annotated[str | None, typer.Option("--gpus", help="Pin the workers to these CUDA GPUs, round-robin, e.g. 0,1.")] = None,
+    trials_per_gpu: Annotated[int, typer.Option("--trials-per-gpu", min=1, help="With --gpus: workers sharing one GPU (K).")] = 1,
     set_: SetOpt = None,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
     data_dir: DataDirOpt = None,
+    ray: RayOpt = None,
+    cpus_per_trial: CpusPerTrialOpt = None,
+    gpus_per_trial: GpusPerTrialOpt = None,
 ) -> None:
     """Run (or resume) a sweep's Optuna study, or every step of a narrative study; every trial is
     a nested MLflow run. Every process started on the same --storage is a worker of the study."""
 
     positive("--n-trials", n_trials)
     positive("--timeout", timeout)
-    if jobs > 1:
+    _check_ray(ray, jobs, gpus, cpus_per_trial, gpus_per_trial)
+    if trials_per_gpu > 1 and gpus is None:
+        raise StudyrunnerError(f"--trials-per-gpu {trials_per_gpu}: needs --gpus (it says how many workers share one GPU)")
+    if gpus is not None or (jobs or 1) > 1:
         from studyrunner.cli.workers import run_workers
 
-        raise typer.Exit(run_workers(sweep, jobs, n_trials, timeout, scale, set_ or [], storage, tracking_uri, data_dir, console))
+        args = (sweep, jobs, n_trials, timeout, scale, set_ or [], storage, tracking_uri, data_dir, console)
+        raise typer.Exit(run_workers(*args, gpus=gpus, trials_per_gpu=trials_per_gpu))
     from studyrunner.cli.live import LiveStudy
     from studyrunner.narrative.runner import run_narrative
     from studyrunner.narrative.spec import is_narrative, load_narrative
@@ -179,6 +214,7 @@ def run(
     from studyrunner.search.spec import load_sweep
 
     opts = RunOptions(n_trials, timeout, _overrides(set_, data_dir), storage, tracking_uri)
+    opts.ray, opts.cpus_per_trial, opts.gpus_per_trial = ray, cpus_per_trial, gpus_per_trial
     if is_narrative(sweep):
         story = load_narrative(sweep)
         story.check(scale, opts.overrides)  # a bad scale or --set value is refused before any store opens
@@ -278,28 +314,35 @@ def show(study: Annotated[str, typer.Argument(help="Study name.")], storage: Sto
             Console().print(f"trial {r['number']} {r['state']}: {r['reason']}", highlight=False, soft_wrap=True)
 
 
-@app.command(short_help="Trials to CSV or Parquet, or (--best) the best trial's config for `train`.")
+@app.command(short_help="Trials to CSV or Parquet; --best: the best trial's config (YAML) or model (ONNX, TorchScript).")
 @user_errors
 def export(
     study: Annotated[str, typer.Argument(help="Study name.")],
-    fmt: Annotated[str, typer.Option("--format", help="csv or parquet (all trials); yaml (with --best).")] = "csv",
-    best: Annotated[bool, typer.Option("--best", help="The best trial's full config as a YAML file for `train`.")] = False,
-    out: Annotated[Path | None, typer.Option(help="Output file (default runs/exports/STUDY.csv, or STUDY-best.yaml).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv, parquet (all trials); yaml, onnx, torchscript (--best).")] = "csv",
+    best: Annotated[bool, typer.Option("--best", help="The best trial: its config as YAML for `train`, or its model.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Default runs/exports/STUDY.csv, or STUDY-best.yaml|.onnx|.ts.pt.")] = None,
     storage: StorageOpt = None,
 ) -> None:
     """Write the trials joined with their final metrics to CSV or Parquet, or (--best) the best
-    trial's configuration as YAML that `studyrunner train FILE` runs again."""
+    trial's configuration as YAML that `studyrunner train FILE` runs again, or its model as ONNX or
+    TorchScript that runs without studyrunner (plain [0, 1] pixels in, logits out)."""
     from studyrunner.report.results import load_study
 
-    allowed = ("yaml",) if best else ("csv", "parquet")
+    allowed = BEST_FORMATS if best else ("csv", "parquet")
     fmt = "yaml" if best and fmt == "csv" else fmt  # --best alone means yaml
     if fmt not in allowed:
         raise StudyrunnerError(f"--format {fmt!r}: allowed {'with --best' if best else 'without --best'}: {', '.join(allowed)}")
-    path = out or Path("runs/exports") / (f"{study}-best.yaml" if best else f"{study}.{fmt}")
+    path = out or Path("runs/exports") / (f"{study}-best{BEST_SUFFIX[fmt]}" if best else f"{study}.{fmt}")
     if out is not None:
         output_file("--out", path)
-    loaded = load_study(study, _read_storage(storage))
+    if best and fmt != "yaml":
+        require_model_format(fmt)  # a missing extra is said before any work
+    url = _read_storage(storage)
+    loaded = load_study(study, url)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if best and fmt != "yaml":
+        export_best_model(loaded, url, fmt, path)
+        return
     if best:
         _export_best(loaded, path)
         return

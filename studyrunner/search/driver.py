@@ -67,6 +67,9 @@ class RunOptions:
     storage: str | None = None  # Optuna storage URL; default SQLite runs/optuna.db
     tracking_uri: str | None = None  # MLflow; default SQLite runs/mlflow.db; "none" switches tracking off
     data_dir: str | None = None
+    ray: str | None = None  # --ray: trials as Ray tasks on local (a fresh instance), auto or HOST:PORT; None: in this process
+    cpus_per_trial: float | None = None  # --cpus-per-trial: wins over the sweep's resources.cpus (Ray only)
+    gpus_per_trial: float | None = None  # --gpus-per-trial: wins over the sweep's resources.gpus (Ray only)
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,11 @@ def run_study(
     check_budget(spec, target)
     if data is None:  # a test_ objective on folders without test/, before any store is touched
         check_objective_split(spec.objective.metric, base.data, opts.data_dir)
+    cluster = None  # a bad Ray address or a trial no node can hold is refused before any store is touched
+    if opts.ray:
+        from studyrunner.search.raytrials import connect_cluster
+
+        cluster = connect_cluster(spec, opts.ray, opts.cpus_per_trial, opts.gpus_per_trial, opts.storage)
     url = resolve_storage(opts.storage)
     with setup_lock():  # processes started at once on fresh stores take turns creating them
         check_stores(url, opts.tracking_uri)
@@ -134,11 +142,15 @@ def run_study(
     objective = Objective(spec, base, source, tracker, events, target, url, _pruning_study(spec, storage))
     heartbeat = isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None
     driver = _Driver(study, spec, objective, tracker, events, target, heartbeat)
+    timeout = opts.timeout or spec.budget.timeout
     try:
-        stop = driver.run(opts.timeout or spec.budget.timeout)
+        stop = driver.run(timeout) if cluster is None else cluster.run(driver, timeout)
     except KeyboardInterrupt:
         driver.close("KILLED")
         raise
+    finally:
+        if cluster is not None:
+            cluster.close()
     done = finished_count(study.get_trials(deepcopy=False)) >= target or stop.kind == StopReason.CONVERGED
     if stop and tracker is not None:
         tracker.update_parent({}, {}, {"stop_reason": stop.text[:5000]})
@@ -300,6 +312,7 @@ class _Driver:
     heartbeat: bool  # trials of workers that stopped beating are failed and re-queued
     fails_in_row: int = 0
     reaped: set[int] = field(default_factory=set)
+    said_waiting: bool = False  # the line on waiting without heartbeats is said once
 
     def counts(self) -> dict[TrialState, int]:
         return count_states(self.study.get_trials(deepcopy=False))
@@ -311,15 +324,10 @@ class _Driver:
         """Trials until the target is reached; why it stopped early, if it did."""
         start = time.monotonic()
         while True:
-            if self.heartbeat:  # trials of killed workers: FAIL, re-queued with their parameters, MLflow run ended
-                with warnings.catch_warnings():  # marked experimental by Optuna
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(self.study)
-                self._reap_dead_runs()
-            if self.finished() >= self.target:
-                return Stop()
-            if timeout and time.monotonic() - start > timeout:
-                return Stop(StopReason.TIMEOUT, f"timeout of {timeout:.0f} s reached")
+            self.sweep_dead_workers()
+            end = self.limit(start, timeout)
+            if end is not None:
+                return end
             if self._others_finish_it():
                 time.sleep(POLL_S)
                 continue
@@ -327,14 +335,39 @@ class _Driver:
             if stopped:
                 return stopped
 
+    def sweep_dead_workers(self) -> None:
+        """Trials of killed workers (heartbeats stopped): FAIL, re-queued with their parameters, MLflow run ended."""
+        if self.heartbeat:
+            with warnings.catch_warnings():  # marked experimental by Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)
+            self._reap_dead_runs()
+
+    def limit(self, start: float, timeout: float | None) -> Stop | None:
+        """The end of this invocation: a falsy Stop at the target, the timeout's once it passed; None while it goes on."""
+        if self.finished() >= self.target:
+            return Stop()
+        if timeout and time.monotonic() - start > timeout:
+            return Stop(StopReason.TIMEOUT, f"timeout of {timeout:.0f} s reached")
+        return None
+
     def _others_finish_it(self) -> bool:
-        """The last trials run in other workers: wait for them to finish, fail or go stale."""
-        if not self.heartbeat:
-            return False
+        """The last trials run in other workers: wait for them to finish, fail or go stale, rather
+        than start trials that would only be cancelled as surplus. Without heartbeats (a grpc://
+        storage proxy, a journal file) a killed worker's trial never goes stale: one line says so."""
         trials = self.study.get_trials(deepcopy=False)
         states = [trial_state(t) for t in trials]
         running, waiting = states.count(TrialState.RUNNING), states.count(TrialState.WAITING)
-        return not waiting and finished_count(trials) + running >= self.target
+        wait = not waiting and finished_count(trials) + running >= self.target
+        if wait and not self.heartbeat and not self.said_waiting:
+            self.said_waiting = True
+            numbers = ", ".join(str(t.number) for t, s in zip(trials, states, strict=True) if s == TrialState.RUNNING)
+            self.events.notice(
+                f"waiting for trial(s) {numbers} of other workers; this storage has no heartbeats, so a killed worker's "
+                f"trial stays RUNNING: free its slot with `optuna tell --storage DATABASE_URL --study-name "
+                f"{self.study.study_name} --trial-number N --state fail`"
+            )
+        return wait
 
     def step(self) -> Stop:
         """One trial, then its retry (if it failed), the events and the parent run; a reason to
@@ -343,8 +376,12 @@ class _Driver:
         self.study.optimize(
             self.objective, n_trials=1, catch=(Exception,), gc_after_trial=False, callbacks=[lambda _, t: ran.append(t)]
         )
-        trial = ran[-1] if ran else None
-        if trial is None or trial_state(trial) == TrialState.CANCELLED:
+        return Stop() if not ran else self.finish_trial(ran[-1])
+
+    def finish_trial(self, trial: optuna.trial.FrozenTrial) -> Stop:
+        """What follows a trial, whichever executor ran it: its retry (if it failed), the events and
+        the parent run; a reason to stop when the study converged or failures keep coming."""
+        if trial_state(trial) == TrialState.CANCELLED:
             return Stop()
         self._after_trial(trial)
         self.events.trial_finished(self.study, trial)

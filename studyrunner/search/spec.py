@@ -27,6 +27,7 @@ __all__ = [
     "PrunerSpec",
     "ParamSpec",
     "WarmStart",
+    "ResourcesSpec",
     "SweepSpec",
     "load_sweep",
     "load_train_config",
@@ -145,6 +146,20 @@ class WarmStart(StrictModel):
     storage: str | None = None  # its Optuna storage (default: this study's)
 
 
+class ResourcesSpec(StrictModel):
+    """What Ray reserves for each trial (``run --ray``); ``--cpus-per-trial`` and ``--gpus-per-trial`` win."""
+
+    cpus: float = Field(1.0, gt=0)  # CPU cores per trial; its torch threads follow (at least 1)
+    gpus: float = Field(0.0, ge=0)  # GPUs per trial: 0.25 = four trials share one GPU
+
+    @field_validator("cpus", "gpus")
+    @classmethod
+    def _whole_above_one(cls, v: float) -> float:
+        if v > 1 and not float(v).is_integer():  # Ray splits one device, never several
+            raise ValueError(f"{v:g}: a share above 1 must be a whole number (e.g. 0.5, 1 or 2)")
+        return v
+
+
 class SweepSpec(StrictModel):
     study: str = Field(min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
@@ -161,6 +176,7 @@ class SweepSpec(StrictModel):
     constraints: list[str] = Field(default_factory=list)  # "num_params <= 2e6": a trial that breaks one is infeasible
     enqueue: list[dict[str, Any]] = Field(default_factory=list)  # known configurations run first (space keys -> values)
     warm_start: WarmStart | None = None  # finished trials of an earlier study that fit this space inform the sampler
+    resources: ResourcesSpec = ResourcesSpec()  # per trial, when trials run as Ray tasks (run --ray)
     source: str = ""  # the file it came from (set by load_sweep)
 
     @field_validator("train", mode="before")

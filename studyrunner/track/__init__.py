@@ -26,6 +26,15 @@ if TYPE_CHECKING:
         prepare_store,
         quiet_mlflow,
     )
+    from studyrunner.track.trialfiles import (
+        ARTIFACT_DIR,
+        TRIAL_FILES,
+        Outbox,
+        fetch_checkpoint,
+        fetch_state,
+        trial_folder,
+        upload_retry_s,
+    )
 
 __all__ = [
     "machine",
@@ -41,6 +50,13 @@ __all__ = [
     "prepare_store",
     "ROLE",
     "STUDY",
+    "ARTIFACT_DIR",
+    "Outbox",
+    "trial_folder",
+    "upload_retry_s",
+    "fetch_state",
+    "fetch_checkpoint",
+    "TRIAL_FILES",
 ]
 _HOMES = {
     "machine": "machine",
@@ -56,5 +72,12 @@ _HOMES = {
     "prepare_store": "runs",
     "ROLE": "runs",
     "STUDY": "runs",
+    "ARTIFACT_DIR": "trialfiles",
+    "Outbox": "trialfiles",
+    "trial_folder": "trialfiles",
+    "upload_retry_s": "trialfiles",
+    "fetch_state": "trialfiles",
+    "fetch_checkpoint": "trialfiles",
+    "TRIAL_FILES": "trialfiles",
 }
 __getattr__, __dir__ = exports(__name__, _HOMES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 from studyrunner.config import TrainConfig
 from studyrunner.track.runs import Tracker
@@ -102,6 +103,6 @@ def test_an_unchanged_file_is_not_uploaded_again_and_a_checkpoint_is_fetched_onc
     assert tracker.flush(run) == ""
     assert len(tracker._sent) == 1
     path = fetch_checkpoint(tracker.uri, run)
-    assert path and open(path, "rb").read() == b"weights"
+    assert path and Path(path).read_bytes() == b"weights"
     assert fetch_checkpoint(tracker.uri, run) == path  # already here
     assert fetch_checkpoint(tracker.uri, run, "last.pt") == ""  # never uploaded
