@@ -1,4 +1,4 @@
-"""``studyrunner bench``: the benchmarks as sub-commands (throughput, overhead, frozen, search).
+"""``studyrunner bench``: the benchmarks as sub-commands (throughput, overhead, frozen, search, storage).
 
 An option's default is the benchmark's own ``SETTINGS`` block (``studyrunner/bench/<module>.py``),
 read when the command runs or shows its help and not before: a benchmark module imports torch,
@@ -26,10 +26,11 @@ from studyrunner.errors import StudyrunnerError
 __all__ = ["bench_app"]
 
 HELP = (
-    "Benchmarks: training throughput, per-trial overhead, frozen-backbone heads, search strategies. "
+    "Benchmarks: training throughput, per-trial overhead, frozen-backbone heads, search strategies, "
+    "study storage under many workers. "
     "`studyrunner bench` alone runs throughput."
 )
-SHORT_HELP = "Benchmarks: throughput, per-trial overhead, frozen heads, search strategies."
+SHORT_HELP = "Benchmarks: throughput, per-trial overhead, frozen heads, search strategies, storage."
 bench_app = typer.Typer(
     help=HELP, short_help=SHORT_HELP, invoke_without_command=True, add_completion=False, pretty_exceptions_enable=False
 )
@@ -47,7 +48,7 @@ def _on_machine() -> None:
 def _figures(figures: dict[str, float]) -> None:
     out = wrapping_table("figure", "value")
     for key, val in figures.items():
-        out.add_row(key, f"{100 * val:.2f}%" if key.startswith(("share", "best_val")) else f"{val:.3f}")
+        out.add_row(key, f"{100 * val:.2f}%" if key.startswith(("share", "best_val")) or "_share_" in key else f"{val:.3f}")
     Console().print(out)
 
 
