@@ -64,7 +64,7 @@ def best_config(study: optuna.Study) -> dict[str, Any]:
     cfg = apply_overrides(config_from_dict(stored), {k: decode(v) for k, v in best.params.items()})
     data_path = cfg.data.path or str(study.user_attrs.get("data_root", ""))  # the root the trials read
     flat = {**flatten(config_to_dict(cfg)), **_PORTABLE, "data.path": data_path}
-    checkpoint = local_checkpoint(best, study.user_attrs.get("tracking_uri", "")) or TrialRecord.of(best.user_attrs).checkpoint
+    checkpoint = _checkpoint(best, study.user_attrs.get("tracking_uri"))
     config = config_to_dict(config_from_dict(flat))
     return {"trial": best.number, "value": first_value(best), "config": config, "checkpoint": checkpoint}
 
@@ -269,13 +269,19 @@ def _kind(d: optuna.distributions.BaseDistribution) -> str:
     return "log-float" if getattr(d, "log", False) else "float"
 
 
+def _checkpoint(best: optuna.trial.FrozenTrial, tracking: str | None) -> str:
+    """The best checkpoint here (fetched from the artifact store when it ran elsewhere), else the
+    path it was written to."""
+    return local_checkpoint(best, tracking or "") or TrialRecord.of(best.user_attrs).checkpoint
+
+
 def study_result(study: optuna.Study) -> StudyResult:
     """Everything a report needs from one study, as plain data."""
     sweep = study.user_attrs.get("sweep", {})
     tracking = study.user_attrs.get("tracking_uri")
     trials = [_trial_result(t, tracking) for t in study.get_trials(deepcopy=False)]
     best = best_of(study.get_trials(deepcopy=False), _maximize(study))
-    checkpoint = "" if best is None else local_checkpoint(best, tracking or "")
+    checkpoint = "" if best is None else _checkpoint(best, tracking)
     targets = sweep.get("objectives") or [sweep.get("objective", {})]
     objectives = [(o.get("metric", "value"), d.name.lower()) for o, d in zip(targets, study.directions, strict=False)]
     return StudyResult(
@@ -389,7 +395,7 @@ def narrative_result(spec: NarrativeSpec, scale: str, storage: str) -> Narrative
             tracking = study.user_attrs.get("tracking_uri")
             runs = sorted((_trial_result(t, tracking) for t in study.trials), key=lambda r: (r.params.get("seed", 0), r.number))
             best = best_of(study.get_trials(deepcopy=False), _maximize(study))
-            checkpoint = "" if best is None else local_checkpoint(best, tracking or "")
+            checkpoint = "" if best is None else _checkpoint(best, tracking)
             confusion = _confusion(best, tracking)
         steps.append(
             StepResult(
