@@ -50,7 +50,8 @@ def resolve_tracking_uri(uri: str | None) -> str:
 
 def open_storage(url: str, max_retries: int = 1) -> optuna.storages.BaseStorage:
     """RDB storage with heartbeats (a killed worker's trial is failed after the grace period and
-    re-queued with its parameters); journal files for ``journal:PATH``."""
+    re-queued with its parameters); journal files for ``journal:PATH``; a client of ``studyrunner
+    storage-proxy`` for ``grpc://HOST:PORT`` (no heartbeats pass through the proxy)."""
     import warnings
 
     import optuna
@@ -59,6 +60,14 @@ def open_storage(url: str, max_retries: int = 1) -> optuna.storages.BaseStorage:
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    if url.startswith("grpc:"):
+        from studyrunner.extras import require
+
+        require("grpc", "grpc", "--storage grpc://")
+        host, port = _grpc_address(url)
+        with warnings.catch_warnings():  # the proxy client is marked experimental by Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.GrpcStorageProxy(host=host, port=port)
     kwargs: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}  # a pooled connection cut by a restart is replaced
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"]["connect_args"] = {"timeout": 60}  # wait for the lock instead of failing
@@ -103,11 +112,48 @@ def check_storage(url: str, must_exist: bool = False) -> None:
     """Refuse an Optuna storage that cannot work, before anything is created: an unknown scheme,
     a missing driver, a server that does not answer, a path in a missing directory or that is not
     a database, or a database that belongs to MLflow or to something else. ``must_exist``: the
-    command only reads (ls, show, export, report), so an absent SQLite file is an error too."""
+    command only reads (ls, show, export, report), so an absent SQLite file is an error too.
+    A ``grpc://HOST:PORT`` proxy must answer one call (it checked its own database when it started)."""
     if url.startswith("journal:"):
         _check_file_path(Path(url.removeprefix("journal:")).expanduser(), url, OPTUNA, must_exist)
         return
+    if url.startswith("grpc:"):
+        _check_grpc(url)
+        return
     _check_database(url, OPTUNA, must_exist)
+
+
+def _grpc_address(url: str) -> tuple[str, int]:
+    """``grpc://HOST:PORT`` (an IPv6 host in brackets) as the host and port a gRPC channel takes."""
+    import re
+
+    found = re.fullmatch(r"grpc://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})/?", url)
+    if found is None or not 0 < int(found[2]) < 65536:
+        raise StoreError(f"{_ROLE[OPTUNA]} {url!r}: give the proxy's address as grpc://HOST:PORT, e.g. grpc://127.0.0.1:13000")
+    return found[1], int(found[2])
+
+
+def _check_grpc(url: str) -> None:
+    """Something listens at the address, and it answers a storage proxy's call within the timeout."""
+    import socket
+
+    from studyrunner.extras import require
+
+    host, port = _grpc_address(url)
+    try:
+        socket.create_connection((host.strip("[]"), port), timeout=connect_timeout()).close()
+    except OSError:
+        raise StoreError(f"nothing is listening at {url}: start the proxy with `studyrunner storage-proxy URL`") from None
+    grpc = require("grpc", "grpc", "--storage grpc://")
+    with grpc.insecure_channel(f"{host}:{port}") as channel:  # GetAllStudiesRequest has no fields: its message is b""
+        call = channel.unary_unary("/optuna.StorageService/GetAllStudies")
+        try:
+            call(b"", timeout=connect_timeout())
+        except grpc.RpcError as exc:
+            raise StoreError(
+                f"{_ROLE[OPTUNA]} {url!r}: no Optuna storage proxy answers there within {connect_timeout():.0f} s "
+                f"({exc.code().name}: {exc.details()}); is it `studyrunner storage-proxy`?"
+            ) from None
 
 
 def check_tracking(uri: str) -> None:

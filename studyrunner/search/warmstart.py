@@ -14,6 +14,7 @@ from studyrunner.errors import StudyrunnerError
 from studyrunner.search.space import distributions, optuna_params
 from studyrunner.search.spec import SweepSpec
 from studyrunner.states import Outcome, TrialRecord
+from studyrunner.stores import open_storage
 
 __all__ = ["enqueue_configs", "warm_start"]
 
@@ -37,7 +38,7 @@ def warm_start(study: optuna.Study, spec: SweepSpec, base: TrainConfig, storage:
         return 0
     source = spec.warm_start.study
     try:
-        earlier = optuna.load_study(study_name=source, storage=spec.warm_start.storage or storage)
+        earlier = optuna.load_study(study_name=source, storage=open_storage(spec.warm_start.storage or storage))
     except KeyError:
         raise StudyrunnerError(f"warm_start.study: no study named {source!r} in {spec.warm_start.storage or storage}") from None
     if len(earlier.directions) != len(spec.targets):
