@@ -177,7 +177,7 @@ def _parse(url: str, role: str) -> Any:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    allowed = ", ".join(f"{s}://" for s in _SCHEMES[role]) + (", journal:PATH" if role == OPTUNA else ", none")
+    allowed = ", ".join(f"{s}://" for s in _SCHEMES[role]) + (", journal:PATH, grpc://HOST:PORT" if role == OPTUNA else ", none")
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
