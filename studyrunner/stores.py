@@ -217,8 +217,12 @@ def _check_file_path(path: Path, url: str, role: str, must_exist: bool) -> None:
 def _sqlite_tables(path: Path) -> set[str]:
     import sqlite3
 
+    # read-only, so that checking changes nothing; but a process killed mid-write leaves a hot journal
+    # that only a writer may roll back (SQLite's own crash recovery): then open it as its next writer would
+    hot = Path(f"{path}-journal").is_file()
+    mode = "rw" if hot else "ro"
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as db:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True, timeout=30)) as db:
             return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{path}: cannot be read as an SQLite database ({exc})") from None

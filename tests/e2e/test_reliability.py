@@ -495,3 +495,24 @@ def test_two_runs_started_at_once_on_fresh_stores(tmp_path, tiny_train, attempt)
     (exp,) = [e for e in client.search_experiments() if e.name == "race"]
     parents = client.search_runs([exp.experiment_id], "tags.`studyrunner.role` = 'parent'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+
+
+def test_a_store_left_with_a_hot_journal_by_a_killed_writer_is_recovered_not_refused(tmp_path):
+    """A worker SIGKILLed in the middle of an SQLite write leaves a hot journal; the next worker's
+    up-front check must let SQLite roll it back (as any writer does) instead of refusing the store."""
+    from studyrunner.stores import check_tracking
+
+    db = tmp_path / "mlflow.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript("CREATE TABLE experiments (x); CREATE TABLE runs (x); INSERT INTO runs VALUES (1);")
+    writer = (
+        "import os, signal, sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+        "c.execute('PRAGMA cache_size=1'); c.execute('BEGIN'); "
+        "[c.execute('INSERT INTO runs VALUES (?)', (str(i) * 500,)) for i in range(2000)]; "
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    subprocess.run([sys.executable, "-c", writer, str(db)], check=False)
+    assert Path(f"{db}-journal").is_file()  # what the killed writer left
+    check_tracking(f"sqlite:///{db}")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1  # the uncommitted rows rolled back
