@@ -61,7 +61,7 @@ def test_killed_worker_resumes_elsewhere_from_the_artifact_store(tmp_path, pg_ur
     server = MlflowServer(tmp_path / "server")
     a, b, c = (_machine(tmp_path / n) for n in ("a", "b", "c"))
     stores = ["--storage", pg_url, "--tracking-uri", server.url]
-    epochs = 12
+    epochs = 24
     args = [sys.executable, "-m", "studyrunner", "run", str(_sweep(a, "art", 2, epochs)), *stores]
     victim = subprocess.Popen(
         args, cwd=a, env={**os.environ, **FAST_HEARTBEAT}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -75,7 +75,7 @@ def test_killed_worker_resumes_elsewhere_from_the_artifact_store(tmp_path, pg_ur
         except KeyError:
             continue
         if running and len(running[0].intermediate_values) >= 4:
-            time.sleep(1.0)  # the uploads of those epochs' state leave the outbox
+            time.sleep(0.3)  # the uploads of those epochs' state leave the outbox
             os.kill(victim.pid, signal.SIGKILL)
             killed = running[0]
     victim.wait()
@@ -90,16 +90,22 @@ def test_killed_worker_resumes_elsewhere_from_the_artifact_store(tmp_path, pg_ur
     assert len(done) == 2
     retry = next(t for t in done if t.params == killed.params)
     resumed = retry.user_attrs["resumed_from_epoch"]
-    assert 4 <= resumed < epochs  # continued A's saved state, not from the start
+    assert 2 <= resumed < epochs  # continued A's saved state, not from the start
     client = MlflowClient(server.url)
     run = client.get_run(retry.user_attrs["mlflow_run_id"])
     assert run.data.tags["resumed_from_epoch"] == str(resumed)
     assert _steps(client, run.info.run_id) == list(range(1, epochs + 1))  # one continuous history
     names = {Path(f.path).name for f in client.list_artifacts(run.info.run_id, "checkpoint")}
     assert {"best.pt", "last.pt", "history.json"} <= names
+    dead = study.trials[killed.number]  # failed by B's stale-trial check, re-queued with its parameters
+    assert dead.state == optuna.trial.TrialState.FAIL
+    assert [t.number for t in study.trials if t.system_attrs.get("failed_trial") == killed.number] == [retry.number]
     exp = client.get_experiment_by_name("art").experiment_id
     runs = client.search_runs([exp])
     assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    dead_run = client.get_run(dead.user_attrs["mlflow_run_id"])  # ended by B: KILLED, with the reason
+    assert dead_run.info.status == "KILLED" and dead_run.data.tags["state"] == "FAIL"
+    assert "heartbeats" in dead_run.data.tags["reason"]
     assert len([r for r in runs if r.data.tags.get("studyrunner.role") == "parent"]) == 1
 
     # a third, empty folder that reaches the two servers: B's files are gone too
@@ -128,7 +134,7 @@ def test_tracking_server_and_postgres_restart_mid_study_cost_no_result(tmp_path)
     try:
         url = pg.database()
         root = _machine(tmp_path / "w")
-        n_trials, epochs = 3, 12
+        n_trials, epochs = 2, 8
         args = [sys.executable, "-m", "studyrunner", "run", str(_sweep(root, "rs", n_trials, epochs))]
         args += ["--storage", url, "--tracking-uri", server.url]
         env = {**os.environ, **FAST_HEARTBEAT, "STUDYRUNNER_HEARTBEAT_S": "2", "STUDYRUNNER_GRACE_S": "60"}
@@ -146,7 +152,7 @@ def test_tracking_server_and_postgres_restart_mid_study_cost_no_result(tmp_path)
 
         _wait(lambda: trials_with(3) >= 1, proc, out)
         server.restart(down_s=2.0)  # mid-trial: metrics and uploads wait, then go through
-        _wait(lambda: trials_with(3) >= 2, proc, out)
+        _wait(lambda: trials_with(3) >= 2, proc, out)  # the second trial, mid-way
         pg.restart(down_s=2.0)  # mid-trial: every pooled connection is cut
         assert proc.wait(timeout=300) == 0, "".join(out)
         reader.join(timeout=5)

@@ -469,7 +469,7 @@ def test_each_process_on_a_study_draws_its_own_sampler_stream(tmp_path, tiny_tra
 
 
 @pytest.mark.long
-@pytest.mark.parametrize("attempt", range(3))
+@pytest.mark.parametrize("attempt", range(2))
 def test_two_runs_started_at_once_on_fresh_stores(tmp_path, tiny_train, attempt):
     """Both finish, one parent run, one experiment, distinct parameters: the setup lock and the
     per-process sampler streams at work (real processes, fresh SQLite files, the same moment)."""

@@ -75,50 +75,6 @@ def test_three_workers_on_postgres_finish_exactly_n_trials(tmp_path, tiny_train,
 
 
 @pytest.mark.long
-@pytest.mark.postgres
-def test_sigkilled_worker_trial_is_failed_retried_and_its_run_ended(tmp_path, tiny_train, pg_url):
-    sweep = _sweep(tmp_path, tiny_train, n_trials=4, epochs=40, name="kill")
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = [sys.executable, "-m", "studyrunner", "run", str(sweep), "--storage", pg_url, "--tracking-uri", tracking]
-    env = {**os.environ, **FAST_HEARTBEAT}
-    victim = subprocess.Popen(
-        args, cwd=tmp_path, env={**env, "STUDYRUNNER_WORKER": "0"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 120
-    killed = None
-    while time.monotonic() < deadline and killed is None:
-        time.sleep(0.5)
-        try:
-            study = optuna.load_study(study_name="kill", storage=pg_url)
-        except KeyError:
-            continue
-        for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-            if t.user_attrs.get("worker", "").endswith(f":{victim.pid}") and len(t.intermediate_values) >= 2:
-                os.kill(victim.pid, signal.SIGKILL)
-                killed = t
-    assert killed is not None, "the victim never got mid-trial"
-    victim.wait()
-    survivor = _run(
-        ["run", str(sweep), "--storage", pg_url, "--tracking-uri", tracking],
-        cwd=tmp_path,
-        extra_env={**FAST_HEARTBEAT, "STUDYRUNNER_WORKER": "1"},
-        timeout=240,
-    )
-    assert survivor.returncode == 0, survivor.stdout + survivor.stderr
-    study = optuna.load_study(study_name="kill", storage=pg_url)
-    dead = study.trials[killed.number]
-    assert dead.state == optuna.trial.TrialState.FAIL
-    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
-    assert retries and retries[0].params == killed.params and retries[0].state == optuna.trial.TrialState.COMPLETE
-    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
-    assert len(finished) == 4
-    runs = _no_mlflow_run_left_running(tracking, "kill")
-    dead_run = [r for r in runs if r.info.run_id == dead.user_attrs["mlflow_run_id"]][0]
-    assert dead_run.info.status == "KILLED" and dead_run.data.tags["state"] == "FAIL"
-    assert "heartbeats" in dead_run.data.tags["reason"]
-
-
-@pytest.mark.long
 @pytest.mark.parametrize(("sig", "code", "why"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_ctrl_c_or_sigterm_marks_the_trial_ends_its_run_and_the_study_resumes(tmp_path, tiny_train, sig, code, why):
     # every trial must still be running when the signal comes: nothing stops it early
