@@ -33,10 +33,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.add_typer(bench_app, name="bench")
-app.command("predict", short_help=PREDICT_HELP)(predict)
-app.command("register", short_help=REGISTER_HELP)(register)
-app.command("storage-proxy", short_help=PROXY_HELP)(storage_proxy)
 F = TypeVar("F", bound=Callable[..., Any])
 
 SetOpt = Annotated[
@@ -491,3 +487,10 @@ def ui(
         servers.append(optuna_dashboard(_read_storage(storage), host, dashboard_port))
     code = serve(servers, lambda line: print(line, flush=True))
     raise typer.Exit(code)
+
+
+# commands defined in their own modules, listed after the ones above in --help
+app.command("predict", short_help=PREDICT_HELP)(predict)
+app.command("register", short_help=REGISTER_HELP)(register)
+app.command("storage-proxy", short_help=PROXY_HELP)(storage_proxy)
+app.add_typer(bench_app, name="bench")
