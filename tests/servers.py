@@ -116,7 +116,9 @@ class MlflowServer:
             "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts", "--workers", "1",
         ]  # fmt: skip
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the server's own, closed with it
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+        # no job runner: its consumer processes (GenAI features) would outlive the server and slow later tests
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log, env=env, start_new_session=True)
         deadline = time.monotonic() + ready_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -143,3 +145,9 @@ class MlflowServer:
         self.stop()
         time.sleep(down_s)
         self.start()
+
+    def __enter__(self) -> MlflowServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -131,7 +131,8 @@ def artifact_server(root: Path, host: str = "127.0.0.1", ready_s: float = 120.0)
     base = f"http://{host}:{port}"
     command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]
     command += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")]
-    server = Server("mlflow server", [*command, "--serve-artifacts"], dict(os.environ), f"{base}/health", base, str(root))
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job-runner processes (GenAI features)
+    server = Server("mlflow server", [*command, "--serve-artifacts"], env, f"{base}/health", base, str(root))
     proc = subprocess.Popen(server.command, env=server.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_ready(server, proc, ready_s)

@@ -27,6 +27,13 @@ FAST_HEARTBEAT = {"STUDYRUNNER_HEARTBEAT_S": "1", "STUDYRUNNER_GRACE_S": "4", "S
 SPACE = "space:\n  optim.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n  seed: {low: 0, high: 1000}\n"
 
 
+@pytest.fixture
+def artifact_server(tmp_path):
+    """A real ``mlflow server --serve-artifacts`` on loopback, stopped whatever the test's end."""
+    with MlflowServer(tmp_path / "server") as server:
+        yield server
+
+
 def _machine(root: Path) -> Path:
     """A worker's own folder: its own copy of the images (relative data.path) and its own caches."""
     make_folder(root / "data", classes=4, per_class=48, split="train")
@@ -57,8 +64,8 @@ def _steps(client: MlflowClient, run_id: str) -> list[int]:
 
 @pytest.mark.long
 @pytest.mark.postgres
-def test_killed_worker_resumes_elsewhere_from_the_artifact_store(tmp_path, pg_url):
-    server = MlflowServer(tmp_path / "server")
+def test_killed_worker_resumes_elsewhere_from_the_artifact_store(tmp_path, pg_url, artifact_server):
+    server = artifact_server
     a, b, c = (_machine(tmp_path / n) for n in ("a", "b", "c"))
     stores = ["--storage", pg_url, "--tracking-uri", server.url]
     epochs = 24
@@ -123,7 +130,6 @@ def test_killed_worker_resumes_elsewhere_from_the_artifact_store(tmp_path, pg_ur
     assert pred.returncode == 0, pred.stdout + pred.stderr
     rows = list(csv.DictReader((c / "p.csv").open()))
     assert len(rows) == 4 * 6 and {r["predicted"] for r in rows} <= {"c0", "c1", "c2", "c3"}
-    server.stop()
 
 
 @pytest.mark.long
