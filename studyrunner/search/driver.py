@@ -427,11 +427,11 @@ class _Driver:
             return
         for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
             record = TrialRecord.of(t.user_attrs)
-            if t.number in self.reaped or not record.mlflow_run_id:
+            if t.number in self.reaped or trial_state(t) != TrialState.FAIL:
                 continue
             self.reaped.add(t.number)
             worker = record.worker or "?"
-            self.tracker.reap(record.mlflow_run_id, f"worker {worker} stopped sending heartbeats; trial re-queued")
+            self.tracker.reap_trial(t.number, f"worker {worker} stopped sending heartbeats; trial re-queued")
 
     def _update_parent(self) -> None:
         """Counts by state, the best value and the best parameters on the study's parent run."""

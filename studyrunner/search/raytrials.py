@@ -329,9 +329,8 @@ class RayCluster:
             reason = f"the Ray task died with its worker or node ({_first_line(exc)})"
             TrialRecord.write(trial, outcome=Outcome.FAILED, fail_reason=reason[:2000])
             frozen = host.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            run_id = TrialRecord.of(frozen.user_attrs).mlflow_run_id
-            if host.tracker is not None and run_id:
-                host.tracker.reap(run_id, reason[:5000])
+            if host.tracker is not None:
+                host.tracker.reap_trial(frozen.number, reason[:5000])
             return frozen
         for key, seconds in result.timings.items():
             host.objective.timings[key] = host.objective.timings.get(key, 0.0) + seconds
@@ -373,8 +372,10 @@ def _interrupt(host: TrialHost, trial: optuna.Trial, why: str) -> optuna.trial.F
     TrialRecord.write(trial, outcome=Outcome.INTERRUPTED, fail_reason=why)
     frozen = host.study.tell(trial, state=optuna.trial.TrialState.FAIL)
     run_id = TrialRecord.of(frozen.user_attrs).mlflow_run_id
-    if host.tracker is not None and run_id:
-        host.tracker.end_trial(run_id, TrialState.INTERRUPTED, why, [], None, [])
+    if host.tracker is not None:
+        if run_id:
+            host.tracker.end_trial(run_id, TrialState.INTERRUPTED, why, [], None, [])
+        host.tracker.reap_trial(frozen.number, why, TrialState.INTERRUPTED)  # a run the task had no time to record
     return frozen
 
 

@@ -371,14 +371,24 @@ class Tracker:
         self.client.log_text(run_id, json.dumps({"classes": classes, "matrix": matrix}), "confusion_matrix.json")
         self._log_figure(run_id, plots.confusion_figure(classes, matrix), "confusion_matrix.png")
 
-    def reap(self, run_id: str, reason: str) -> None:
-        """End a run left RUNNING by a dead worker: KILLED, tagged state FAIL with the reason."""
+    def reap(self, run_id: str, reason: str, state: TrialState = TrialState.FAIL) -> None:
+        """End a run left RUNNING by a dead worker: KILLED, tagged with the state and the reason."""
         from mlflow.entities import RunTag
 
         if self.client.get_run(run_id).info.status != "RUNNING":
             return
-        self.client.log_batch(run_id, tags=[RunTag("state", TrialState.FAIL.value), RunTag("reason", reason)])
+        self.client.log_batch(run_id, tags=[RunTag("state", state.value), RunTag("reason", reason)])
         self.client.set_terminated(run_id, DEAD_WORKER_STATUS)
+
+    def reap_trial(self, number: int, reason: str, state: TrialState = TrialState.FAIL) -> None:
+        """End every run of trial ``number`` still RUNNING, found by its tags: a worker killed
+        between creating the run and recording its id in the trial leaves one the trial does not name."""
+        query = (
+            f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.trial_number = '{number}'"
+            " and attributes.status = 'RUNNING'"
+        )
+        for run in self.client.search_runs([self.experiment_id], query):
+            self.reap(str(run.info.run_id), reason, state)
 
     def update_parent(self, metrics: Mapping[str, float], params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
         """Best value, best parameters (as tags, they change as the study goes) and counts by state."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from studyrunner.states import trial_state
+from studyrunner.states import TrialState, trial_state
 from studyrunner.stores import StoreError, check_storage, open_storage
 from tests.servers import free_port
 
@@ -111,8 +111,13 @@ def test_two_workers_through_the_proxy_wait_for_the_last_trial_instead_of_cancel
     logs = "".join(p.read_text() for p in (tmp_path / "runs" / "workers").glob("two-w*.log"))
     assert res.returncode == 0, res.stdout + res.stderr + logs
     study = optuna.load_study(study_name="two", storage=open_storage(proxy.url))
-    assert [trial_state(t) for t in study.trials] == ["COMPLETE"] * 3, logs  # no surplus trial started and cancelled
-    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both workers ran trials
+    states = [trial_state(t) for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 3, logs
+    # Two workers that finish in the same instant may both ask for the last slot; the loser's trial is
+    # cancelled before training. Without the wait, the idle worker would start and cancel one per poll.
+    assert states.count(TrialState.CANCELLED) <= 1 and len(states) <= 4, logs
+    assert "waiting for trial(s)" in logs and "this storage has no heartbeats" in logs
+    assert len({t.user_attrs["worker"] for t in study.trials if trial_state(t) == TrialState.COMPLETE}) == 2
 
 
 def test_nothing_listening_at_a_grpc_storage_is_one_line_and_exit_1(tmp_path, tiny_train):

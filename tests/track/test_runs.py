@@ -93,6 +93,17 @@ def test_a_dead_workers_run_is_reaped_once(tracker):
     assert tracker.client.get_run(run_id).data.tags["reason"] == "worker h:1 stopped sending heartbeats"
 
 
+def test_a_trial_whose_run_id_was_never_recorded_is_reaped_by_its_tags(tracker):
+    """A worker killed between creating the run and recording its id leaves a run only its tags name."""
+    orphan = tracker.start_trial(5, TrainConfig(), {}, {})
+    other = tracker.start_trial(6, TrainConfig(), {}, {})
+    tracker.reap_trial(5, "terminated (SIGTERM)", TrialState.INTERRUPTED)
+    run = tracker.client.get_run(orphan)
+    assert run.info.status == "KILLED" and run.data.tags["state"] == "INTERRUPTED"
+    assert run.data.tags["reason"] == "terminated (SIGTERM)"
+    assert tracker.client.get_run(other).info.status == "RUNNING"  # another trial's run is left alone
+
+
 def test_parent_summary_and_close(tracker):
     tracker.update_parent({"n_complete": 2.0, "best_value": 0.8}, {"optim.lr": 0.01}, {"n_trials_finished": "2"})
     tracker.close("FINISHED")
