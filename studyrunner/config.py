@@ -181,8 +181,11 @@ def _leaf_types(cls: type = TrainConfig, prefix: str = "") -> dict[str, Any]:
     for name, tp in _hints(cls).items():
         if dataclasses.is_dataclass(tp):
             out.update(_leaf_types(tp, f"{prefix}{name}."))  # type: ignore[arg-type]
-        else:
-            out[f"{prefix}{name}"] = tp
+            continue
+        out[f"{prefix}{name}"] = tp
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is tuple and Ellipsis not in args:  # a fixed-length list: each position a key too
+            out.update({f"{prefix}{name}.{i}": a for i, a in enumerate(args)})  # model.dropout.2 = after conv4
     return out
 
 
@@ -340,6 +343,10 @@ def _fold_label_files(flat: dict[str, Any]) -> dict[str, Any]:
 def _replace(obj: Any, path: list[str], value: Any) -> Any:
     if len(path) == 1:
         return dataclasses.replace(obj, **{path[0]: value})
+    if len(path) == 2 and path[1].isdigit():  # one position of a fixed-length list
+        items = list(getattr(obj, path[0]))
+        items[int(path[1])] = value
+        return dataclasses.replace(obj, **{path[0]: tuple(items)})
     child = _replace(getattr(obj, path[0]), path[1:], value)
     return dataclasses.replace(obj, **{path[0]: child})
 

@@ -22,6 +22,7 @@ __all__ = [
     "history_figure",
     "params_figure",
     "anytime_figure",
+    "population_figure",
     "close",
     "decade_axis",
     "CJK_FAMILIES",
@@ -227,6 +228,32 @@ def anytime_figure(
         ax.axhline(target, color="grey", ls=":", lw=1, label=f"target {target:.3f}")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def population_figure(
+    members: Mapping[str, Sequence[Mapping[str, Any]]], exploits: Sequence[tuple[str, int]], title: str
+) -> Figure:
+    """PBT: each member's learning rate per epoch (log scale) and validation accuracy, one colour per
+    member (its whole lineage); a dot where the member copied another's state and perturbed it."""
+    fig, (lr_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for i, (label, history) in enumerate(members.items()):
+        colour = f"C{i % 10}"
+        epochs = [r["epoch"] for r in history]
+        lr_ax.step(epochs, [r["lr"] for r in history], where="pre", color=colour, label=label)
+        acc_ax.plot(epochs, [float("nan") if r.get("val_acc") is None else r["val_acc"] for r in history], color=colour)
+        by_epoch = {r["epoch"]: r for r in history}
+        for epoch in (e for m, e in exploits if m == label and e + 1 in by_epoch):
+            lr_ax.plot([epoch + 1], [by_epoch[epoch + 1]["lr"]], "o", color=colour, markersize=4)
+            acc_ax.plot([epoch + 1], [by_epoch[epoch + 1].get("val_acc") or float("nan")], "o", color=colour, markersize=4)
+    lr_ax.set_yscale("log")
+    lr_ax.set(xlabel="epoch", ylabel="learning rate", title="learning rate (dots: exploit + explore)")
+    acc_ax.set(xlabel="epoch", ylabel="val accuracy", title="validation accuracy")
+    lr_ax.legend(fontsize=7, loc="best")
+    for ax in (lr_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 

@@ -207,6 +207,9 @@ class TrialRecord:
     enqueued: bool = False  # a configuration the sweep's enqueue: listed
     imported_from: str = ""  # STUDY#NUMBER of a warm-start trial
     history: list[dict[str, Any]] | None = None  # per-epoch curve, in studies recorded before history.json
+    # sampler pbt: the segment (member, generation, start and end epoch) and what it started from
+    # (event start/continue/exploit/restart, parent trial, values, changes as name -> [old, new])
+    pbt: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, attrs: Mapping[str, Any]) -> TrialRecord:
@@ -241,3 +244,4 @@ class StopReason(str, enum.Enum):
     TIMEOUT = "timeout"
     CONVERGED = "converged"  # the stopping rule (budget.patience)
     FAILURES = "failures"  # too many trials in a row failed
+    BUDGET = "budget"  # budget.epochs spent: another full trial would exceed it

@@ -30,7 +30,7 @@ from studyrunner.bench.search_replay import (
 )
 from studyrunner.bench.search_table import GRID_POINTS, Curve, Log, Table, build_table, config_id, params_text
 from studyrunner.errors import StudyrunnerError
-from studyrunner.report.markdown import md_table
+from studyrunner.report.tables import md_table
 from studyrunner.search.spec import SweepSpec, load_sweep
 from studyrunner.search.stopping import chance_band
 from studyrunner.track.machine import machine

@@ -40,7 +40,7 @@ def export_best_model(study: optuna.Study, storage_url: str, fmt: str, path: Pat
     how closely it matches PyTorch, and how to load it."""
     from studyrunner.engine.checkpoint import load_checkpoint
     from studyrunner.engine.export import export_model
-    from studyrunner.search.driver import best_trial
+    from studyrunner.search.best import best_trial
     from studyrunner.search.trialconfig import best_checkpoint
 
     best = best_trial(study)

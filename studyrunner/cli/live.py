@@ -11,7 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from studyrunner.cli.views import percent, wrapping_table
 from studyrunner.engine.fit import EpochRecord
-from studyrunner.search.driver import StudyOutcome, best_trial
+from studyrunner.search.best import best_trial
+from studyrunner.search.driver import StudyOutcome
 from studyrunner.search.objective import StudyEvents
 from studyrunner.search.spec import SweepSpec
 from studyrunner.states import TrialRecord, TrialState, count_states, finished_count, first_value, trial_state

@@ -282,7 +282,7 @@ def ls(storage: StorageOpt = None) -> None:
 def show(study: Annotated[str, typer.Argument(help="Study name.")], storage: StorageOpt = None) -> None:
     """The study's trials: state, value, parameters, test accuracy, epochs, duration."""
     from studyrunner.report.results import load_study, pareto_front, trial_rows
-    from studyrunner.search.driver import best_trial
+    from studyrunner.search.best import best_trial
     from studyrunner.states import TrialRecord
 
     loaded = load_study(study, _read_storage(storage))

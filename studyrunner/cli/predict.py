@@ -122,7 +122,7 @@ def register(
     """Register the study's best trial in the MLflow Model Registry as the study's name, alias best
     (as every tracked study does when it ends); registering the same trial again adds no version."""
     from studyrunner.report.results import load_study
-    from studyrunner.search.driver import register_study
+    from studyrunner.search.best import register_study
     from studyrunner.stores import check_storage, check_tracking, resolve_storage, resolve_tracking_uri
 
     url = resolve_storage(storage)

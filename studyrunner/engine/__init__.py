@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         save,
     )
     from studyrunner.engine.checkpoint import (
+        MUTABLE_KEYS,
         Checkpoint,
         identity,
         load_checkpoint,
@@ -146,6 +147,7 @@ __all__ = [
     "Checkpoint",
     "state_path",
     "identity",
+    "MUTABLE_KEYS",
     "Splits",
     "load_splits",
     "stratified_indices",
@@ -242,6 +244,7 @@ _HOMES = {
     "Checkpoint": "checkpoint",
     "state_path": "checkpoint",
     "identity": "checkpoint",
+    "MUTABLE_KEYS": "checkpoint",
     "Splits": "data",
     "load_splits": "data",
     "stratified_indices": "data",

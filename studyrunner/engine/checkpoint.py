@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from studyrunner.engine.fit import Context, EpochRecord
 
-__all__ = ["save_checkpoint", "load_checkpoint", "Checkpoint", "state_path", "identity"]
+__all__ = ["save_checkpoint", "load_checkpoint", "Checkpoint", "state_path", "identity", "MUTABLE_KEYS"]
 
 
 def save_checkpoint(path: Path, ctx: Context, cfg: TrainConfig, record: EpochRecord, classes: list[str]) -> None:
@@ -44,9 +44,18 @@ def state_path(cfg: TrainConfig) -> Path | None:
     return Path(cfg.out_dir) / f"state-seed{cfg.seed}.pt" if cfg.out_dir and cfg.state_every else None
 
 
-def identity(cfg: TrainConfig) -> dict[str, Any]:
-    """What a state file must match to be resumed: the config, less where and how fast it runs."""
-    return {k: v for k, v in flatten(config_to_dict(cfg)).items() if k not in RUNTIME_KEYS}
+# what population-based training may change between a state file and the run that continues it
+MUTABLE_KEYS = frozenset(
+    {"epochs", "optim.lr", "optim.momentum", "optim.weight_decay", "model.dropout"}
+    | {f"augment.{k}" for k in ("brightness", "contrast", "saturation", "hue")}
+)
+
+
+def identity(cfg: TrainConfig, inherit: bool = False) -> dict[str, Any]:
+    """What a state file must match to be resumed: the config, less where and how fast it runs;
+    with ``inherit`` (a state copied from another member of a population) also less MUTABLE_KEYS."""
+    skip = RUNTIME_KEYS | MUTABLE_KEYS if inherit else RUNTIME_KEYS
+    return {k: v for k, v in flatten(config_to_dict(cfg)).items() if k not in skip}
 
 
 @dataclass(frozen=True)

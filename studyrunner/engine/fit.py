@@ -26,7 +26,7 @@ from torch import nn
 
 from studyrunner.config import AugmentConfig, TrainConfig
 from studyrunner.engine.augment import augment_batch, normalize
-from studyrunner.engine.checkpoint import identity, save_checkpoint, state_path
+from studyrunner.engine.checkpoint import MUTABLE_KEYS, identity, save_checkpoint, state_path
 from studyrunner.engine.data import Splits, batches
 from studyrunner.engine.decode import ImageSet, cache_root
 from studyrunner.engine.features import cache_for, digest, extract, random_augmentation
@@ -396,7 +396,7 @@ def _save_state(training: _Training) -> None:
     atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
 
-def _resume(training: _Training, on_epoch: OnEpoch) -> int:
+def _resume(training: _Training, on_epoch: OnEpoch, segment_start: int | None) -> int:
     """Restore the run from its state file (when it is this config's): the epochs already done."""
     path = state_path(training.cfg)
     if path is None or not path.is_file():
@@ -405,15 +405,22 @@ def _resume(training: _Training, on_epoch: OnEpoch) -> int:
         blob = torch.load(path, map_location="cpu", weights_only=True)  # tensors are copied into the run's own
     except Exception:  # a damaged state file: start over rather than continue from garbage
         return 0
-    if blob.get("config") != identity(training.cfg):
+    inherit = segment_start is not None
+    saved = dict(blob.get("config") or {})
+    if identity(training.cfg, inherit) != ({k: v for k, v in saved.items() if k not in MUTABLE_KEYS} if inherit else saved):
         return 0
     training.ctx.model.load_state_dict(blob["model"])
     training.opt.load_state_dict(blob["optimizer"])
+    if inherit:
+        _take_hyperparameters(training.opt, saved, training.cfg)
     training.schedule.load_state_dict(blob["schedule"])
     training.gen.set_state(blob["generator"])
     torch.set_rng_state(blob["torch_rng"])
     best = blob["best"]
-    training.best_state, training.result.best_epoch, training.result.best_val_acc = best["state"], best["epoch"], best["val_acc"]
+    if not inherit or (best["epoch"] or 0) > segment_start:  # a segment's best counts its own epochs only
+        training.best_state, training.result.best_epoch, training.result.best_val_acc = (
+            best["state"], best["epoch"], best["val_acc"]
+        )  # fmt: skip
     training.start_loss = blob["start_loss"]
     training.result.history = [EpochRecord(**r) for r in blob["history"]]
     training.result.notes.append(f"resumed after epoch {len(training.result.history)} from {path}")
@@ -421,6 +428,19 @@ def _resume(training: _Training, on_epoch: OnEpoch) -> int:
         if on_epoch:
             on_epoch(record)
     return len(training.result.history)
+
+
+def _take_hyperparameters(opt: torch.optim.Optimizer, saved: dict[str, Any], cfg: TrainConfig) -> None:
+    """A copied optimizer state runs on with this config's learning rate (every group scaled alike,
+    so a backbone keeps its multiple), momentum and weight decay."""
+    scale = cfg.optim.lr / float(saved.get("optim.lr") or cfg.optim.lr)
+    for group in opt.param_groups:
+        group["lr"] *= scale
+        if "initial_lr" in group:
+            group["initial_lr"] *= scale
+        group["weight_decay"] = cfg.optim.weight_decay
+        if "momentum" in group:  # sgd, rmsprop
+            group["momentum"] = cfg.optim.momentum
 
 
 def _finish(training: _Training) -> None:
@@ -438,19 +458,28 @@ def _finish(training: _Training) -> None:
 
 
 def fit(
-    cfg: TrainConfig, splits: Splits, on_epoch: OnEpoch = None, on_batch: OnBatch = None, resume: bool = False
+    cfg: TrainConfig,
+    splits: Splits,
+    on_epoch: OnEpoch = None,
+    on_batch: OnBatch = None,
+    resume: bool = False,
+    segment_start: int | None = None,
 ) -> FitResult:
     """Train ``cfg`` (resolved) on ``splits``: one EpochRecord per epoch, then the test set on the best weights.
 
     ``resume``: continue from the state file in ``out_dir`` (``state_every``) when one of the same
     configuration is there; its epochs are passed to ``on_epoch`` again, in order, first.
 
+    ``segment_start`` (population-based training): the state file may be another member's, at
+    this epoch or later; it is taken whatever its ``MUTABLE_KEYS`` (the optimizer then runs at this
+    config's learning rate, momentum and weight decay), and the best weights are this segment's own.
+
     ``on_epoch`` sees every record as it is made and may return True to stop early (outcome
     ``stopped``); exceptions it raises (a pruner's, say) propagate. A non-finite or exploding
     training loss ends the run with outcome ``diverged`` instead of an exception.
     """
     training = _start(cfg, splits)
-    done = training.result.resumed_from = _resume(training, on_epoch) if resume else 0
+    done = training.result.resumed_from = _resume(training, on_epoch, segment_start) if resume else 0
     chance = math.log(max(2, len(splits.classes)))  # the loss of a uniform guess
     for epoch in range(done + 1, cfg.epochs + 1):
         record = _epoch(training, epoch, on_batch)

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
         curves_info,
         effects,
         history_info,
-        md_table,
         params_info,
         pareto_section,
         render_sweep_report,
@@ -24,6 +23,10 @@ if TYPE_CHECKING:
     from studyrunner.report.narrative_md import (
         narrative_curves_info,
         render_narrative,
+    )
+    from studyrunner.report.population import (
+        population_info,
+        population_section,
     )
     from studyrunner.report.results import (
         NarrativeResult,
@@ -40,10 +43,16 @@ if TYPE_CHECKING:
         study_result,
         trials_frame,
     )
+    from studyrunner.report.tables import (
+        is_accuracy,
+        md_table,
+        mean_sd,
+        pct,
+        value_text,
+    )
 
 __all__ = [
     "prediction_grid",
-    "md_table",
     "effects",
     "render_sweep_report",
     "history_info",
@@ -55,6 +64,8 @@ __all__ = [
     "EFFECT_BINS",
     "render_narrative",
     "narrative_curves_info",
+    "population_section",
+    "population_info",
     "best_config",
     "pareto_front",
     "StudyRow",
@@ -68,10 +79,14 @@ __all__ = [
     "study_result",
     "importances",
     "narrative_result",
+    "md_table",
+    "pct",
+    "is_accuracy",
+    "value_text",
+    "mean_sd",
 ]
 _HOMES = {
     "prediction_grid": "gallery",
-    "md_table": "markdown",
     "effects": "markdown",
     "render_sweep_report": "markdown",
     "history_info": "markdown",
@@ -83,6 +98,8 @@ _HOMES = {
     "EFFECT_BINS": "markdown",
     "render_narrative": "narrative_md",
     "narrative_curves_info": "narrative_md",
+    "population_section": "population",
+    "population_info": "population",
     "best_config": "results",
     "pareto_front": "results",
     "StudyRow": "results",
@@ -96,5 +113,10 @@ _HOMES = {
     "study_result": "results",
     "importances": "results",
     "narrative_result": "results",
+    "md_table": "tables",
+    "pct": "tables",
+    "is_accuracy": "tables",
+    "value_text": "tables",
+    "mean_sd": "tables",
 }
 __getattr__, __dir__ = exports(__name__, _HOMES)

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from studyrunner.narrative.spec import Verdict
-from studyrunner.report.markdown import CONFUSION_TABLE_CLASSES, confusion_table, is_accuracy, md_table, mean_sd, pct, save_curves
+from studyrunner.report.markdown import CONFUSION_TABLE_CLASSES, confusion_table, save_curves
 from studyrunner.report.results import NarrativeResult, StepResult, TrialResult
+from studyrunner.report.tables import is_accuracy, md_table, mean_sd, pct
 from studyrunner.states import TrialState
 
 __all__ = ["render_narrative", "narrative_curves_info"]

@@ -164,6 +164,7 @@ class TrialResult:
     duration_s: float | None = None
     reason: str = ""
     values: list[float] | None = None  # every objective's value (multi-objective studies)
+    pbt: dict[str, Any] | None = None  # sampler pbt: the segment and what it started from (TrialRecord.pbt)
 
     def metric(self, name: str) -> float | None:
         """best_val_acc, final_val_acc, final_train_acc, test_acc, final_gap, train_acc@N, val_acc@N."""
@@ -258,6 +259,7 @@ def _trial_result(t: optuna.trial.FrozenTrial, tracking: str | None = None) -> T
         t.duration.total_seconds() if t.duration else None,
         rec.why,
         list(t.values) if t.values and len(t.values) > 1 else None,
+        rec.pbt,
     )
 
 

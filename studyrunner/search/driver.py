@@ -22,7 +22,9 @@ from studyrunner.config import RUNTIME_KEYS, TrainConfig, apply_overrides, confi
 from studyrunner.engine.data import check_objective_split, resolve_root
 from studyrunner.engine.resolve import resolve_config
 from studyrunner.errors import StudyrunnerError
+from studyrunner.search.best import best_trial, epochs_spent, register_study
 from studyrunner.search.objective import DataSource, Objective, StudyEvents
+from studyrunner.search.pbt import advance, is_pbt, population_target, reconcile
 from studyrunner.search.samplers import make_pruner, make_sampler
 from studyrunner.search.spec import SweepSpec
 from studyrunner.search.stopping import converged
@@ -31,7 +33,6 @@ from studyrunner.states import (
     StopReason,
     TrialRecord,
     TrialState,
-    best_of,
     count_states,
     finished_count,
     first_value,
@@ -48,10 +49,8 @@ __all__ = [
     "Stop",
     "StudyOutcome",
     "run_study",
-    "register_study",
     "check_stores",
     "check_budget",
-    "best_trial",
     "POLL_S",
 ]
 
@@ -117,7 +116,7 @@ def run_study(
     events = events or StudyEvents()
     base = spec.base_config(opts.overrides)  # train: then --set, validated once; each trial resolves its own
     resolved = resolve_config(base)  # what the study records and compares: "auto" decided for the base model
-    target = opts.n_trials or spec.budget.n_trials
+    target = population_target(spec, base) if is_pbt(spec) else opts.n_trials or spec.budget.n_trials
     check_budget(spec, target)
     if data is None:  # a test_ objective on folders without test/, before any store is touched
         check_objective_split(spec.objective.metric, base.data, opts.data_dir)
@@ -134,6 +133,8 @@ def run_study(
         warm_start(study, spec, resolved, url)
         _requeue_interrupted(study)
         enqueue_configs(study, spec, base)
+        if is_pbt(spec):  # the population's first segments, or what a killed run left unqueued
+            reconcile(study, spec, base.epochs)
         _record_data_root(study, base, opts.data_dir)
         tracker = _tracker(spec, opts)
         if tracker is not None:  # where a report finds the curves of trials that ran on another machine
@@ -151,41 +152,13 @@ def run_study(
     finally:
         if cluster is not None:
             cluster.close()
-    done = finished_count(study.get_trials(deepcopy=False)) >= target or stop.kind == StopReason.CONVERGED
+    done = finished_count(study.get_trials(deepcopy=False)) >= target or stop.kind in (StopReason.CONVERGED, StopReason.BUDGET)
     if stop and tracker is not None:
         tracker.update_parent({}, {}, {"stop_reason": stop.text[:5000]})
     if done and tracker is not None:
         register_study(study, tracker.uri, events)
     driver.close("FINISHED" if done else "KILLED")
     return StudyOutcome(study, driver.counts(), target, stop, objective.timings)
-
-
-def register_study(study: optuna.Study, tracking_uri: str, events: StudyEvents | None = None) -> tuple[bool, str]:
-    """The best trial's model registered as the study's name with the alias ``best`` (see
-    ``track.registry``); a line that says what happened. A registry that refuses costs no result:
-    the trials and their checkpoints are recorded already, and ``studyrunner register`` retries.
-    Whether it is registered now, and the line."""
-    from studyrunner.engine.checkpoint import load_checkpoint
-    from studyrunner.track.registry import register_best
-
-    best = best_trial(study)
-    record = TrialRecord.of(best.user_attrs) if best is not None else None
-    if best is None or record is None or not record.checkpoint or not record.mlflow_run_id:
-        return False, f"study {study.study_name}: no completed, tracked trial with a checkpoint to register"
-    try:
-        model = load_checkpoint(record.checkpoint)
-        done = register_best(tracking_uri, study.study_name, record.mlflow_run_id, model, best.number)
-    except Exception as exc:  # the registry's failure is reported, never the study's
-        ok = False
-        why = f"{type(exc).__name__}: {exc}"
-        line = f"the best model of {study.study_name} was not registered ({why}); retry: studyrunner register {study.study_name}"
-    else:
-        ok = True
-        how = "registered" if done.new else "already registered"
-        line = f"best model (trial {best.number}) {how} as {done.name} version {done.version}: {done.uri}"
-    if events is not None:
-        events.notice(line)
-    return ok, line
 
 
 def _open_study(
@@ -266,11 +239,6 @@ def _record_data_root(study: optuna.Study, base: TrainConfig, data_dir: str | No
         study.set_user_attr("data_root", str(resolve_root(base.data, data_dir).resolve()))
 
 
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The COMPLETE trial (trained here, not imported) best on the study's first objective."""
-    return best_of(study.get_trials(deepcopy=False), study.directions[0] == optuna.study.StudyDirection.MAXIMIZE)
-
-
 def _claim_stream(study: optuna.Study) -> int:
     """This process's sampler stream: 0 for the first process on a fresh study (the sweep's seed,
     reproducible), then 1, 2, ... for every later process, resumed or parallel. Claimed under
@@ -328,7 +296,7 @@ class _Driver:
             end = self.limit(start, timeout)
             if end is not None:
                 return end
-            if self._others_finish_it():
+            if self._others_finish_it() or not self.queued():
                 time.sleep(POLL_S)
                 continue
             stopped = self.step()
@@ -349,7 +317,19 @@ class _Driver:
             return Stop()
         if timeout and time.monotonic() - start > timeout:
             return Stop(StopReason.TIMEOUT, f"timeout of {timeout:.0f} s reached")
-        return None
+        return self._epoch_budget()
+
+    def _epoch_budget(self) -> Stop | None:
+        """``budget.epochs``: the epochs trained so far (each seed's; a running trial counts in full)
+        leave no room for another full trial."""
+        allowed = self.spec.budget.epochs
+        if not allowed:
+            return None
+        full = self.spec.sampler.interval if is_pbt(self.spec) else self.objective.base.epochs * self.spec.repeats
+        spent = epochs_spent(self.study.get_trials(deepcopy=False), full, self.spec.repeats)
+        if spent + full <= allowed:
+            return None
+        return Stop(StopReason.BUDGET, f"epoch budget reached: {spent} of budget.epochs {allowed} spent, a trial takes {full}")
 
     def _others_finish_it(self) -> bool:
         """The last trials run in other workers: wait for them to finish, fail or go stale, rather
@@ -369,6 +349,16 @@ class _Driver:
             )
         return wait
 
+    def queued(self) -> bool:
+        """PBT trials come from the queue alone: True when a segment waits to run (the queue is
+        repaired first when it ran dry); other samplers ask for new trials at will."""
+        if not is_pbt(self.spec):
+            return True
+        waiting = (optuna.trial.TrialState.WAITING,)
+        if self.study.get_trials(deepcopy=False, states=waiting):
+            return True
+        return reconcile(self.study, self.spec, self.objective.base.epochs) > 0
+
     def step(self) -> Stop:
         """One trial, then its retry (if it failed), the events and the parent run; a reason to
         stop when failures keep coming."""
@@ -384,6 +374,8 @@ class _Driver:
         if trial_state(trial) == TrialState.CANCELLED:
             return Stop()
         self._after_trial(trial)
+        if is_pbt(self.spec):
+            advance(self.study, self.spec, self.objective.base.epochs, trial)
         self.events.trial_finished(self.study, trial)
         self._update_parent()
         converged = self._converged()
@@ -419,6 +411,8 @@ class _Driver:
         if record.retry < self.spec.max_retries and trial.params and not record.invalid:  # retrying cannot help those
             origin = record.first_attempt(trial.number)
             attrs = {"retry": record.retry + 1, "retry_of": trial.number, "origin": origin}
+            if record.pbt:  # the same segment, from the same decision
+                attrs["pbt"] = record.pbt
             self.study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
 
     def _reap_dead_runs(self) -> None:

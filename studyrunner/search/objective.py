@@ -27,6 +27,7 @@ from studyrunner.engine.data import Splits, load_splits
 from studyrunner.engine.decode import Progress
 from studyrunner.engine.fit import EpochRecord, FitResult, fit
 from studyrunner.errors import StudyrunnerError, Terminated, signalled
+from studyrunner.search import pbt
 from studyrunner.search.space import suggest
 from studyrunner.search.spec import ObjectiveSpec, SweepSpec, parse_constraint
 from studyrunner.search.stopping import no_learning
@@ -157,6 +158,9 @@ class Objective:
         if self.target is not None and _surplus(trial, self.target):
             TrialRecord.write(trial, outcome=Outcome.SURPLUS)  # another worker took the last slot first
             raise SurplusTrial(f"the study already holds or runs {self.target} trials")
+        if pbt.duplicate(trial):  # a segment queued twice (two workers repaired the queue at once)
+            TrialRecord.write(trial, outcome=Outcome.SURPLUS)
+            raise SurplusTrial("another trial already runs or ran this population segment")
         TrialRecord.write(trial, worker=f"{os.uname().nodename}:{os.getpid()}")
         attempt, splits, sampled = self._prepare(trial)
         self.events.trial_started(attempt.number, sampled)
@@ -167,6 +171,7 @@ class Objective:
                 "device": attempt.cfg.device,
                 "precision": attempt.cfg.precision,
                 "repeats": str(self.spec.repeats),
+                **pbt.lineage_tags(trial),
                 **self.extra_tags,
             }
             attempt.run_id = self.tracker.start_trial(attempt.number, attempt.cfg, sampled, tags, splits.classes)
@@ -221,7 +226,9 @@ class Objective:
             TrialRecord.write(trial, origin=number)
         folder = str(trial_folder(self.spec.study, origin))
         try:
-            cfg = trial_config(self.base, sampled, out_dir=folder, storage=self.storage_url)
+            segment = pbt.segment_of(trial)  # a PBT segment trains up to its last epoch
+            values = {**sampled, "epochs": int(segment["end"])} if segment else sampled
+            cfg = trial_config(self.base, values, out_dir=folder, storage=self.storage_url)
         except StudyrunnerError as exc:  # e.g. a sampled optim.lr below a fixed sched.min_lr: the same every time
             TrialRecord.write(trial, fail_reason=f"invalid configuration: {exc}"[:2000], invalid=True)
             raise
@@ -238,8 +245,10 @@ class Objective:
             cfg = dataclasses.replace(attempt.cfg, seed=attempt.cfg.seed + r)  # already validated: only the seed moves
             n_eval = len(splits.val) if splits.val is not None else len(splits.train)
             on_epoch = self._on_epoch(trial, attempt, r, len(splits.classes), n_eval)
+            start_at = self._inherit(trial, cfg)
             try:
-                result = fit(cfg, splits, on_epoch, self.events.batch_done, resume=attempt.retry)
+                resume = attempt.retry or start_at is not None
+                result = fit(cfg, splits, on_epoch, self.events.batch_done, resume=resume, segment_start=start_at)
             finally:  # pruned runs end in an exception: their training time counts all the same
                 self.timings["fit_s"] += time.perf_counter() - start
             attempt.results.append(result)
@@ -258,6 +267,19 @@ class Objective:
         means = [statistics.fmean(attempt.values)] + [statistics.fmean(col) for col in zip(*attempt.others, strict=True)]
         self._constrain(trial, means, attempt.results[0])
         return means if len(means) > 1 else means[0]
+
+    def _inherit(self, trial: optuna.Trial, cfg: TrainConfig) -> int | None:
+        """A PBT segment: its parent's state in its folder; the epoch it continues from."""
+        start = pbt.segment_start(trial)
+        rec = pbt.segment_of(trial)
+        if start is not None and rec is not None:
+            source = pbt.inherit_state(trial, cfg.out_dir, cfg.seed, self.tracker)
+            if source and rec.get("event") == "exploit":
+                changed = ", ".join(f"{k} {a:.3g} -> {b:.3g}" for k, (a, b) in rec["changes"].items()) or "no value changed"
+                self.events.notice(
+                    f"trial {trial.number}: member {rec['member']} copies trial {rec['parent']} after epoch {start}; {changed}"
+                )
+        return start
 
     def _constrain(self, trial: optuna.Trial, means: list[float], first: FitResult) -> None:
         """Each constraint as ``value - bound`` (<= 0 is feasible), for the sampler's constraints_func."""
@@ -279,7 +301,8 @@ class Objective:
         self, trial: optuna.Trial, attempt: _Attempt, repeat: int, classes: int, n_eval: int
     ) -> Callable[[EpochRecord], None]:
         metric = self.spec.objective.metric
-        after = self.spec.pruner.no_learning_epochs
+        inherited = pbt.segment_start(trial) or 0  # a PBT segment's first epochs are its parent's
+        after = 0 if pbt.is_pbt(self.spec) else self.spec.pruner.no_learning_epochs
 
         def on_epoch(record: EpochRecord) -> None:
             if attempt.run_id and self.tracker:
@@ -287,7 +310,8 @@ class Objective:
                 self.tracker.log_epoch(attempt.run_id, record, prefix="" if repeat == 0 else f"seed{repeat}_")
                 self.tracker.upload(attempt.run_id, attempt.cfg.out_dir)  # this epoch's checkpoint and resume state
                 self.timings["epoch_logging_s"] += time.perf_counter() - start
-            self.events.epoch_done(attempt.number, record, attempt.cfg.epochs)
+            if record.epoch > inherited:
+                self.events.epoch_done(attempt.number, record, attempt.cfg.epochs)
             if repeat:
                 return
             attempt.records.append(record)
@@ -338,7 +362,8 @@ class Objective:
     def _settle(self, attempt: _Attempt) -> None:
         """The pruning study's mirror told; a finished trial's state files removed (nothing to resume)."""
         _settle_shadow(self.pruning, attempt)
-        if attempt.outcome.state.finished and attempt.cfg.out_dir:
+        # PBT keeps them: the next segment starts from its parent's state
+        if attempt.outcome.state.finished and attempt.cfg.out_dir and not pbt.is_pbt(self.spec):
             for saved in Path(attempt.cfg.out_dir).glob("state-seed*.pt"):
                 saved.unlink(missing_ok=True)
 
@@ -356,9 +381,8 @@ class Objective:
         self._deliver(attempt)  # pruned, diverged and failed curves are kept too, beside the checkpoint and in MLflow
         if attempt.history:
             last = attempt.history[-1]
-            TrialRecord.write(
-                trial, epochs=len(attempt.history), final_train_acc=last.train_acc, final_val_acc=last.val_acc
-            )
+            own = len(attempt.history) - (pbt.segment_start(trial) or 0)  # a PBT segment's inherited epochs are not its own
+            TrialRecord.write(trial, epochs=own, final_train_acc=last.train_acc, final_val_acc=last.val_acc)
         if attempt.outcome == Outcome.COMPLETED:
             _summarise(trial, attempt)
         if attempt.run_id is None or self.tracker is None:

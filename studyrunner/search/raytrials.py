@@ -79,6 +79,7 @@ class TrialHost(Protocol):
     def limit(self, start: float, timeout: float | None) -> Stop | None: ...
     def finish_trial(self, trial: optuna.trial.FrozenTrial) -> Stop: ...
     def sweep_dead_workers(self) -> None: ...
+    def queued(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -307,6 +308,8 @@ class RayCluster:
     def _fill(self, host: TrialHost, flight: dict[Any, optuna.Trial], submit: Callable[[optuna.Trial], Any]) -> None:
         """Ask and submit trials until the cluster is full or the study has what it needs in flight."""
         for _ in range(min(self.slots(), host.target - host.finished()) - len(flight)):
+            if not host.queued():  # PBT: the next segments wait for the ones in flight
+                return
             with warnings.catch_warnings():  # Optuna suggests heartbeats with optimize(); these beat from the driver
                 warnings.simplefilter("ignore", UserWarning)
                 trial = host.study.ask()

@@ -23,7 +23,14 @@ SamplerFactory = Callable[[SweepSpec, TrainConfig, int | None, dict[str, Any]], 
 
 def _tpe(spec: SweepSpec, seed: int | None, startup: dict[str, Any]) -> optuna.samplers.BaseSampler:
     """TPE; constraints reach it through ``trial.set_constraint`` (the objective sets them)."""
-    return optuna.samplers.TPESampler(seed=seed, **startup)
+    s = spec.sampler
+    return optuna.samplers.TPESampler(seed=seed, multivariate=s.multivariate or s.group, group=s.group, **startup)
+
+
+def _pbt(spec: SweepSpec, base: TrainConfig, seed: int | None) -> optuna.samplers.BaseSampler:
+    from studyrunner.search.pbt import PBTSampler
+
+    return PBTSampler(spec, base, seed)
 
 
 SAMPLERS: dict[str, SamplerFactory] = {
@@ -33,6 +40,7 @@ SAMPLERS: dict[str, SamplerFactory] = {
     "cmaes": lambda spec, base, seed, startup: optuna.samplers.CmaEsSampler(seed=seed, **startup),
     "gp": lambda spec, base, seed, startup: optuna.samplers.GPSampler(seed=seed, **startup),
     "qmc": lambda spec, base, seed, startup: optuna.samplers.QMCSampler(seed=seed),
+    "pbt": lambda spec, base, seed, startup: _pbt(spec, base, seed),
 }
 
 

@@ -20,6 +20,7 @@ from studyrunner.config import ConfigError, TrainConfig, allowed_keys, apply_ove
 from studyrunner.search.specfile import Problem, SpecError, StrictModel, load_spec, load_yaml
 
 __all__ = [
+    "is_mutable",
     "choice_label",
     "ObjectiveSpec",
     "Budget",
@@ -62,12 +63,24 @@ class Budget(StrictModel):
     # the last `patience` finished trials (None = run all n_trials)
     patience: int | None = Field(None, ge=1)
     min_improvement: float | Literal["noise"] = "noise"  # noise = twice the seeds' standard deviation (needs repeats >= 2)
+    # epochs the study may train in all (every seed, pruned trials too): a trial starts only while a
+    # full one still fits, so the study never spends more (None = no limit)
+    epochs: int | None = Field(None, ge=1)
 
 
 class SamplerSpec(StrictModel):
-    name: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"] = "tpe"
+    name: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc", "pbt"] = "tpe"
     seed: int | None = Field(0, ge=0, lt=2**32)  # numpy's seed range
     n_startup_trials: int | None = Field(None, ge=0)  # tpe/cmaes/gp: random trials before modelling
+    multivariate: bool = False  # tpe: model the parameters jointly (Optuna's multivariate TPE)
+    group: bool = False  # tpe with multivariate: one model per set of parameters that appear together (`when:`)
+    # pbt (population-based training): members trained side by side, `interval` epochs at a time; after each
+    # interval the bottom `quantile` copy the state of a top-`quantile` member and perturb its values
+    population: int = Field(8, ge=2, le=256)
+    interval: int = Field(3, ge=1)  # epochs between exploit/explore decisions
+    quantile: float = Field(0.25, gt=0, le=0.5)
+    perturb: tuple[float, float] = (0.8, 1.2)  # factors a copied value is multiplied by (one, at random)
+    resample: float = Field(0.25, ge=0, le=1)  # chance that a copied value is drawn afresh from its range instead
 
 
 class PrunerSpec(StrictModel):
@@ -243,7 +256,41 @@ def _semantic_problems(spec: SweepSpec) -> list[Problem]:
         )
     if spec.pruner.name == "threshold" and spec.pruner.lower is None and spec.pruner.upper is None:
         problems.append(("pruner: the threshold pruner needs lower and/or upper", ("pruner",)))
-    return problems
+    return problems + _pbt_problems(spec, base)
+
+
+def is_mutable(key: str) -> bool:
+    """A space key PBT may change mid-training (``model.dropout.2`` is one position of ``model.dropout``)."""
+    from studyrunner.engine.checkpoint import MUTABLE_KEYS
+
+    return key != "epochs" and (key in MUTABLE_KEYS or key.rsplit(".", 1)[0] in MUTABLE_KEYS)
+
+
+def _pbt_problems(spec: SweepSpec, base: TrainConfig) -> list[Problem]:
+    """PBT trains members in segments and sets their values itself: what it cannot run with."""
+    from studyrunner.engine.checkpoint import MUTABLE_KEYS
+
+    if spec.sampler.name != "pbt":
+        return []
+    mutable = [k for k, p in spec.space.items() if p.choices is None and is_mutable(k)]
+    checks = [
+        (spec.pruner.name == "none", "pruner.name must be none: PBT replaces pruning with exploit/explore", ("pruner",)),
+        (spec.repeats == 1, "repeats must be 1 with sampler pbt (a member is one training run)", ("repeats",)),
+        (not spec.objectives, "sampler pbt ranks members on one objective; give objective, not objectives", ("objectives",)),
+        (
+            base.sched.name == "none" and not any(k.startswith("sched.") for k in spec.space),
+            "sampler pbt sets the learning rate itself: leave sched.name none and sched.* out of the space",
+            ("train",),
+        ),
+        (
+            bool(mutable),
+            f"sampler pbt needs a range (low/high) on one of {', '.join(sorted(MUTABLE_KEYS - {'epochs'}))}",
+            ("space",),
+        ),
+        (spec.sampler.perturb[0] > 0 and spec.sampler.perturb[1] > 0, "sampler.perturb factors must be > 0", ("sampler",)),
+        (base.state_every == 1, "sampler pbt copies a member's state at every interval: state_every must be 1", ("train",)),
+    ]
+    return [(text, loc) for ok, text, loc in checks if not ok][:1]
 
 
 def _grid_problems(spec: SweepSpec) -> list[Problem]:
@@ -386,7 +433,7 @@ def _range_problems(spec: SweepSpec, base: TrainConfig, name: str, p: ParamSpec)
 def _is_int_field(base: TrainConfig, key: str) -> bool:
     obj: Any = base
     for part in key.split("."):
-        obj = getattr(obj, part)
+        obj = obj[int(part)] if isinstance(obj, tuple) else getattr(obj, part)  # model.dropout.2: a list's position
     return isinstance(obj, int) and not isinstance(obj, bool)
 
 

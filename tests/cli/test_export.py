@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from studyrunner.cli.main import app
-from studyrunner.search.driver import RunOptions, best_trial, run_study
+from studyrunner.search.best import best_trial
+from studyrunner.search.driver import RunOptions, run_study
 from tests.conftest import sweep_spec
 
 runner = CliRunner()

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from studyrunner.cli.main import app
 from studyrunner.engine.checkpoint import load_checkpoint
 from studyrunner.engine.data import load_splits
-from studyrunner.search.driver import RunOptions, best_trial, run_study
+from studyrunner.search.best import best_trial
+from studyrunner.search.driver import RunOptions, run_study
 from studyrunner.states import TrialRecord
 from tests.conftest import sweep_spec
 
