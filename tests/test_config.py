@@ -141,3 +141,13 @@ def test_lr_floor_is_checked_only_where_a_schedule_decays_to_it():
             apply_overrides(TrainConfig(), {**base, "sched.name": name})
     with pytest.raises(ConfigError, match="sched.min_lr must be >= 0"):
         apply_overrides(TrainConfig(), {"sched.min_lr": -1.0})
+
+
+def test_one_position_of_a_fixed_length_list_is_a_key_of_its_own():
+    cfg = apply_overrides(TrainConfig(), {"model.dropout": [0.5, 0.5, 0.5, 0.5], "model.dropout.2": "0.1"})
+    assert cfg.model.dropout == (0.5, 0.5, 0.1, 0.5)
+    assert "model.dropout.3" in allowed_keys() and "model.dropout.4" not in allowed_keys()
+    with pytest.raises(ConfigError, match="model.dropout.4"):
+        apply_overrides(TrainConfig(), {"model.dropout.4": 0.1})
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        apply_overrides(TrainConfig(), {"model.dropout.0": 1.5})

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -137,10 +138,15 @@ def validate_one(sweep: Path, overrides: dict[str, Any], data_dir: str | None) -
     console.print(plan.describe(), highlight=False, soft_wrap=True)
     for note in plan.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    s = spec.sampler
+    shape = (
+        f"population {s.population} x {math.ceil(base.epochs / s.interval)} segments of {s.interval} epochs "
+        f"({s.population * base.epochs} epochs)"
+        if s.name == "pbt"
+        else f"{base.epochs} epochs per trial, repeats {spec.repeats}"
+    )
     console.print(
-        f"ok: {sweep} is valid; data root {root} (from {root_source(base.data.path, data_dir)}); "
-        f"{base.epochs} epochs per trial, repeats {spec.repeats}",
-        highlight=False,
+        f"ok: {sweep} is valid; data root {root} (from {root_source(base.data.path, data_dir)}); {shape}", highlight=False
     )
 
 

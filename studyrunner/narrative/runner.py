@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from studyrunner.errors import StudyrunnerError
 from studyrunner.narrative.spec import NarrativeSpec
+from studyrunner.search.best import best_values
 from studyrunner.search.driver import RunOptions, StudyOutcome, run_study
 from studyrunner.search.objective import DataSource, StudyEvents
+from studyrunner.search.spec import load_sweep
 
 __all__ = ["run_narrative"]
 
@@ -29,7 +32,16 @@ def run_narrative(
     step_opts = RunOptions(None, opts.timeout, opts.overrides, opts.storage, opts.tracking_uri, opts.data_dir)
     outcomes = []
     for i, step in enumerate(spec.steps, 1):
-        sweep = spec.step_sweep(step, scale)
+        found = None
+        if step.best_of:  # the automatic study first (resumed when it ran before), then its best configuration
+            search = load_sweep(spec.best_of_path(step))
+            if announce:
+                announce(f"step {i}/{len(spec.steps)}: {step.title}: the search {search.study} ({search.source})")
+            outcome = run_study(search, RunOptions(None, opts.timeout, {}, opts.storage, opts.tracking_uri, opts.data_dir))
+            found = best_values(outcome.study)
+            if found is None:
+                raise StudyrunnerError(f"{spec.source}: step {step.name}: the search {search.study} has no complete trial")
+        sweep = spec.step_sweep(step, scale, found)
         if announce:
             announce(f"step {i}/{len(spec.steps)}: {step.title} [{sweep.study}]")
         outcomes.append(run_study(sweep, step_opts, events, data))

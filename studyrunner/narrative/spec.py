@@ -50,6 +50,9 @@ class Step(StrictModel):
     document: dict[str, float | int | str] = Field(default_factory=dict)  # the document's figures
     claim: str = ""  # what the document concludes from this step
     repeats: int | None = Field(None, ge=1, le=MAX_REPEATS)  # seeds of this step (default: the study's repeats)
+    # a sweep file (relative to this file's folder): the step runs it (or resumes it) and then trains the
+    # configuration its best trial found, with this step's seeds: one automatic study against the hand-tuned steps
+    best_of: str = ""
 
     @field_validator("train", "full", "reduced", mode="before")
     @classmethod
@@ -124,26 +127,40 @@ class NarrativeSpec(StrictModel):
         self.check_scale(scale)
         for step in self.steps:
             self.step_config(step, scale, overrides)
+            if step.best_of:  # the search it runs is a sweep file like any other: checked in full
+                from studyrunner.search.spec import load_sweep
+
+                load_sweep(self.best_of_path(step))
 
     def step_study(self, step: Step, scale: str) -> str:
         """The Optuna study (and MLflow experiment) name of ``step`` at ``scale``."""
         return f"{self.study}.{scale}.{step.name}"
 
-    def step_config(self, step: Step, scale: str, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-        """base, then the scale's overrides, the step's, the step's at that scale, then ``overrides``."""
+    def best_of_path(self, step: Step) -> Path:
+        """The sweep a ``best_of`` step runs, found beside the narrative file (or as given)."""
+        path = Path(step.best_of)
+        beside = Path(self.source).parent / path if self.source else path
+        return beside if not path.is_absolute() and beside.is_file() else path
+
+    def step_config(
+        self, step: Step, scale: str, overrides: Mapping[str, Any] | None = None, found: Mapping[str, Any] | None = None
+    ) -> TrainConfig:
+        """base, then the scale's overrides, the step's, the step's at that scale, the values a
+        ``best_of`` step's search found, then ``overrides``."""
         cfg = apply_overrides(TrainConfig(), self.base)
         cfg = apply_overrides(cfg, flatten(self.scales.get(scale, {})))  # type: ignore[call-overload]
         cfg = apply_overrides(cfg, step.train)
         cfg = apply_overrides(cfg, step.reduced if scale == "reduced" else step.full)
+        cfg = apply_overrides(cfg, found or {})
         cfg = apply_overrides(cfg, overrides or {})
         if cfg.model.init.startswith("step:"):  # an earlier step's best checkpoint, at the same scale
             earlier = self.step(cfg.model.init.removeprefix("step:"))
             cfg = apply_overrides(cfg, {"model.init": f"study:{self.step_study(earlier, scale)}"})
         return cfg
 
-    def step_sweep(self, step: Step, scale: str) -> SweepSpec:
+    def step_sweep(self, step: Step, scale: str, found: Mapping[str, Any] | None = None) -> SweepSpec:
         """The step as a sweep: a grid over ``repeats`` seeds, one trial per seed."""
-        cfg = self.step_config(step, scale)
+        cfg = self.step_config(step, scale, found=found)
         seeds = step.repeats or self.repeats
         return SweepSpec.model_validate(
             {

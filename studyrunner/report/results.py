@@ -365,6 +365,9 @@ class StepResult:
     config: dict[str, Any]  # the resolved config of the step at this scale
     checkpoint: str = ""  # best-validation checkpoint of the step's best run, when one was saved
     confusion: dict[str, Any] | None = None  # its best run's validation confusion matrix (see StudyResult)
+    # a best_of step: the search it retrains the best of (study, sweep, sampler, pruner, trials, complete,
+    # epochs spent, best trial, its value and values)
+    search: dict[str, Any] | None = None
 
     def values(self, metric: str) -> list[float]:
         return [v for v in (r.metric(metric) for r in self.runs if r.state == TrialState.COMPLETE) if v is not None]
@@ -383,6 +386,31 @@ class NarrativeResult:
     source: str
 
 
+def _search_info(spec: NarrativeSpec, step: Any, store: Any, names: set[str]) -> dict[str, Any] | None:
+    """What a ``best_of`` step's search spent and found (None before it ran)."""
+    from studyrunner.search.best import best_trial, best_values, epochs_spent
+    from studyrunner.search.spec import load_sweep
+
+    sweep = load_sweep(spec.best_of_path(step))
+    if sweep.study not in names:
+        return None
+    study = optuna.load_study(study_name=sweep.study, storage=store)
+    trials = study.get_trials(deepcopy=False)
+    best = best_trial(study)
+    return {
+        "study": sweep.study,
+        "sweep": step.best_of,
+        "sampler": sweep.sampler.name,
+        "pruner": sweep.pruner.name,
+        "trials": len([t for t in trials if trial_state(t).finished]),
+        "complete": len([t for t in trials if trial_state(t) == TrialState.COMPLETE]),
+        "epochs": epochs_spent(trials, 0, sweep.repeats),
+        "best_trial": None if best is None else best.number,
+        "best_value": None if best is None else first_value(best),
+        "params": best_values(study),
+    }
+
+
 def narrative_result(spec: NarrativeSpec, scale: str, storage: str) -> NarrativeResult:
     """The stored runs of every step of a narrative study, and a verdict per claim."""
     steps: list[StepResult] = []
@@ -392,6 +420,7 @@ def narrative_result(spec: NarrativeSpec, scale: str, storage: str) -> Narrative
         study_name = spec.step_study(step, scale)
         runs: list[TrialResult] = []
         checkpoint, confusion = "", None
+        search = _search_info(spec, step, store, names) if step.best_of else None
         if study_name in names:
             study = optuna.load_study(study_name=study_name, storage=store)
             tracking = study.user_attrs.get("tracking_uri")
@@ -407,9 +436,10 @@ def narrative_result(spec: NarrativeSpec, scale: str, storage: str) -> Narrative
                 step.claim,
                 dict(step.document),
                 runs,
-                config_to_dict(spec.step_config(step, scale)),
+                config_to_dict(spec.step_config(step, scale, found=(search or {}).get("params"))),
                 checkpoint,
                 confusion,
+                search,
             )
         )
     by_name = {s.name: s for s in steps}

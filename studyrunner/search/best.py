@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -11,12 +11,20 @@ from studyrunner.states import TrialRecord, best_of
 if TYPE_CHECKING:
     from studyrunner.search.objective import StudyEvents
 
-__all__ = ["best_trial", "epochs_spent", "register_study"]
+__all__ = ["best_trial", "best_values", "epochs_spent", "register_study"]
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The COMPLETE trial (trained here, not imported) best on the study's first objective."""
     return best_of(study.get_trials(deepcopy=False), study.directions[0] == optuna.study.StudyDirection.MAXIMIZE)
+
+
+def best_values(study: optuna.Study) -> dict[str, Any] | None:
+    """The best trial's sampled values as config keys (list-valued choices decoded); None without one."""
+    from studyrunner.search.space import decode
+
+    best = best_trial(study)
+    return None if best is None else {k: decode(v) for k, v in best.params.items()}
 
 
 def epochs_spent(trials: list[optuna.trial.FrozenTrial], running: int, repeats: int) -> int:

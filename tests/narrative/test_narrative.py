@@ -96,7 +96,7 @@ def test_shipped_narrative_is_valid_at_both_scales():
         assert spec.step_config(step, "full").data.train_subset == 0
 
 
-@pytest.mark.parametrize("name", ["cifar10_tuning.yaml", "transfer_cifar.yaml"])
+@pytest.mark.parametrize("name", ["cifar10_tuning.yaml", "transfer_cifar.yaml", "cifar10_joint.yaml"])
 def test_validate_command_accepts_shipped_narratives(tmp_path, name):
 
     from typer.testing import CliRunner
@@ -184,3 +184,41 @@ def test_above_verdict_on_gap():
     claim = Claim(id="g", text="big gap", kind="above", a="a", metric="final_gap", threshold=0.1)
     v = judge(claim, steps)
     assert v.verdict == "reproduced" and v.difference == pytest.approx(0.1)
+
+
+def test_a_best_of_step_runs_its_search_then_trains_what_it_found_beside_the_hand_tuned_steps(tmp_path, tiny_train):
+    """The search runs first (within its epoch budget); the step trains the search's best values
+    with the narrative's seeds, and the report puts search and hand-tuning side by side."""
+    import optuna
+
+    from studyrunner.report.narrative_md import render_narrative
+    from studyrunner.report.results import narrative_result
+
+    search = write_sweep(
+        tmp_path,
+        "study: search\nbudget: {n_trials: 10, epochs: 6}\npruner: {name: none}\nsampler: {name: random, seed: 3}\n"
+        + tiny_train.replace("epochs: 3", "epochs: 2")
+        + "space:\n  optim.lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n",
+        "search.yaml",
+    )
+    text = STORY.replace(
+        "claims:\n",
+        f"  - {{name: joint, title: 3 one search, best_of: {search}}}\nclaims:\n"
+        "  - {id: joint_vs_bn, text: the search matches hand-tuning, a: joint, b: bn, metric: best_val_acc}\n",
+    )
+    spec = load_narrative(_story(tmp_path, tiny_train, text))
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    outcomes = run_narrative(spec, "reduced", RunOptions(storage=storage, tracking_uri="none"))
+    searched = optuna.load_study(study_name="search", storage=storage)
+    assert len(searched.trials) == 3  # 3 trials of 2 epochs fill budget.epochs 6
+    best = max((t for t in searched.trials if t.value is not None), key=lambda t: t.value)
+    joint = outcomes[-1].study
+    assert joint.study_name == "story.reduced.joint" and sorted(t.params["seed"] for t in joint.trials) == [0, 1]
+    assert {t.user_attrs["out_dir"] for t in joint.trials}  # trained, with the search's best learning rate:
+    result = narrative_result(spec, "reduced", storage)
+    step = result.steps[-1]
+    assert step.config["optim"]["lr"] == pytest.approx(best.params["optim.lr"]) and step.search["epochs"] == 6
+    markdown = render_narrative(result, None, "studyrunner run story.yaml")
+    section = markdown.split("## One study instead of seven steps", 1)[1].split("## ", 1)[0]
+    assert "`search`: random, pruner none" in section and "| 3/3 | 6 |" in section
+    assert "The best hand-tuned step is " in section and "the search matches hand-tuning" in markdown

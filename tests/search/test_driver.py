@@ -212,3 +212,13 @@ def test_resuming_with_an_edited_pruner_warns_once_before_trials_run(tmp_path, t
     changes = [[n for n in heard.notices if "than it began with" in n] for heard in (first, again, edited)]
     assert changes[0] == [] and changes[1] == []  # a bigger budget is not a change of the search
     assert len(changes[2]) == 1 and "another pruner than it began with" in changes[2][0]
+
+
+def test_an_epoch_budget_starts_no_trial_that_would_exceed_it(tmp_path, tiny_train):
+    from studyrunner.search.best import epochs_spent
+    from studyrunner.states import StopReason
+
+    spec = sweep_spec(tmp_path, tiny_train, head="budget: {n_trials: 10, epochs: 8}\npruner: {name: none}\n")
+    outcome = run_study(spec, _opts(tmp_path))
+    assert outcome.stop.kind == StopReason.BUDGET and "budget.epochs 8" in outcome.stop.text
+    assert len(outcome.study.trials) == 2 and epochs_spent(outcome.study.trials, 3, 1) == 6  # a third 3-epoch trial: 9 > 8

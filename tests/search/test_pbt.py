@@ -193,3 +193,34 @@ def test_a_sigkilled_population_resumes_with_every_member_once(tmp_path, tiny_tr
         if g == EPOCHS // INTERVAL - 1:
             history = json.loads((Path(t.user_attrs["out_dir"]) / "history.json").read_text())
             assert [r["epoch"] for r in history] == list(range(1, EPOCHS + 1))
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (("pruner: {name: none}", "pruner: {name: median}"), "pruner.name must be none"),
+        (("optim: {lr: 0.003}", "optim: {lr: 0.003}\n  sched: {name: step}"), "leave sched.name none"),
+        (("sampler: {name: pbt", "repeats: 2\nsampler: {name: pbt"), "repeats must be 1"),
+        (("  optim.lr: {low: 1.0e-5, high: 5.0e-2, log: true}\n", ""), None),  # momentum and dropout remain: valid
+        (("population: 4", "population: 1"), "population"),
+    ],
+)
+def test_a_pbt_sweep_it_cannot_run_is_refused_naming_the_key(tmp_path, tiny_train, change, says):
+    from studyrunner.search.specfile import SpecError
+
+    path = _pbt_sweep(tmp_path, tiny_train)
+    path.write_text(path.read_text().replace(*change))
+    if says is None:
+        load_sweep(path)
+        return
+    with pytest.raises(SpecError, match=says):
+        load_sweep(path)
+
+
+def test_a_pbt_space_with_nothing_that_can_change_mid_training_is_refused(tmp_path, tiny_train):
+    from studyrunner.search.specfile import SpecError
+
+    train = tiny_train.replace("optim: {name: adam, lr: 0.003}", "optim: {lr: 0.003}")
+    path = write_sweep(tmp_path, f"study: p\nsampler: {{name: pbt}}\n{train}space:\n  optim.name: {{choices: [sgd, adam]}}\n")
+    with pytest.raises(SpecError, match="needs a range"):
+        load_sweep(path)
