@@ -47,6 +47,15 @@ def _tpe(seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed)
 
 
+def _gp(seed: int) -> optuna.samplers.BaseSampler:
+    """Optuna's Gaussian-process sampler (marked experimental by Optuna; its default 10 startup trials)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.GPSampler(seed=seed)
+
+
 def _median() -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2)
 
@@ -59,6 +68,9 @@ STRATEGIES: dict[str, Callable[[int], Strategy]] = {
     "tpe+sha": lambda seed: (_tpe(seed), optuna.pruners.SuccessiveHalvingPruner(), 0),
     "tpe+no-learning": lambda seed: (_tpe(seed), optuna.pruners.NopPruner(), NO_LEARNING_AFTER),
     "tpe+median+no-learning": lambda seed: (_tpe(seed), _median(), NO_LEARNING_AFTER),
+    "gp": lambda seed: (_gp(seed), optuna.pruners.NopPruner(), 0),
+    "gp+no-learning": lambda seed: (_gp(seed), optuna.pruners.NopPruner(), NO_LEARNING_AFTER),
+    "gp+sha+no-learning": lambda seed: (_gp(seed), optuna.pruners.SuccessiveHalvingPruner(), NO_LEARNING_AFTER),
 }
 UNPRUNED = ("random", "tpe")  # every trial they start runs to its end
 

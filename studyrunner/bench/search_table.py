@@ -179,9 +179,10 @@ def _table_key(spec: SweepSpec, overrides: Mapping[str, Any], points: int, base:
     """A fingerprint of what shapes the curves: the sweep's train section and space, the overrides,
     the grid, and the device and precision they ran at. The budget, sampler and pruner only shape
     the replay, so changing them keeps the table; so does a new TrainConfig field (a changed
-    default is not seen: delete table.json to rebuild)."""
+    default is not seen: delete table.json to rebuild). Device and precision count as resolved, so a
+    sweep that names fp32 and one that lets a machine without bf16 resolve it to fp32 share a table."""
     setup = {
-        "train": spec.train,
+        "train": {k: v for k, v in spec.train.items() if k not in ("device", "precision")},  # counted as resolved, below
         "space": {name: p.model_dump(mode="json") for name, p in spec.space.items()},
         "overrides": dict(overrides),
         "grid_points": points,

@@ -281,3 +281,26 @@ def test_a_trial_no_node_can_hold_is_refused_locally_and_waited_for_on_a_cluster
     assert ray.is_initialized()  # the session's instance: joined, never stopped by the library
     cluster.close()
     assert ray.is_initialized()
+
+
+@pytest.mark.long
+def test_a_pbt_population_runs_as_ray_tasks_each_segment_once(ray_instance, tmp_path, tiny_train, monkeypatch):
+    """PBT on the Ray executor: members side by side as tasks, each (member, segment) once, the
+    copied segments starting from their parents' state."""
+    from studyrunner.search.pbt import segment_of
+
+    monkeypatch.chdir(tmp_path)
+    train = tiny_train.replace("epochs: 3", "epochs: 4").replace("name: adam, lr: 0.003", "name: sgd, lr: 0.003")
+    head = "sampler: {name: pbt, population: 4, interval: 2, seed: 0}\npruner: {name: none}\nresources: {cpus: 1}\n"
+    space = "space:\n  optim.lr: {low: 1.0e-5, high: 5.0e-2, log: true}\n  optim.momentum: {low: 0.0, high: 0.95}\n"
+    spec = sweep_spec(tmp_path, train, head=head, space=space, name="rpbt")
+    out = run_study(spec, _opts(tmp_path, ray="local"))
+    assert out.counts == {TrialState.COMPLETE: 8}
+    segments = sorted((segment_of(t)["member"], segment_of(t)["generation"]) for t in out.study.trials)
+    assert segments == [(m, g) for m in range(4) for g in range(2)]
+    for t in out.study.trials:
+        rec = segment_of(t)
+        assert (rec["event"] == "start") == (rec["generation"] == 0)
+        assert TrialRecord.of(t.user_attrs).epochs == 2  # its own interval only
+    _, _, trials = _runs(tmp_path, "rpbt")
+    assert {r.data.tags["pbt.generation"] for r in trials} == {"0", "1"} and all(r.info.status == "FINISHED" for r in trials)
