@@ -56,6 +56,10 @@ if TYPE_CHECKING:
         machine,
         run_bench,
     )
+    from studyrunner.bench.versus import (
+        plain_study,
+        run_versus,
+    )
 
 __all__ = [
     "frozen_head",
@@ -93,6 +97,8 @@ __all__ = [
     "documents_pipeline",
     "engine_pipeline",
     "machine",
+    "run_versus",
+    "plain_study",
 ]
 _HOMES = {
     "frozen_head": "frozen",
@@ -130,5 +136,7 @@ _HOMES = {
     "documents_pipeline": "throughput",
     "engine_pipeline": "throughput",
     "machine": "throughput",
+    "run_versus": "versus",
+    "plain_study": "versus",
 }
 __getattr__, __dir__ = exports(__name__, _HOMES)

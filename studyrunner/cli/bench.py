@@ -113,6 +113,22 @@ def overhead(
 
 @bench_app.command()
 @user_errors
+def versus(
+    trials: Annotated[int, _default("versus", "n_trials", "Trials per study.")],
+    epochs: Annotated[int, _default("versus", "epochs", "Epochs per trial.")],
+    data_dir: DataDirOpt = None,
+) -> None:
+    """The main job (cifar_lr space) as Optuna's PyTorch example would run it, then as studyrunner runs it: the ratio."""
+    from studyrunner.bench.versus import run_versus
+
+    positive("--trials", trials)
+    positive("--epochs", epochs)
+    _on_machine()
+    _figures(run_versus(data_dir, log=_log, n_trials=trials, epochs=epochs))
+
+
+@bench_app.command()
+@user_errors
 def frozen(epochs: EpochsOpt, data_dir: DataDirOpt = None) -> None:
     """Seconds per frozen-backbone head trial (EfficientNet-Lite0, 224 px) with and without the feature cache."""
     from studyrunner.bench.frozen import frozen_head

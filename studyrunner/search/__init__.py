@@ -9,6 +9,7 @@ from studyrunner.lazy import exports
 if TYPE_CHECKING:
     from studyrunner.search.best import (
         best_trial,
+        best_values,
         epochs_spent,
         register_study,
     )
@@ -118,6 +119,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "best_trial",
+    "best_values",
     "epochs_spent",
     "register_study",
     "RunOptions",
@@ -202,6 +204,7 @@ __all__ = [
 ]
 _HOMES = {
     "best_trial": "best",
+    "best_values": "best",
     "epochs_spent": "best",
     "register_study": "best",
     "RunOptions": "driver",

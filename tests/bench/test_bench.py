@@ -168,3 +168,18 @@ def test_options_before_a_sub_command_are_refused_not_ignored(calls, tmp_path):
     res = invoke("--data-dir", str(tmp_path), "search", "s.yaml")
     assert res.exit_code == 1 and "search" not in calls
     assert "--data-dir before the sub-command" in res.stderr and "studyrunner bench search --data-dir" in res.stderr
+
+
+def test_versus_runs_the_plain_example_and_studyrunner_on_the_same_budget(tmp_path, monkeypatch):
+    from studyrunner.bench.versus import run_versus
+
+    monkeypatch.setenv("STUDYRUNNER_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_folder(tmp_path / "c", classes=3, per_class=40, split="train", sizes=((32, 32),))
+    make_folder(root, classes=3, per_class=2, split="test", sizes=((32, 32),))
+    lines: list[str] = []
+    f = run_versus(str(root), log=lines.append, n_trials=2, epochs=2, train_images=60, val_images=30)
+    assert f["ratio"] == f["plain_s"] / f["studyrunner_s"] and f["plain_s"] > 0 and f["studyrunner_s"] > 0
+    assert 2 <= f["plain_epochs"] <= 4 and 2 <= f["studyrunner_epochs"] <= 4  # 2 trials of at most 2 epochs each
+    assert 0 < f["plain_best"] <= 1 and 0 < f["studyrunner_best"] <= 1
+    assert any(line.startswith("ratio (plain / studyrunner wall time): ") for line in lines)
+    assert lines[0].startswith("machine: ")  # the figures name the machine they ran on
