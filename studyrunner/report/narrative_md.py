@@ -129,7 +129,7 @@ def _joint_section(n: NarrativeResult) -> list[str]:
                "retrained: best val", "test", "vs best hand-tuned (pts)", "verdict"]  # fmt: skip
     best_line = (
         f"The best hand-tuned step is {best_hand.title}: {_figure(best_hand.values('best_val_acc'), 'best_val_acc')} "
-        f"best validation accuracy. The hand-tuned steps trained {spent} epochs in all."
+        f"best validation accuracy. The hand-tuned steps in this report trained {spent} epochs."
         if best_hand
         else "No hand-tuned step has finished runs yet."
     )

@@ -28,14 +28,18 @@ def best_values(study: optuna.Study) -> dict[str, Any] | None:
 
 
 def epochs_spent(trials: list[optuna.trial.FrozenTrial], running: int, repeats: int) -> int:
-    """Epochs the trials trained, every seed counted: a finished trial's recorded epochs, a running
-    (or waiting-to-run) one at ``running``; never-trained trials (surplus, interrupted at once) add 0."""
+    """Epochs the trials trained, every seed counted: a finished (or failed) trial's recorded epochs
+    less those an earlier attempt trained and it resumed from (counted with that attempt), a running
+    one at ``running``; never-trained trials (surplus, interrupted at once) add 0."""
     spent = 0
     for t in trials:
-        if t.state in (optuna.trial.TrialState.RUNNING,):
+        if t.state == optuna.trial.TrialState.RUNNING:
             spent += running
         elif t.state.is_finished():
-            spent += (TrialRecord.of(t.user_attrs).epochs or 0) * repeats
+            rec = TrialRecord.of(t.user_attrs)
+            start = int((rec.pbt or {}).get("start", 0))  # a PBT segment's inherited epochs are not in rec.epochs
+            before = max(0, (rec.resumed_from_epoch or 0) - start)
+            spent += max(0, (rec.epochs or 0) - before) * repeats
     return spent
 
 

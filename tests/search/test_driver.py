@@ -222,3 +222,20 @@ def test_an_epoch_budget_starts_no_trial_that_would_exceed_it(tmp_path, tiny_tra
     outcome = run_study(spec, _opts(tmp_path))
     assert outcome.stop.kind == StopReason.BUDGET and "budget.epochs 8" in outcome.stop.text
     assert len(outcome.study.trials) == 2 and epochs_spent(outcome.study.trials, 3, 1) == 6  # a third 3-epoch trial: 9 > 8
+
+
+def test_epochs_spent_counts_a_resumed_retry_once_and_a_failed_attempt_too():
+    from studyrunner.search.best import epochs_spent
+
+    def trial(state, **attrs):
+        return optuna.trial.create_trial(state=state, value=0.5 if state.name == "COMPLETE" else None, user_attrs=attrs)
+
+    S = optuna.trial.TrialState
+    trials = [
+        trial(S.FAIL, epochs=23, outcome="interrupted"),  # killed after 23 epochs ...
+        trial(S.COMPLETE, epochs=30, resumed_from_epoch=23),  # ... its retry trained the other 7
+        trial(S.PRUNED, epochs=4),
+        trial(S.COMPLETE, epochs=3, pbt={"member": 0, "generation": 2, "start": 6, "end": 9}, resumed_from_epoch=8),
+    ]
+    assert epochs_spent(trials, 30, 1) == 23 + 7 + 4 + 1
+    assert epochs_spent([*trials, trial(S.RUNNING)], 30, 2) == 2 * 35 + 30  # each seed counts; a running one in full
