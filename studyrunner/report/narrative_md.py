@@ -122,7 +122,7 @@ def _joint_section(n: NarrativeResult) -> list[str]:
                 _figure(s.values("best_val_acc"), "best_val_acc"),
                 _figure(s.values("test_acc"), "test_acc"),
                 diff,
-                f"**{v.verdict}**" if v else "-",
+                f"**{v.verdict}**" if v and s.values("best_val_acc") else "not retrained yet",
             ]
         )
     headers = ["strategy", "search", "complete/trials", "epochs spent", "its best (one run)", "best configuration",
@@ -150,13 +150,19 @@ def _joint_section(n: NarrativeResult) -> list[str]:
 
 
 def _joint_summary(searched: list[StepResult], verdicts: dict[str, Verdict]) -> str:
-    won = [s.title for s in searched if verdicts.get(s.name) and verdicts[s.name].verdict == "reproduced"]
-    tied = [s.title for s in searched if verdicts.get(s.name) and verdicts[s.name].verdict == "inconclusive"]
+    judged = [s for s in searched if verdicts.get(s.name) and s.values("best_val_acc")]
+    won = [s.title for s in judged if verdicts[s.name].verdict == "reproduced"]
+    tied = [s.title for s in judged if verdicts[s.name].verdict == "inconclusive"]
+    waiting = [s.title for s in searched if s not in judged]
+    tail = f" Not retrained yet: {'; '.join(waiting)}." if waiting else ""
     if won:
-        return f"Beats hand-tuning beyond the noise of two seeds: {', '.join(won)}."
+        return f"Beats hand-tuning beyond the noise of two seeds: {'; '.join(won)}.{tail}"
     if tied:
-        return f"No strategy beats hand-tuning beyond the noise of two seeds; within it: {', '.join(tied)}."
-    return "No strategy reached the best hand-tuned step: see each search's epochs and best configuration above."
+        level = "; ".join(tied)
+        return f"No strategy beats hand-tuning beyond the noise of two seeds; level with it within that noise: {level}.{tail}"
+    if judged:
+        return f"No strategy reached the best hand-tuned step: see each search's epochs and best configuration above.{tail}"
+    return f"No strategy has been retrained yet.{tail}"
 
 
 def _short(v: Any) -> str:
