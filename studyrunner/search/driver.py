@@ -228,8 +228,11 @@ def _requeue_interrupted(study: optuna.Study) -> None:
     queued = {TrialRecord.of(t.user_attrs).retry_of for t in trials}
     for t in trials:
         if trial_state(t) == TrialState.INTERRUPTED and t.number not in queued and t.params:
-            origin = TrialRecord.of(t.user_attrs).first_attempt(t.number)
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "origin": origin}, skip_if_exists=False)
+            record = TrialRecord.of(t.user_attrs)
+            attrs: dict[str, Any] = {"retry_of": t.number, "origin": record.first_attempt(t.number)}
+            if record.pbt:  # the same population segment, from the same decision
+                attrs["pbt"] = record.pbt
+            study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
 
 
 def _record_data_root(study: optuna.Study, base: TrainConfig, data_dir: str | None) -> None:

@@ -158,9 +158,9 @@ class Objective:
         if self.target is not None and _surplus(trial, self.target):
             TrialRecord.write(trial, outcome=Outcome.SURPLUS)  # another worker took the last slot first
             raise SurplusTrial(f"the study already holds or runs {self.target} trials")
-        if pbt.duplicate(trial):  # a segment queued twice (two workers repaired the queue at once)
-            TrialRecord.write(trial, outcome=Outcome.SURPLUS)
-            raise SurplusTrial("another trial already runs or ran this population segment")
+        if pbt.is_pbt(self.spec) and (pbt.segment_of(trial) is None or pbt.duplicate(trial)):
+            TrialRecord.write(trial, outcome=Outcome.SURPLUS)  # queued twice, or not a segment: never trained
+            raise SurplusTrial("not a population segment, or another trial already runs or ran this one")
         TrialRecord.write(trial, worker=f"{os.uname().nodename}:{os.getpid()}")
         attempt, splits, sampled = self._prepare(trial)
         self.events.trial_started(attempt.number, sampled)
