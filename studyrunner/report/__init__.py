@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         is_accuracy,
         md_table,
         mean_sd,
+        num,
         pct,
         value_text,
     )
@@ -84,6 +85,7 @@ __all__ = [
     "is_accuracy",
     "value_text",
     "mean_sd",
+    "num",
 ]
 _HOMES = {
     "prediction_grid": "gallery",
@@ -118,5 +120,6 @@ _HOMES = {
     "is_accuracy": "tables",
     "value_text": "tables",
     "mean_sd": "tables",
+    "num": "tables",
 }
 __getattr__, __dir__ = exports(__name__, _HOMES)

@@ -18,7 +18,7 @@ import pandas as pd
 from studyrunner import plots
 from studyrunner.report.population import population_section
 from studyrunner.report.results import StudyResult, TrialResult, importance_min_trials
-from studyrunner.report.tables import is_accuracy, md_table, pct, value_text
+from studyrunner.report.tables import is_accuracy, md_table, num, pct, value_text
 from studyrunner.states import TrialState
 
 if TYPE_CHECKING:
@@ -41,14 +41,8 @@ CONFUSION_TABLE_CLASSES = 20  # more classes than this: the confusion matrix as 
 STOPPED = (TrialState.PRUNED, TrialState.DIVERGED)  # trials drawn at their last reported value
 
 
-def _num(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v)
-
-
 def _params(p: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={_num(v)}" for k, v in sorted(p.items())) or "-"
+    return ", ".join(f"{k}={num(v)}" for k, v in sorted(p.items())) or "-"
 
 
 # --------------------------------------------------------------------------- sweep studies
@@ -88,7 +82,7 @@ def leaderboard(r: StudyResult, top: int = 10) -> str:
                 pct(val),
                 pct(train),
                 None if train is None or val is None else f"{100 * (train - val):.2f}",
-                _num(t.metric("best_epoch")),
+                num(t.metric("best_epoch")),
                 pct(t.test_acc),
             ]
         )
@@ -113,9 +107,9 @@ def _bins(values: pd.Series, kind: str) -> pd.Series:
         decade = values.map(lambda v: math.floor(math.log10(v)))
         return decade.map(lambda d: f"[1e{d}, 1e{d + 1})")
     if values.nunique() <= EFFECT_BINS:
-        return values.map(_num)
+        return values.map(num)
     cut = pd.qcut(values, EFFECT_BINS, duplicates="drop")
-    return cut.map(lambda iv: f"[{_num(iv.left)}, {_num(iv.right)}]").astype(str)
+    return cut.map(lambda iv: f"[{num(iv.left)}, {num(iv.right)}]").astype(str)
 
 
 def effects(r: StudyResult) -> dict[str, pd.DataFrame]:
@@ -129,7 +123,7 @@ def effects(r: StudyResult) -> dict[str, pd.DataFrame]:
         if param not in df:
             continue
         sub = df[df[param].notna()].copy()
-        sub["group"] = sub[param].map(_num) if kind == "categorical" else _bins(sub[param].astype(float), kind)
+        sub["group"] = sub[param].map(num) if kind == "categorical" else _bins(sub[param].astype(float), kind)
         sub["order"] = sub[param] if kind != "categorical" else sub[param].map(str)
         done = sub[sub.state == TrialState.COMPLETE]
         table = (
@@ -272,7 +266,7 @@ def _plot_params(r: StudyResult, path: Path) -> bool:
     info = params_info(r)
     if not any(pts for _, pts in info.values()):
         return False
-    _save(plots.params_figure(info, _num, r.metric), path)
+    _save(plots.params_figure(info, num, r.metric), path)
     return True
 
 

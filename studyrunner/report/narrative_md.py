@@ -13,7 +13,7 @@ from typing import Any
 from studyrunner.narrative.spec import Verdict
 from studyrunner.report.markdown import CONFUSION_TABLE_CLASSES, confusion_table, save_curves
 from studyrunner.report.results import NarrativeResult, StepResult, TrialResult
-from studyrunner.report.tables import is_accuracy, md_table, mean_sd, pct
+from studyrunner.report.tables import is_accuracy, md_table, mean_sd, num, pct
 from studyrunner.states import TrialState
 
 __all__ = ["render_narrative", "narrative_curves_info"]
@@ -118,7 +118,7 @@ def _joint_section(n: NarrativeResult) -> list[str]:
                 f"{info['complete']}/{info['trials']}",
                 info["epochs"],
                 pct(info["best_value"]),
-                ", ".join(f"{k}={_short(val)}" for k, val in sorted((info["params"] or {}).items())) or "-",
+                ", ".join(f"{k}={num(val)}" for k, val in sorted((info["params"] or {}).items())) or "-",
                 _figure(s.values("best_val_acc"), "best_val_acc"),
                 _figure(s.values("test_acc"), "test_acc"),
                 diff,
@@ -163,10 +163,6 @@ def _joint_summary(searched: list[StepResult], verdicts: dict[str, Verdict]) -> 
     if judged:
         return f"No strategy reached the best hand-tuned step: see each search's epochs and best configuration above.{tail}"
     return f"No strategy has been retrained yet.{tail}"
-
-
-def _short(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def _run_row(r: TrialResult) -> list[Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from studyrunner import plots
 from studyrunner.report.results import StudyResult, TrialResult
-from studyrunner.report.tables import md_table, value_text
+from studyrunner.report.tables import md_table, num, value_text
 
 __all__ = ["population_section", "population_info"]
 
@@ -30,11 +30,7 @@ def population_info(r: StudyResult) -> dict[str, Any]:
 
 
 def _changes(rec: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {_num(a)} -> {_num(b)}" for k, (a, b) in (rec.get("changes") or {}).items()) or "(none)"
-
-
-def _num(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+    return ", ".join(f"{k} {num(a)} -> {num(b)}" for k, (a, b) in (rec.get("changes") or {}).items()) or "(none)"
 
 
 def population_section(r: StudyResult, out: Path | None) -> list[str]:

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["md_table", "pct", "is_accuracy", "value_text", "mean_sd"]
+__all__ = ["md_table", "pct", "is_accuracy", "value_text", "mean_sd", "num"]
 
 
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -48,3 +48,8 @@ def mean_sd(values: Sequence[float], scale: float = 100.0, digits: int = 2, unit
         return f"{scale * m:.{digits}f}{unit}"
     sd = (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
     return f"{scale * m:.{digits}f}{unit} ± {scale * sd:.{digits}f}"
+
+
+def num(v: Any) -> str:
+    """A parameter value as the reports print it: floats to 3 significant digits, the rest as they are."""
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
