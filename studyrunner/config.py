@@ -288,7 +288,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 
 
 def _unknown_key(key: str) -> ConfigError:
-    """"did you mean", then only the keys of the group the key names (all of them fill 17 lines)."""
+    """ "did you mean", then only the keys of the group the key names (all of them fill 17 lines)."""
     keys = allowed_keys()
     close = difflib.get_close_matches(key, keys, n=1)
     hint = f" Did you mean {close[0]}?" if close else ""

@@ -11,6 +11,7 @@ SQLite file). Both studies run one after the other in this process; the ratio is
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -116,8 +117,16 @@ def _studyrunner(data_dir: str | None, n_trials: int, epochs: int, train_images:
         tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
         data_dir=data_dir,
     )
-    log(f"studyrunner: {spec.source}, {n_trials} trials x {epochs} epochs (stores in {folder})")
-    return run_study(spec, opts).study
+    log(f"studyrunner: {spec.source}, {n_trials} trials x {epochs} epochs (stores and checkpoints in {folder})")
+    before = os.environ.get("STUDYRUNNER_CHECKPOINTS")
+    os.environ["STUDYRUNNER_CHECKPOINTS"] = str(folder / "checkpoints")  # not the user's cifar_lr folders
+    try:
+        return run_study(spec, opts).study
+    finally:
+        if before is None:
+            os.environ.pop("STUDYRUNNER_CHECKPOINTS", None)
+        else:
+            os.environ["STUDYRUNNER_CHECKPOINTS"] = before
 
 
 def _epochs(study: optuna.Study) -> int:
@@ -133,6 +142,12 @@ def _best(study: optuna.Study) -> str:
     return f"{100 * best.value:.1f}% ({shown})"
 
 
+def _value_of(study: optuna.Study, params: dict[str, Any]) -> float | None:
+    """The best value ``study`` had for exactly ``params`` (None when it never finished them)."""
+    found = [t.value for t in study.trials if t.params == params and t.value is not None and t.state.name == "COMPLETE"]
+    return max(found, default=None)
+
+
 def run_versus(data_dir: str | None = None, log: Log = print, **settings: Any) -> dict[str, float]:
     """Both studies, one after the other; their wall times, epochs, best values and the ratio."""
     s = {**SETTINGS, **settings}
@@ -146,6 +161,9 @@ def run_versus(data_dir: str | None = None, log: Log = print, **settings: Any) -
     ours_s = time.perf_counter() - start
     log(f"plain Optuna example: {plain_s:.0f} s, {_epochs(plain)} epochs, best {_best(plain)}")
     log(f"studyrunner:          {ours_s:.0f} s, {_epochs(ours)} epochs, best {_best(ours)}")
+    same = _value_of(plain, ours.best_trial.params)
+    shown = "not trained to its end there" if same is None else f"{100 * same:.1f}%"
+    log(f"studyrunner's best configuration in the plain study: {shown}")
     log(f"ratio (plain / studyrunner wall time): {plain_s / ours_s:.2f}x")
     return {
         "plain_s": plain_s,
@@ -155,4 +173,5 @@ def run_versus(data_dir: str | None = None, log: Log = print, **settings: Any) -
         "studyrunner_epochs": float(_epochs(ours)),
         "plain_best": float(plain.best_value),
         "studyrunner_best": float(ours.best_value),
+        "plain_value_of_studyrunner_best": float("nan") if same is None else float(same),
     }

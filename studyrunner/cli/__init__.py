@@ -1,5 +1,4 @@
-"""The ``studyrunner`` command line (typer): each command a few lines over a library function.
-"""
+"""The ``studyrunner`` command line (typer): each command a few lines over a library function."""
 
 from typing import TYPE_CHECKING
 

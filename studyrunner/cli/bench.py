@@ -35,6 +35,7 @@ bench_app = typer.Typer(
     help=HELP, short_help=SHORT_HELP, invoke_without_command=True, add_completion=False, pretty_exceptions_enable=False
 )
 
+
 def _log(message: str) -> None:
     console.print(message, highlight=False)
 

@@ -183,5 +183,3 @@ def _validate_narrative(path: Path, overrides: dict[str, Any], data_dir: str | N
         f"scales {', '.join(scales)}; data root {root}",
         highlight=False,
     )
-
-

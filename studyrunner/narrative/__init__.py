@@ -1,5 +1,4 @@
-"""Narrative studies: a document's tuning steps as studies, with its claims and the verdicts on them.
-"""
+"""Narrative studies: a document's tuning steps as studies, with its claims and the verdicts on them."""
 
 from typing import TYPE_CHECKING
 

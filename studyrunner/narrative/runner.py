@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from studyrunner.errors import StudyrunnerError
 from studyrunner.narrative.spec import NarrativeSpec
-from studyrunner.search.best import best_values
+from studyrunner.search.best import best_trial, best_values
 from studyrunner.search.driver import RunOptions, StudyOutcome, run_study
 from studyrunner.search.objective import DataSource, StudyEvents
 from studyrunner.search.spec import load_sweep
@@ -32,16 +32,17 @@ def run_narrative(
     step_opts = RunOptions(None, opts.timeout, opts.overrides, opts.storage, opts.tracking_uri, opts.data_dir)
     outcomes = []
     for i, step in enumerate(spec.steps, 1):
-        found = None
+        found, found_trial = None, None
         if step.best_of:  # the automatic study first (resumed when it ran before), then its best configuration
             search = load_sweep(spec.best_of_path(step))
             if announce:
                 announce(f"step {i}/{len(spec.steps)}: {step.title}: the search {search.study} ({search.source})")
             outcome = run_study(search, RunOptions(None, opts.timeout, {}, opts.storage, opts.tracking_uri, opts.data_dir))
-            found = best_values(outcome.study)
-            if found is None:
+            found, best = best_values(outcome.study), best_trial(outcome.study)
+            if found is None or best is None:
                 raise StudyrunnerError(f"{spec.source}: step {step.name}: the search {search.study} has no complete trial")
-        sweep = spec.step_sweep(step, scale, found)
+            found_trial = best.number
+        sweep = spec.step_sweep(step, scale, found, found_trial)
         if announce:
             announce(f"step {i}/{len(spec.steps)}: {step.title} [{sweep.study}]")
         outcomes.append(run_study(sweep, step_opts, events, data))

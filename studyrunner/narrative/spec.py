@@ -132,9 +132,12 @@ class NarrativeSpec(StrictModel):
 
                 load_sweep(self.best_of_path(step))
 
-    def step_study(self, step: Step, scale: str) -> str:
-        """The Optuna study (and MLflow experiment) name of ``step`` at ``scale``."""
-        return f"{self.study}.{scale}.{step.name}"
+    def step_study(self, step: Step, scale: str, found_trial: int | None = None) -> str:
+        """The Optuna study (and MLflow experiment) name of ``step`` at ``scale``. A ``best_of``
+        step's runs are named after the search trial they retrain (``....trial17``): a search resumed
+        later that finds a better trial retrains that one, beside the earlier retraining."""
+        name = f"{self.study}.{scale}.{step.name}"
+        return name if found_trial is None else f"{name}.trial{found_trial}"
 
     def best_of_path(self, step: Step) -> Path:
         """The sweep a ``best_of`` step runs, found beside the narrative file (or as given)."""
@@ -158,13 +161,16 @@ class NarrativeSpec(StrictModel):
             cfg = apply_overrides(cfg, {"model.init": f"study:{self.step_study(earlier, scale)}"})
         return cfg
 
-    def step_sweep(self, step: Step, scale: str, found: Mapping[str, Any] | None = None) -> SweepSpec:
-        """The step as a sweep: a grid over ``repeats`` seeds, one trial per seed."""
+    def step_sweep(
+        self, step: Step, scale: str, found: Mapping[str, Any] | None = None, found_trial: int | None = None
+    ) -> SweepSpec:
+        """The step as a sweep: a grid over ``repeats`` seeds, one trial per seed (with a ``best_of``
+        step's ``found`` values, those of search trial ``found_trial``)."""
         cfg = self.step_config(step, scale, found=found)
         seeds = step.repeats or self.repeats
         return SweepSpec.model_validate(
             {
-                "study": self.step_study(step, scale),
+                "study": self.step_study(step, scale, found_trial),
                 "description": step.title,
                 "objective": self.objective.model_dump(),
                 "budget": {"n_trials": seeds},

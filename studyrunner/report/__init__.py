@@ -1,5 +1,4 @@
-"""Reports: studies read into plain data (results), rendered as markdown and PNGs; the prediction gallery.
-"""
+"""Reports: studies read into plain data (results), rendered as markdown and PNGs; the prediction gallery."""
 
 from typing import TYPE_CHECKING
 

@@ -417,10 +417,10 @@ def narrative_result(spec: NarrativeSpec, scale: str, storage: str) -> Narrative
     store = optuna.storages.get_storage(open_storage(storage))  # one connection for every step's study
     names = {s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
     for step in spec.steps:
-        study_name = spec.step_study(step, scale)
         runs: list[TrialResult] = []
         checkpoint, confusion = "", None
         search = _search_info(spec, step, store, names) if step.best_of else None
+        study_name = spec.step_study(step, scale, (search or {}).get("best_trial") if step.best_of else None)
         if study_name in names:
             study = optuna.load_study(study_name=study_name, storage=store)
             tracking = study.user_attrs.get("tracking_uri")

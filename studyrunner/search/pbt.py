@@ -137,9 +137,7 @@ def _finished(trials: list[optuna.trial.FrozenTrial]) -> dict[tuple[int, int], o
     return out
 
 
-def decide(
-    study: optuna.Study, spec: SweepSpec, dists: dict[str, Any], rec: dict[str, Any], seed: int
-) -> dict[str, Any]:
+def decide(study: optuna.Study, spec: SweepSpec, dists: dict[str, Any], rec: dict[str, Any], seed: int) -> dict[str, Any]:
     """Where segment (member, generation) starts from and with which values (see the module's text)."""
     member, gen = int(rec["member"]), int(rec["generation"])
     if gen == 0:

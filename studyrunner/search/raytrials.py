@@ -97,6 +97,7 @@ class TrialJob:
     cwd: str  # the driver's folder: runs/ lands there wherever the node's disk has it
     cpus: float
     gpus: float
+    checkpoints: str = ""  # the driver's $STUDYRUNNER_CHECKPOINTS, absolute ("": runs/checkpoints under cwd)
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,7 @@ class RayCluster:
             cwd=os.getcwd(),
             cpus=self.cpus,
             gpus=self.gpus,
+            checkpoints=str(Path(moved).resolve()) if (moved := os.environ.get("STUDYRUNNER_CHECKPOINTS")) else "",
         )
 
     def run(self, host: TrialHost, timeout: float | None) -> Stop:
@@ -427,6 +429,8 @@ def run_trial_task(job: TrialJob, trial_id: int) -> TaskResult:
     """Train the asked trial ``trial_id`` of ``job``'s study in this Ray worker; how it ended."""
     if os.path.isdir(job.cwd):  # the same disk as the driver: runs/ (checkpoints, resume states) is shared
         os.chdir(job.cwd)
+    if job.checkpoints:
+        os.environ["STUDYRUNNER_CHECKPOINTS"] = job.checkpoints
     try:
         objective, trial = _task_objective(job, trial_id)
     except Exception as exc:

@@ -21,6 +21,7 @@ __all__ = ["SAMPLERS", "PRUNERS", "make_sampler", "make_pruner"]
 
 SamplerFactory = Callable[[SweepSpec, TrainConfig, int | None, dict[str, Any]], optuna.samplers.BaseSampler]
 
+
 def _tpe(spec: SweepSpec, seed: int | None, startup: dict[str, Any]) -> optuna.samplers.BaseSampler:
     """TPE; constraints reach it through ``trial.set_constraint`` (the objective sets them)."""
     s = spec.sampler

@@ -78,9 +78,7 @@ def distributions(spec: SweepSpec, base: TrainConfig) -> dict[str, optuna.distri
     return out
 
 
-def optuna_params(
-    values: dict[str, Any], dists: dict[str, optuna.distributions.BaseDistribution]
-) -> dict[str, Any] | None:
+def optuna_params(values: dict[str, Any], dists: dict[str, optuna.distributions.BaseDistribution]) -> dict[str, Any] | None:
     """``values`` (space keys -> values) as Optuna parameters, or None when one lies outside its
     distribution or is not a parameter of the space."""
     out: dict[str, Any] = {}

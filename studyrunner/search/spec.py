@@ -46,9 +46,9 @@ _MAXIMIZE = ("val_acc", "train_acc", "test_acc")
 
 class ObjectiveSpec(StrictModel):
     # num_params and epoch_seconds (mean seconds per epoch) are for multi-objective studies (`objectives:`)
-    metric: Literal[
-        "val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss", "num_params", "epoch_seconds"
-    ] = "val_acc"
+    metric: Literal["val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss", "num_params", "epoch_seconds"] = (
+        "val_acc"
+    )
     direction: Literal["maximize", "minimize"] | None = None  # default: maximize accuracies, minimize losses
 
     @property

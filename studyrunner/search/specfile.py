@@ -213,5 +213,3 @@ def allowed_fields(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
     if not (isinstance(tp, type) and issubclass(tp, BaseModel)):
         return ["<config key>"]
     return [f for f in tp.model_fields if f != "source"]
-
-

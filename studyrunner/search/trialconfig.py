@@ -53,9 +53,7 @@ def best_checkpoint(study_name: str, storage: str) -> str:
     path = local_checkpoint(best, study.user_attrs.get("tracking_uri", ""))
     if not path:
         path = TrialRecord.of(best.user_attrs).checkpoint
-        raise StudyrunnerError(
-            f"study:{study_name}: best trial {best.number} has no checkpoint file ({path or 'none recorded'})"
-        )
+        raise StudyrunnerError(f"study:{study_name}: best trial {best.number} has no checkpoint file ({path or 'none recorded'})")
     return str(path)
 
 

@@ -384,8 +384,7 @@ class Tracker:
         """End every run of trial ``number`` still RUNNING, found by its tags: a worker killed
         between creating the run and recording its id in the trial leaves one the trial does not name."""
         query = (
-            f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.trial_number = '{number}'"
-            " and attributes.status = 'RUNNING'"
+            f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.trial_number = '{number}' and attributes.status = 'RUNNING'"
         )
         for run in self.client.search_runs([self.experiment_id], query):
             self.reap(str(run.info.run_id), reason, state)

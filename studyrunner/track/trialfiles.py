@@ -34,13 +34,14 @@ __all__ = [
 
 ARTIFACT_DIR = "checkpoint"  # a trial run's artifact folder for its files
 TRIAL_FILES = ("best.pt", "last.pt", "history.json")  # besides the resume state, state-seedK.pt
-CHECKPOINT_ROOT = Path("runs/checkpoints")
+CHECKPOINT_ROOT = Path("runs/checkpoints")  # $STUDYRUNNER_CHECKPOINTS moves it (a scratch disk, a benchmark's own folder)
 FETCHED_ROOT = Path("runs/artifacts")  # files fetched for use here (predict, train study:NAME, reports)
 
 
 def trial_folder(study: str, origin: int) -> Path:
     """The local folder of a trial's files; a retry (``origin`` = its first attempt) shares it."""
-    return CHECKPOINT_ROOT.resolve() / study / f"trial-{origin}"
+    root = Path(os.environ.get("STUDYRUNNER_CHECKPOINTS") or CHECKPOINT_ROOT)
+    return root.resolve() / study / f"trial-{origin}"
 
 
 def upload_retry_s() -> float:

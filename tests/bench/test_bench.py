@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,7 @@ def test_versus_runs_the_plain_example_and_studyrunner_on_the_same_budget(tmp_pa
     assert 0 < f["plain_best"] <= 1 and 0 < f["studyrunner_best"] <= 1
     assert any(line.startswith("ratio (plain / studyrunner wall time): ") for line in lines)
     assert lines[0].startswith("machine: ")  # the figures name the machine they ran on
+    folder = Path(next(line for line in lines if "stores and checkpoints in " in line).rsplit(" in ", 1)[1].rstrip(")"))
+    assert (folder / "checkpoints" / "cifar_lr" / "trial-0" / "best.pt").is_file()  # not the user's runs/checkpoints
+    assert "STUDYRUNNER_CHECKPOINTS" not in os.environ
+    assert any(line.startswith("studyrunner's best configuration in the plain study: ") for line in lines)

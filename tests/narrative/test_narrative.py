@@ -213,7 +213,8 @@ def test_a_best_of_step_runs_its_search_then_trains_what_it_found_beside_the_han
     assert len(searched.trials) == 3  # 3 trials of 2 epochs fill budget.epochs 6
     best = max((t for t in searched.trials if t.value is not None), key=lambda t: t.value)
     joint = outcomes[-1].study
-    assert joint.study_name == "story.reduced.joint" and sorted(t.params["seed"] for t in joint.trials) == [0, 1]
+    assert joint.study_name == f"story.reduced.joint.trial{best.number}"
+    assert sorted(t.params["seed"] for t in joint.trials) == [0, 1]
     assert {t.user_attrs["out_dir"] for t in joint.trials}  # trained, with the search's best learning rate:
     result = narrative_result(spec, "reduced", storage)
     step = result.steps[-1]
@@ -222,3 +223,18 @@ def test_a_best_of_step_runs_its_search_then_trains_what_it_found_beside_the_han
     section = markdown.split("## One study instead of seven steps", 1)[1].split("## ", 1)[0]
     assert "`search`: random, pruner none" in section and "| 3/3 | 6 |" in section
     assert "The best hand-tuned step is " in section and "the search matches hand-tuning" in markdown
+
+    # the search, resumed, holds a better trial: the step retrains that one, beside the earlier retraining
+    lr = 3.3e-3
+    searched.add_trial(
+        optuna.trial.create_trial(
+            params={"optim.lr": lr},
+            distributions={"optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)},
+            value=2.0,
+        )
+    )
+    again = run_narrative(spec, "reduced", RunOptions(storage=storage, tracking_uri="none"))[-1].study
+    assert again.study_name == "story.reduced.joint.trial3" and len(again.trials) == 2
+    assert len(optuna.load_study(study_name=joint.study_name, storage=storage).trials) == 2  # kept, not retrained
+    step = narrative_result(spec, "reduced", storage).steps[-1]
+    assert step.config["optim"]["lr"] == pytest.approx(lr) and len(step.runs) == 2 and step.search["best_trial"] == 3
