@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 
 from studyrunner.bench.search_table import Curve, Point, Table
+from studyrunner.search.space import holds
 from studyrunner.search.spec import choice_label
 from studyrunner.search.stopping import no_learning
 
@@ -125,6 +126,8 @@ def _ask(trial: optuna.Trial, table: Table) -> dict[str, Any]:
     """The trial's configuration: choices as categoricals; discretised ranges by index, so TPE models their order."""
     params: dict[str, Any] = {}
     for name, values in table.axes.items():
+        if not holds(table.when.get(name), params):  # a conditional parameter this configuration lacks
+            continue
         if name in table.ordered:
             params[name] = values[trial.suggest_int(f"{name}_index", 0, len(values) - 1)]
         else:
@@ -257,9 +260,9 @@ def figures(reference: float, summaries: Sequence[Summary], table: Table) -> dic
     """The benchmark's numbers as one flat mapping (``strategy.figure`` keys)."""
     best = table.best()
     out = {"reference_best": reference, "target": reference - TOLERANCE, "table_best": best.best or 0.0}
-    out["table_configs"] = float(len(table.curves))
-    out["table_epochs"] = float(sum(len(c.points) for c in table.curves.values()))
-    out["table_seconds"] = sum(c.seconds for c in table.curves.values())
+    out["table_configs"] = float(len(table.in_grid()))
+    out["table_epochs"] = float(sum(len(c.points) for c in table.in_grid()))
+    out["table_seconds"] = sum(c.seconds for c in table.in_grid())
     for s in summaries:
         for what in ("best", "epochs", "seconds", "to_target", "seconds_to_target"):
             mean, sd = getattr(s, what)

@@ -6,7 +6,6 @@ benchmark in one call (:func:`run_search_bench`): build or resume the table
 
 from __future__ import annotations
 
-import itertools
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -74,18 +73,21 @@ def summary_table(summaries: Sequence[Summary]) -> str:
 
 def _setup_md(spec: SweepSpec, table: Table, sweep_path: str, n_trials: int, seeds: int) -> list[str]:
     s = table.setup
-    grid = " x ".join(f"{k} {{{', '.join(_value_text(v) for v in vals)}}}" for k, vals in table.axes.items())
-    train_s = sum(c.seconds for c in table.curves.values())
+    grid = " x ".join(
+        f"{k} {{{', '.join(_value_text(v) for v in vals)}}}" + (f" (when {_when_text(table.when[k])})" if k in table.when else "")
+        for k, vals in table.axes.items()
+    )
+    train_s = sum(c.seconds for c in table.in_grid())
     points = {len(table.axes[name]) for name, p in spec.space.items() if p.choices is None}
     return [
         "## Setup",
         "",
-        f"- Sweep `{sweep_path}` (study `{spec.study}`): {grid} = {len(table.curves)} configurations; numeric "
+        f"- Sweep `{sweep_path}` (study `{spec.study}`): {grid} = {len(table.in_grid())} configurations; numeric "
         f"ranges discretised to {', '.join(map(str, sorted(points))) or 'no'} points (log-spaced for log ranges).",
         f"- Every configuration trained once for {table.epochs} epochs (training seed {s.get('training_seed')}) on "
         f"{s.get('train_images')} training and {s.get('val_images')} validation images; model `{s.get('model')}`, "
         f"batch {s.get('batch_size')}, {s.get('device')}, {s.get('precision')}. Building the table took "
-        f"{train_s / 60:.1f} minutes of training ({sum(len(c.points) for c in table.curves.values())} epochs).",
+        f"{train_s / 60:.1f} minutes of training ({sum(len(c.points) for c in table.in_grid())} epochs).",
         f"- Machine: {s.get('machine') or machine()}.",
         f"- Replay: in-memory Optuna {optuna.__version__} studies of {n_trials} trials (the sweep's budget.n_trials), "
         f"sampler seeds 0..{seeds - 1}; discretised ranges are suggested as grid indices (`suggest_int`) so TPE models "
@@ -98,6 +100,10 @@ def _setup_md(spec: SweepSpec, table: Table, sweep_path: str, n_trials: int, see
         "(`rules.no_learning`).",
         "",
     ]
+
+
+def _when_text(when: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={'/'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in when.items())
 
 
 def _value_text(v: Any) -> str:
@@ -115,13 +121,17 @@ def _cell(curve: Curve | None, table: Table) -> str:
 
 def _table_md(table: Table) -> list[str]:
     """The table as a grid: one column per value of the longest axis, one row per combination of the others."""
-    last = max(table.axes, key=lambda n: len(table.axes[n]))
+    last = max((n for n in table.axes if n not in table.when), key=lambda n: len(table.axes[n]))
     rest = [n for n in table.axes if n != last]
+    combos: dict[str, dict[str, Any]] = {}  # each row: the values of the other parameters a configuration has
+    for params in table.configs():
+        fixed = {k: v for k, v in params.items() if k != last}
+        combos.setdefault(config_id(fixed), fixed)
     rows = []
-    for combo in itertools.product(*(table.axes[n] for n in rest)):
-        fixed = dict(zip(rest, combo, strict=True))
-        cells = [_cell(table.curves.get(config_id({**fixed, last: v})), table) for v in table.axes[last]]
-        rows.append([", ".join(_value_text(v) for v in combo) or "-", *cells])
+    for fixed in combos.values():
+        cells = [_cell(table.curves.get(config_id(table.active({**fixed, last: v}))), table) for v in table.axes[last]]
+        label = [_value_text(v) if k not in table.when else f"{k}={_value_text(v)}" for k, v in fixed.items()]
+        rows.append([", ".join(label) or "-", *cells])
     band = chance_band(table.classes, table.n_eval)
     return [
         "## The table: best val_acc (%) of every configuration",
@@ -137,11 +147,11 @@ def _table_md(table: Table) -> list[str]:
 def _table_findings(table: Table) -> str:
     best = table.best()
     band = chance_band(table.classes, table.n_eval)
-    stuck = sum(1 for c in table.curves.values() if c.best is not None and c.best <= band and not c.diverged(table.epochs))
-    diverged = sum(1 for c in table.curves.values() if c.diverged(table.epochs))
+    stuck = sum(1 for c in table.in_grid() if c.best is not None and c.best <= band and not c.diverged(table.epochs))
+    diverged = sum(1 for c in table.in_grid() if c.diverged(table.epochs))
     return (
         f"The table's best configuration is {params_text(best.params)} at {100 * (best.best or 0):.1f}%. "
-        f"{stuck} of the {len(table.curves)} configurations never left chance level and {diverged} diverged: "
+        f"{stuck} of the {len(table.in_grid())} configurations never left chance level and {diverged} diverged: "
         "their epochs are what a stopping rule or a pruner can save."
     )
 
@@ -221,11 +231,11 @@ def _cheapest(summaries: Sequence[Summary], reference: float, ref_epochs: float)
 
 def _winners(table: Table, target: float) -> str:
     """Which configurations reach the target: with few, epochs to target measure how soon a strategy finds one."""
-    hits = [c for c in table.curves.values() if c.best is not None and c.best >= target - 1e-12 and not c.diverged(table.epochs)]
+    hits = [c for c in table.in_grid() if c.best is not None and c.best >= target - 1e-12 and not c.diverged(table.epochs)]
     if len(hits) > 3:
-        return f"{len(hits)} of the {len(table.curves)} configurations reach it. "
+        return f"{len(hits)} of the {len(table.in_grid())} configurations reach it. "
     named = "; ".join(f"{params_text(c.params)}" for c in hits)
-    misses = [c for c in table.curves.values() if c.best is not None and c.best < target - 1e-12]
+    misses = [c for c in table.in_grid() if c.best is not None and c.best < target - 1e-12]
     near = max(misses, key=lambda c: c.best or 0.0, default=None)
     nearest = (
         f" The nearest miss, {params_text(near.params)} at {100 * (near.best or 0):.1f}%, falls "
@@ -234,7 +244,7 @@ def _winners(table: Table, target: float) -> str:
         else ""
     )
     return (
-        f"Only {len(hits)} of the {len(table.curves)} configurations {'reaches' if len(hits) == 1 else 'reach'} it "
+        f"Only {len(hits)} of the {len(table.in_grid())} configurations {'reaches' if len(hits) == 1 else 'reach'} it "
         f"({named}), so epochs to target measure how soon a strategy draws "
         f"{'it' if len(hits) == 1 else 'one of them'} and lets it finish.{nearest} "
     )
@@ -247,7 +257,7 @@ def _caveats(reference: float, table: Table, n_trials: int) -> str:
         f"{100 * reference:.0f}% measured on {table.n_eval} images has a binomial standard error of "
         f"{100 * se:.1f} points, so the 1-point target lies within the noise of a single curve. Replay takes that "
         "noise out of the comparison between strategies (they all see the same curves), not out of which "
-        f"configuration counts as best. {n_trials} trials on a {len(table.curves)}-point grid: samplers may draw a "
+        f"configuration counts as best. {n_trials} trials on a {len(table.in_grid())}-point grid: samplers may draw a "
         "configuration twice, and pay for it again, as a study would retrain it."
     )
     if n_trials > 10:

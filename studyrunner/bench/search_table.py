@@ -25,6 +25,7 @@ from studyrunner.engine.fit import fit
 from studyrunner.engine.resolve import resolve_config
 from studyrunner.errors import StudyrunnerError
 from studyrunner.files import atomic_write
+from studyrunner.search.space import holds
 from studyrunner.search.spec import ParamSpec, SweepSpec
 from studyrunner.track.machine import machine
 
@@ -110,27 +111,46 @@ class Table:
     setup: dict[str, Any] = field(default_factory=dict)  # what the report states: images, device, precision
     curves: dict[str, Curve] = field(default_factory=dict)
     ordered: list[str] = field(default_factory=list)  # discretised ranges (replayed by index); the rest are categorical
+    when: dict[str, dict[str, Any]] = field(default_factory=dict)  # a conditional parameter -> its sweep condition
+
+    def active(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` less the parameters whose ``when`` does not hold on the ones before them."""
+        params: dict[str, Any] = {}
+        for name in self.axes:
+            if name in values and holds(self.when.get(name), params):
+                params[name] = values[name]
+        return params
 
     def configs(self) -> list[dict[str, Any]]:
-        """Every configuration of the grid, in a fixed order."""
-        return [dict(zip(self.axes, values, strict=True)) for values in itertools.product(*self.axes.values())]
+        """Every configuration of the grid, in a fixed order; a conditional parameter only where its
+        condition holds (so ``sched.step_size`` multiplies the ``step`` configurations alone)."""
+        found: dict[str, dict[str, Any]] = {}
+        for values in itertools.product(*self.axes.values()):
+            params = self.active(dict(zip(self.axes, values, strict=True)))
+            found.setdefault(config_id(params), params)
+        return list(found.values())
 
     def curve(self, params: Mapping[str, Any]) -> Curve:
         return self.curves[config_id(params)]
 
+    def in_grid(self) -> list[Curve]:
+        """The stored curves of this grid's configurations (a narrower sweep leaves others stored)."""
+        return [self.curves[i] for i in map(config_id, self.configs()) if i in self.curves]
+
     def best(self) -> Curve:
         """The configuration with the table's highest best validation accuracy."""
-        return max(self.curves.values(), key=lambda c: -1.0 if c.best is None else c.best)
+        return max(self.in_grid(), key=lambda c: -1.0 if c.best is None else c.best)
 
     def to_json(self) -> dict[str, Any]:
-        head = {k: getattr(self, k) for k in ("key", "epochs", "axes", "classes", "n_eval", "setup", "ordered")}
+        head = {k: getattr(self, k) for k in ("key", "epochs", "axes", "classes", "n_eval", "setup", "ordered", "when")}
         return {"version": TABLE_VERSION, **head, "curves": [c.to_json() for c in self.curves.values()]}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Table:
         curves = [Curve.from_json(c) for c in d["curves"]]
         by_id = {config_id(c.params): c for c in curves}
-        return cls(d["key"], d["epochs"], d["axes"], d["classes"], d["n_eval"], d["setup"], by_id, d.get("ordered", []))
+        head = (d["key"], d["epochs"], d["axes"], d["classes"], d["n_eval"], d["setup"])
+        return cls(*head, by_id, d.get("ordered", []), d.get("when", {}))
 
 
 def config_id(params: Mapping[str, Any]) -> str:
@@ -152,18 +172,14 @@ def _axis_values(p: ParamSpec, kind: str, points: int) -> list[Any]:
 
 
 def _check_space(spec: SweepSpec) -> None:
-    """What the tabular benchmark needs of a sweep: a val_acc objective, an unconditional space
-    (every configuration exists) and one data set for all configurations."""
+    """What the tabular benchmark needs of a sweep: a val_acc objective, a space (conditions on
+    choices only, so that the grid is finite) and one data set for all configurations."""
     where = spec.source or spec.study
     if spec.objective.metric != "val_acc" or spec.objective.resolved_direction != "maximize":
         raise StudyrunnerError(f"{where}: the search benchmark replays val_acc, maximized; the sweep's objective differs")
     if not spec.space:
         raise StudyrunnerError(f"{where}: the search benchmark needs a space to search")
-    for name, p in spec.space.items():
-        if p.when:
-            raise StudyrunnerError(
-                f"{where}: space.{name} has a when condition; the search benchmark needs an unconditional space"
-            )
+    for name in spec.space:
         if name.startswith("data."):
             raise StudyrunnerError(f"{where}: space.{name}: the search benchmark trains every configuration on the same data")
 
@@ -176,14 +192,15 @@ def grid_axes(spec: SweepSpec, base: TrainConfig, points: int) -> dict[str, list
 
 
 def _table_key(spec: SweepSpec, overrides: Mapping[str, Any], points: int, base: TrainConfig) -> str:
-    """A fingerprint of what shapes the curves: the sweep's train section and space, the overrides,
-    the grid, and the device and precision they ran at. The budget, sampler and pruner only shape
-    the replay, so changing them keeps the table; so does a new TrainConfig field (a changed
-    default is not seen: delete table.json to rebuild). Device and precision count as resolved, so a
-    sweep that names fp32 and one that lets a machine without bf16 resolve it to fp32 share a table."""
+    """A fingerprint of what shapes every curve: the sweep's train section, the overrides, the grid,
+    and the device and precision they ran at. The space is not in it: a curve is stored under its
+    parameters, so a wider space (another choice, a conditional parameter) trains only the
+    configurations it adds. The budget, sampler and pruner only shape the replay; a new TrainConfig
+    field keeps the table too (a changed default is not seen: delete table.json to rebuild). Device
+    and precision count as resolved, so a sweep that names fp32 and one that lets a machine without
+    bf16 resolve it to fp32 share a table."""
     setup = {
         "train": {k: v for k, v in spec.train.items() if k not in ("device", "precision")},  # counted as resolved, below
-        "space": {name: p.model_dump(mode="json") for name, p in spec.space.items()},
         "overrides": dict(overrides),
         "grid_points": points,
         "device": base.device,
@@ -245,8 +262,8 @@ def build_table(
 ) -> Table:
     """Train every configuration of the discretised space once, for all epochs, on one load of
     the data (``splits`` when given); the table is saved after each configuration and a later
-    call trains only what is missing. A changed space, train section, override or grid starts a
-    new table; the budget, sampler and pruner only shape the replay and keep it."""
+    call trains only what is missing (a wider space: what it adds). A changed train section,
+    override or grid starts a new table; the budget, sampler and pruner only shape the replay."""
     _check_space(spec)
     base = spec.base_config(dict(overrides))
     resolved = resolve_config(base)
@@ -255,8 +272,10 @@ def build_table(
     if table is None:
         if path.exists():
             log(f"{path} holds another setup's table; starting afresh")
-        table = Table(key, resolved.epochs, grid_axes(spec, resolved, grid_points))
+        table = Table(key, resolved.epochs, {})
+    table.axes = grid_axes(spec, resolved, grid_points)  # this sweep's grid; curves of another grid stay stored
     table.ordered = [name for name, p in spec.space.items() if p.choices is None]
+    table.when = {name: dict(p.when) for name, p in spec.space.items() if p.when}
     todo = [p for p in table.configs() if config_id(p) not in table.curves]
     log(f"{len(table.configs())} configurations x {table.epochs} epochs: {len(todo)} to train, {len(table.curves)} in {path}")
     for i, params in enumerate(todo, 1):

@@ -177,6 +177,9 @@ def run(
     n_trials: Annotated[int | None, typer.Option("--n-trials", help="Finished trials the study should hold in total.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Stop starting new trials after this many seconds.")] = None,
     scale: Annotated[str, typer.Option(help="Narrative studies: full (the document's scale) or reduced (CPU).")] = "reduced",
+    step: Annotated[
+        list[str] | None, typer.Option("--step", help="Narrative studies: run only this step (repeatable); the rest are left.")
+    ] = None,
     jobs: Annotated[
         int | None, typer.Option("--jobs", "-j", min=1, help="Local worker processes (default 1; with --gpus, GPUs x K).")
     ] = None,
@@ -198,6 +201,8 @@ def run(
     _check_ray(ray, jobs, gpus, cpus_per_trial, gpus_per_trial)
     if trials_per_gpu > 1 and gpus is None:
         raise StudyrunnerError(f"--trials-per-gpu {trials_per_gpu}: needs --gpus (it says how many workers share one GPU)")
+    if step and (gpus is not None or (jobs or 1) > 1):
+        raise StudyrunnerError("--step: runs in this process; leave out --jobs and --gpus")
     if gpus is not None or (jobs or 1) > 1:
         from studyrunner.cli.workers import run_workers
 
@@ -214,12 +219,16 @@ def run(
     if is_narrative(sweep):
         story = load_narrative(sweep)
         story.check(scale, opts.overrides)  # a bad scale or --set value is refused before any store opens
-        with _interruptible(), LiveStudy(console, story.step_sweep(story.steps[0], scale)) as live:
-            outcomes = run_narrative(story, scale, opts, live, announce=lambda m: live.progress.console.print(m))
+        first = story.step(step[0]) if step else story.steps[0]  # a step name that is not there: the steps it has
+        with _interruptible(), LiveStudy(console, story.step_sweep(first, scale)) as live:
+            say = live.progress.console.print
+            outcomes = run_narrative(story, scale, opts, live, announce=lambda m: say(m), only=step or ())
         for outcome in outcomes:
             live.summary(outcome)
         _fail_if_nothing_finished(outcomes)
         return
+    if step:
+        raise StudyrunnerError(f"--step: {sweep} is a sweep, not a narrative study with steps")
     spec = load_sweep(sweep)
     with _interruptible(), LiveStudy(console, spec) as live:
         outcome = run_study(spec, opts, live)

@@ -16,7 +16,7 @@ import optuna
 from studyrunner.config import TrainConfig
 from studyrunner.search.spec import ParamSpec, SweepSpec, choice_label
 
-__all__ = ["suggest", "grid_space", "decode", "distributions", "optuna_params"]
+__all__ = ["suggest", "grid_space", "decode", "distributions", "optuna_params", "holds"]
 
 
 def decode(v: Any) -> Any:
@@ -29,7 +29,7 @@ def decode(v: Any) -> Any:
     return v
 
 
-def _holds(when: dict[str, Any] | None, values: dict[str, Any]) -> bool:
+def holds(when: dict[str, Any] | None, values: dict[str, Any]) -> bool:
     for key, want in (when or {}).items():
         wants = want if isinstance(want, list) else [want]
         if choice_label(values.get(key)) not in [choice_label(w) for w in wants]:
@@ -51,7 +51,7 @@ def suggest(trial: optuna.Trial, spec: SweepSpec, base: TrainConfig) -> dict[str
     values: dict[str, Any] = dict(spec.train)
     sampled: dict[str, Any] = {}
     for key, p in spec.space.items():
-        if not _holds(p.when, values):
+        if not holds(p.when, values):
             continue
         values[key] = sampled[key] = _suggest_one(trial, key, p, p.kind(base, key))
     return sampled

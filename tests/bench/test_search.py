@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from studyrunner.bench import search_replay, search_table
+from studyrunner.bench import search_replay, search_report, search_table
 from studyrunner.bench.search_replay import (
     STRATEGIES,
     Replay,
@@ -166,11 +166,40 @@ def test_the_grid_discretises_floats_and_keeps_choices():
     assert all(b / a == pytest.approx(10 ** (2 / 3), rel=1e-5) for a, b in zip(lrs, lrs[1:], strict=False))
 
 
-def test_a_conditional_space_is_refused(tmp_path, tiny_train):
-    space = "space:\n  sched.name: {choices: [none, step]}\n  sched.step_size: {low: 1, high: 3, when: {sched.name: step}}\n"
-    spec = sweep_spec(tmp_path, tiny_train, space=space)
-    with pytest.raises(StudyrunnerError, match="unconditional"):
-        build_table(spec, {}, None, tmp_path / "t.json", log=lambda m: None)
+def test_a_wider_space_trains_only_what_it_adds_and_conditional_values_go_where_they_hold(
+    tmp_path, tiny_train, tiny_splits, monkeypatch
+):
+    lr = "  optim.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n"
+    narrow = sweep_spec(tmp_path, tiny_train, space="space:\n" + lr + "  sched.name: {choices: [none]}\n")
+    wide = sweep_spec(
+        tmp_path,
+        tiny_train,
+        space="space:\n" + lr + "  sched.name: {choices: [none, step]}\n"
+        "  sched.step_size: {choices: [1, 2], when: {sched.name: step}}\n",
+    )
+    path, over = tmp_path / "table.json", {"epochs": 2}
+    trained: list[tuple[float, str, int]] = []
+    real_fit = search_table.fit
+
+    def counting_fit(cfg, splits, on_epoch=None):
+        trained.append((cfg.optim.lr, cfg.sched.name, cfg.sched.step_size))
+        return real_fit(cfg, splits, on_epoch)
+
+    monkeypatch.setattr(search_table, "fit", counting_fit)
+    build_table(narrow, over, None, path, grid_points=2, log=lambda m: None, splits=tiny_splits)
+    assert len(trained) == 2 and {t[1] for t in trained} == {"none"}
+    table = build_table(wide, over, None, path, grid_points=2, log=lambda m: None, splits=tiny_splits)
+    assert len(trained) == 6 and {(t[1], t[2]) for t in trained[2:]} == {("step", 1), ("step", 2)}  # the none ones kept
+    configs = table.configs()
+    assert len(configs) == 6 and all(("sched.step_size" in c) == (c["sched.name"] == "step") for c in configs)
+    run = replay(table, "random", 0, 12)
+    assert all(("sched.step_size" in t.params) == (t.params["sched.name"] == "step") for t in run.trials)
+    assert {t.params["sched.name"] for t in run.trials} == {"none", "step"}
+    markdown = "\n".join(search_report._table_md(table))
+    assert "| none |" in markdown and "| step, sched.step_size=2 |" in markdown and "| - |" not in markdown
+    # the narrow sweep again: its grid alone, the wider curves kept in the file
+    again = build_table(narrow, over, None, path, grid_points=2, log=lambda m: None, splits=tiny_splits)
+    assert len(trained) == 6 and len(again.in_grid()) == 2 and len(again.curves) == 6
 
 
 def test_a_table_is_built_with_the_engine_and_resumes(tmp_path, tiny_train, tiny_splits, monkeypatch):

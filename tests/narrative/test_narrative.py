@@ -233,8 +233,39 @@ def test_a_best_of_step_runs_its_search_then_trains_what_it_found_beside_the_han
             value=2.0,
         )
     )
-    again = run_narrative(spec, "reduced", RunOptions(storage=storage, tracking_uri="none"))[-1].study
-    assert again.study_name == "story.reduced.joint.trial3" and len(again.trials) == 2
+    only = run_narrative(spec, "reduced", RunOptions(storage=storage, tracking_uri="none"), only=["joint"])
+    again = only[-1].study
+    assert len(only) == 1 and again.study_name == "story.reduced.joint.trial3" and len(again.trials) == 2
     assert len(optuna.load_study(study_name=joint.study_name, storage=storage).trials) == 2  # kept, not retrained
     step = narrative_result(spec, "reduced", storage).steps[-1]
     assert step.config["optim"]["lr"] == pytest.approx(lr) and len(step.runs) == 2 and step.search["best_trial"] == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--step", "nope"], "no step named 'nope'; steps: plain, bn"),
+        (["--step", "bn", "--jobs", "2"], "--step: runs in this process"),
+    ],
+)
+def test_run_step_names_a_step_of_the_narrative(tmp_path, tiny_train, args, says):
+    from typer.testing import CliRunner
+
+    from studyrunner.cli.main import app
+
+    path = _story(tmp_path, tiny_train, STORY)
+    res = CliRunner().invoke(app, ["run", str(path), *args, "--storage", f"sqlite:///{tmp_path / 'o.db'}"])
+    out = " ".join(res.output.split())
+    assert res.exit_code in (1, 2) and says in out and "Traceback" not in out, out
+    assert not (tmp_path / "o.db").exists()  # refused before any store opened
+
+
+def test_run_step_on_a_sweep_is_refused(tmp_path, tiny_train):
+    from typer.testing import CliRunner
+
+    from studyrunner.cli.main import app
+
+    path = write_sweep(tmp_path, "study: s\n" + tiny_train + "space:\n  optim.lr: {low: 1.0e-4, high: 1.0e-2}\n", "s.yaml")
+    res = CliRunner().invoke(app, ["run", str(path), "--step", "bn", "--storage", f"sqlite:///{tmp_path / 'o.db'}"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and "is a sweep, not a narrative study with steps" in out, out
