@@ -464,11 +464,14 @@ def fit(
     on_batch: OnBatch = None,
     resume: bool = False,
     segment_start: int | None = None,
+    on_resume: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Train ``cfg`` (resolved) on ``splits``: one EpochRecord per epoch, then the test set on the best weights.
 
     ``resume``: continue from the state file in ``out_dir`` (``state_every``) when one of the same
-    configuration is there; its epochs are passed to ``on_epoch`` again, in order, first.
+    configuration is there; its epochs are passed to ``on_epoch`` again, in order, first, and
+    ``on_resume`` hears how many there were (0: none) before training goes on, so that a run
+    interrupted later still knows where it began.
 
     ``segment_start`` (population-based training): the state file may be another member's, at
     this epoch or later; it is taken whatever its ``MUTABLE_KEYS`` (the optimizer then runs at this
@@ -480,6 +483,8 @@ def fit(
     """
     training = _start(cfg, splits)
     done = training.result.resumed_from = _resume(training, on_epoch, segment_start) if resume else 0
+    if resume and on_resume is not None:
+        on_resume(done)
     chance = math.log(max(2, len(splits.classes)))  # the loss of a uniform guess
     for epoch in range(done + 1, cfg.epochs + 1):
         record = _epoch(training, epoch, on_batch)

@@ -248,12 +248,14 @@ class Objective:
             start_at = self._inherit(trial, cfg)
             try:
                 resume = attempt.retry or start_at is not None
-                result = fit(cfg, splits, on_epoch, self.events.batch_done, resume=resume, segment_start=start_at)
+                # where a retry continued is recorded before it trains on: an interrupted retry counts its epochs once
+                noted = (lambda n: self._resumed(trial, attempt, n)) if r == 0 and attempt.retry else None
+                result = fit(
+                    cfg, splits, on_epoch, self.events.batch_done, resume=resume, segment_start=start_at, on_resume=noted
+                )
             finally:  # pruned runs end in an exception: their training time counts all the same
                 self.timings["fit_s"] += time.perf_counter() - start
             attempt.results.append(result)
-            if r == 0 and attempt.retry:
-                self._resumed(trial, attempt, result.resumed_from)
             if result.outcome == "diverged":
                 attempt.outcome, attempt.reason = Outcome.DIVERGED, result.reason
                 raise optuna.TrialPruned(result.reason)

@@ -23,12 +23,15 @@ def test_real_splits_are_stratified_and_test_set_untouched(cifar_dir):
 
 
 @pytest.mark.long
-def test_batchnorm_run_reaches_62_percent_and_converges_faster(cifar_dir):
+def test_batchnorm_converges_faster_and_reaches_55_percent_in_3_epochs(cifar_dir):
+    """Document 004's step 5 on real images: after 3 epochs BatchNorm is far ahead (59.5% test
+    against 45.7% without it on the 2-core AMD EPYC; `make train` runs the 10 epochs of the README)."""
     cfg = resolve_config(
-        apply_overrides(TrainConfig(), {**BASE, "data.path": str(cifar_dir), "epochs": 10, "model.batchnorm": True})
+        apply_overrides(TrainConfig(), {**BASE, "data.path": str(cifar_dir), "epochs": 3, "model.batchnorm": True})
     )
     splits = load_splits(cfg.data)
     bn = fit(cfg, splits)
-    assert bn.outcome == "completed" and bn.test_acc >= 0.62, bn.test_acc
-    plain = fit(apply_overrides(cfg, {"model.batchnorm": False, "epochs": 3}), splits)
+    assert bn.outcome == "completed" and bn.test_acc >= 0.55, bn.test_acc
+    plain = fit(apply_overrides(cfg, {"model.batchnorm": False}), splits)
     assert plain.history[2].train_acc < bn.history[2].train_acc - 0.05
+    assert plain.test_acc < bn.test_acc - 0.05, (plain.test_acc, bn.test_acc)

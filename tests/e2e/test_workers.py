@@ -78,7 +78,7 @@ def test_three_workers_on_postgres_finish_exactly_n_trials(tmp_path, tiny_train,
 @pytest.mark.parametrize(("sig", "code", "why"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_ctrl_c_or_sigterm_marks_the_trial_ends_its_run_and_the_study_resumes(tmp_path, tiny_train, sig, code, why):
     # every trial must still be running when the signal comes: nothing stops it early
-    sweep = _sweep(tmp_path, tiny_train, n_trials=2, epochs=60, name="intr", head="pruner: {no_learning_epochs: 0}\n")
+    sweep = _sweep(tmp_path, tiny_train, n_trials=2, epochs=20, name="intr", head="pruner: {no_learning_epochs: 0}\n")
     storage, tracking = f"sqlite:///{tmp_path / 'o.db'}", f"sqlite:///{tmp_path / 'm.db'}"
     args = [sys.executable, "-m", "studyrunner", "run", str(sweep), "--storage", storage, "--tracking-uri", tracking]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -108,4 +108,4 @@ def test_ctrl_c_or_sigterm_marks_the_trial_ends_its_run_and_the_study_resumes(tm
     assert [trial_state(t) for t in study.trials] == ["INTERRUPTED", "COMPLETE"]  # an interrupted trial is not a failure
     first, retry = study.trials  # re-queued with its parameters, continued from its saved epochs: one history
     assert retry.params == first.params and retry.user_attrs["origin"] == first.number
-    assert sorted(retry.intermediate_values) == list(range(1, 61))
+    assert sorted(retry.intermediate_values) == list(range(1, 21))
