@@ -22,7 +22,6 @@ from studyrunner.bench.search_replay import (
 )
 from studyrunner.bench.search_report import render_report, run_search_bench
 from studyrunner.bench.search_table import Curve, Point, Table, build_table, config_id, grid_axes, load_table
-from studyrunner.errors import StudyrunnerError
 from studyrunner.search.spec import load_sweep
 from tests.conftest import sweep_spec
 
