@@ -159,7 +159,7 @@ def test_anytime_info_averages_the_seeds_where_each_has_a_complete_trial():
 def test_the_grid_discretises_floats_and_keeps_choices():
     spec = load_sweep(ROOT / "sweeps/search_bench.yaml")
     axes = grid_axes(spec, spec.base_config(), 7)
-    assert axes["optim.name"] == ["sgd", "adam"] and axes["sched.name"] == ["none", "cosine"]
+    assert axes["optim.name"] == ["sgd", "adam"] and axes["sched.name"] == ["none", "cosine", "step", "plateau"]
     lrs = axes["optim.lr"]
     assert len(lrs) == 7 and lrs[0] == 1e-5 and lrs[-1] == 0.1 and lrs[1] == pytest.approx(4.64159e-5)
     assert all(b / a == pytest.approx(10 ** (2 / 3), rel=1e-5) for a, b in zip(lrs, lrs[1:], strict=False))
