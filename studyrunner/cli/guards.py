@@ -14,7 +14,7 @@ from rich.markup import escape
 from studyrunner.cli.views import console
 from studyrunner.errors import StudyrunnerError
 
-__all__ = ["user_errors", "positive", "output_file", "output_folder"]
+__all__ = ["user_errors", "positive", "output_file", "output_folder", "check_ray"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,3 +60,16 @@ def output_folder(option: str, path: Path | str | None) -> None:
     for p in (Path(path), *Path(path).parents):
         if p.exists() and not p.is_dir():
             raise StudyrunnerError(f"{option} {path}: {p} is a file, not a folder")
+
+
+def check_ray(ray: str | None, jobs: int | None, gpus: str | None, cpus: float | None, gpus_per_trial: float | None) -> None:
+    """Ray places the trials itself: --jobs and --gpus are refused with it, its resource flags without it."""
+    from studyrunner.search.raytrials import check_resources
+
+    if ray is None and (cpus is not None or gpus_per_trial is not None):
+        raise StudyrunnerError("--cpus-per-trial and --gpus-per-trial size the Ray tasks of --ray; give --ray too")
+    if ray is not None and (jobs is not None or gpus is not None):
+        raise StudyrunnerError(
+            "--ray places the trials itself: drop --jobs/--gpus (size its trials with --cpus-per-trial/--gpus-per-trial)"
+        )
+    check_resources(cpus, gpus_per_trial)

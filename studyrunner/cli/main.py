@@ -19,7 +19,7 @@ from rich.console import Console
 
 from studyrunner.cli.bench import bench_app
 from studyrunner.cli.exports import BEST_FORMATS, BEST_SUFFIX, export_best_model, require_model_format
-from studyrunner.cli.guards import output_file, output_folder, positive, user_errors
+from studyrunner.cli.guards import check_ray, output_file, output_folder, positive, user_errors
 from studyrunner.cli.predict import REGISTER_HELP, predict, register
 from studyrunner.cli.predict import SHORT_HELP as PREDICT_HELP
 from studyrunner.cli.proxy import PROXY_HELP, storage_proxy
@@ -157,19 +157,6 @@ CpusPerTrialOpt = Annotated[float | None, typer.Option("--cpus-per-trial", help=
 GpusPerTrialOpt = Annotated[float | None, typer.Option("--gpus-per-trial", help="With --ray: GPUs per trial, e.g. 0.25.")]
 
 
-def _check_ray(ray: str | None, jobs: int | None, gpus: str | None, cpus: float | None, gpus_per_trial: float | None) -> None:
-    """Ray places the trials itself: --jobs and --gpus are refused with it, its resource flags without it."""
-    from studyrunner.search.raytrials import check_resources
-
-    if ray is None and (cpus is not None or gpus_per_trial is not None):
-        raise StudyrunnerError("--cpus-per-trial and --gpus-per-trial size the Ray tasks of --ray; give --ray too")
-    if ray is not None and (jobs is not None or gpus is not None):
-        raise StudyrunnerError(
-            "--ray places the trials itself: drop --jobs/--gpus (size its trials with --cpus-per-trial/--gpus-per-trial)"
-        )
-    check_resources(cpus, gpus_per_trial)
-
-
 @app.command(short_help="Run or resume a sweep's study (or a narrative study's steps), tracked in MLflow.")
 @user_errors
 def run(
@@ -198,7 +185,7 @@ def run(
 
     positive("--n-trials", n_trials)
     positive("--timeout", timeout)
-    _check_ray(ray, jobs, gpus, cpus_per_trial, gpus_per_trial)
+    check_ray(ray, jobs, gpus, cpus_per_trial, gpus_per_trial)
     if trials_per_gpu > 1 and gpus is None:
         raise StudyrunnerError(f"--trials-per-gpu {trials_per_gpu}: needs --gpus (it says how many workers share one GPU)")
     if step and (gpus is not None or (jobs or 1) > 1):
@@ -209,23 +196,14 @@ def run(
         args = (sweep, jobs, n_trials, timeout, scale, set_ or [], storage, tracking_uri, data_dir, console)
         raise typer.Exit(run_workers(*args, gpus=gpus, trials_per_gpu=trials_per_gpu))
     from studyrunner.cli.live import LiveStudy
-    from studyrunner.narrative.runner import run_narrative
-    from studyrunner.narrative.spec import is_narrative, load_narrative
+    from studyrunner.narrative.spec import is_narrative
     from studyrunner.search.driver import RunOptions, run_study
     from studyrunner.search.spec import load_sweep
 
     opts = RunOptions(n_trials, timeout, _overrides(set_, data_dir), storage, tracking_uri)
     opts.ray, opts.cpus_per_trial, opts.gpus_per_trial = ray, cpus_per_trial, gpus_per_trial
     if is_narrative(sweep):
-        story = load_narrative(sweep)
-        story.check(scale, opts.overrides)  # a bad scale or --set value is refused before any store opens
-        first = story.step(step[0]) if step else story.steps[0]  # a step name that is not there: the steps it has
-        with _interruptible(), LiveStudy(console, story.step_sweep(first, scale)) as live:
-            say = live.progress.console.print
-            outcomes = run_narrative(story, scale, opts, live, announce=lambda m: say(m), only=step or ())
-        for outcome in outcomes:
-            live.summary(outcome)
-        _fail_if_nothing_finished(outcomes)
+        _run_narrative(sweep, scale, step or [], opts)
         return
     if step:
         raise StudyrunnerError(f"--step: {sweep} is a sweep, not a narrative study with steps")
@@ -234,6 +212,23 @@ def run(
         outcome = run_study(spec, opts, live)
     live.summary(outcome)
     _fail_if_nothing_finished([outcome])
+
+
+def _run_narrative(path: Path, scale: str, steps: list[str], opts: Any) -> None:
+    """Every step of a narrative study (or the ``steps`` named), each a study of its own."""
+    from studyrunner.cli.live import LiveStudy
+    from studyrunner.narrative.runner import run_narrative
+    from studyrunner.narrative.spec import load_narrative
+
+    story = load_narrative(path)
+    story.check(scale, opts.overrides)  # a bad scale or --set value is refused before any store opens
+    first = story.step(steps[0]) if steps else story.steps[0]  # a step name that is not there: the steps it has
+    with _interruptible(), LiveStudy(console, story.step_sweep(first, scale)) as live:
+        say = live.progress.console.print
+        outcomes = run_narrative(story, scale, opts, live, announce=lambda m: say(m), only=steps)
+    for outcome in outcomes:
+        live.summary(outcome)
+    _fail_if_nothing_finished(outcomes)
 
 
 def _fail_if_nothing_finished(outcomes: list[Any]) -> None:

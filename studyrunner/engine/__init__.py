@@ -113,6 +113,7 @@ if TYPE_CHECKING:
         Schedule,
         build_optimizer,
         head_group,
+        take_hyperparameters,
     )
     from studyrunner.engine.predict import (
         Prediction,
@@ -217,6 +218,7 @@ __all__ = [
     "build_optimizer",
     "Schedule",
     "head_group",
+    "take_hyperparameters",
     "Prediction",
     "Predictions",
     "find_images",
@@ -314,6 +316,7 @@ _HOMES = {
     "build_optimizer": "optim",
     "Schedule": "optim",
     "head_group": "optim",
+    "take_hyperparameters": "optim",
     "Prediction": "predict",
     "Predictions": "predict",
     "find_images": "predict",

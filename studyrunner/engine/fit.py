@@ -31,7 +31,7 @@ from studyrunner.engine.data import Splits, batches
 from studyrunner.engine.decode import ImageSet, cache_root
 from studyrunner.engine.features import cache_for, digest, extract, random_augmentation
 from studyrunner.engine.models import build_model, head_module, load_init, weights_normalisation
-from studyrunner.engine.optim import Schedule, build_optimizer
+from studyrunner.engine.optim import Schedule, build_optimizer, take_hyperparameters
 from studyrunner.engine.resolve import is_resolved
 from studyrunner.engine.transfer import TransferPolicy
 from studyrunner.files import atomic_write
@@ -412,7 +412,7 @@ def _resume(training: _Training, on_epoch: OnEpoch, segment_start: int | None) -
     training.ctx.model.load_state_dict(blob["model"])
     training.opt.load_state_dict(blob["optimizer"])
     if inherit:
-        _take_hyperparameters(training.opt, saved, training.cfg)
+        take_hyperparameters(training.opt, float(saved.get("optim.lr") or training.cfg.optim.lr), training.cfg.optim)
     training.schedule.load_state_dict(blob["schedule"])
     training.gen.set_state(blob["generator"])
     torch.set_rng_state(blob["torch_rng"])
@@ -428,19 +428,6 @@ def _resume(training: _Training, on_epoch: OnEpoch, segment_start: int | None) -
         if on_epoch:
             on_epoch(record)
     return len(training.result.history)
-
-
-def _take_hyperparameters(opt: torch.optim.Optimizer, saved: dict[str, Any], cfg: TrainConfig) -> None:
-    """A copied optimizer state runs on with this config's learning rate (every group scaled alike,
-    so a backbone keeps its multiple), momentum and weight decay."""
-    scale = cfg.optim.lr / float(saved.get("optim.lr") or cfg.optim.lr)
-    for group in opt.param_groups:
-        group["lr"] *= scale
-        if "initial_lr" in group:
-            group["initial_lr"] *= scale
-        group["weight_decay"] = cfg.optim.weight_decay
-        if "momentum" in group:  # sgd, rmsprop
-            group["momentum"] = cfg.optim.momentum
 
 
 def _finish(training: _Training) -> None:
@@ -469,9 +456,8 @@ def fit(
     """Train ``cfg`` (resolved) on ``splits``: one EpochRecord per epoch, then the test set on the best weights.
 
     ``resume``: continue from the state file in ``out_dir`` (``state_every``) when one of the same
-    configuration is there; its epochs are passed to ``on_epoch`` again, in order, first, and
-    ``on_resume`` hears how many there were (0: none) before training goes on, so that a run
-    interrupted later still knows where it began.
+    configuration is there; its epochs are passed to ``on_epoch`` again, in order, first, then
+    their number to ``on_resume`` (0: none), before training goes on.
 
     ``segment_start`` (population-based training): the state file may be another member's, at
     this epoch or later; it is taken whatever its ``MUTABLE_KEYS`` (the optimizer then runs at this
@@ -483,7 +469,7 @@ def fit(
     """
     training = _start(cfg, splits)
     done = training.result.resumed_from = _resume(training, on_epoch, segment_start) if resume else 0
-    if resume and on_resume is not None:
+    if resume and on_resume is not None:  # before training: an interrupted run still knows where it began
         on_resume(done)
     chance = math.log(max(2, len(splits.classes)))  # the loss of a uniform guess
     for epoch in range(done + 1, cfg.epochs + 1):

@@ -16,7 +16,7 @@ from torch.optim import lr_scheduler as sched
 from studyrunner.config import OptimConfig, SchedConfig
 from studyrunner.engine.transfer import ALL, HEAD
 
-__all__ = ["build_optimizer", "Schedule", "head_group"]
+__all__ = ["build_optimizer", "Schedule", "head_group", "take_hyperparameters"]
 
 
 def build_optimizer(params: Iterable[Any], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -123,3 +123,16 @@ def _build(opt: torch.optim.Optimizer, cfg: SchedConfig, epochs: int, steps: int
         max_lr = [g["lr"] for g in opt.param_groups]
         return sched.OneCycleLR(opt, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps, pct_start=cfg.pct_start)
     raise ValueError(f"unknown sched.name {cfg.name!r}; valid: none, step, multistep, plateau, cosine, onecycle")
+
+
+def take_hyperparameters(opt: torch.optim.Optimizer, saved_lr: float, cfg: OptimConfig) -> None:
+    """A state copied from another run (PBT's exploit) goes on at ``cfg``'s learning rate (every
+    group scaled alike from ``saved_lr``, so a backbone keeps its multiple), momentum and weight decay."""
+    scale = cfg.lr / saved_lr
+    for group in opt.param_groups:
+        group["lr"] *= scale
+        if "initial_lr" in group:
+            group["initial_lr"] *= scale
+        group["weight_decay"] = cfg.weight_decay
+        if "momentum" in group:  # sgd, rmsprop
+            group["momentum"] = cfg.momentum

@@ -68,6 +68,7 @@ if TYPE_CHECKING:
         decode,
         distributions,
         grid_space,
+        holds,
         optuna_params,
         suggest,
     )
@@ -166,6 +167,7 @@ __all__ = [
     "decode",
     "distributions",
     "optuna_params",
+    "holds",
     "is_mutable",
     "choice_label",
     "ObjectiveSpec",
@@ -251,6 +253,7 @@ _HOMES = {
     "decode": "space",
     "distributions": "space",
     "optuna_params": "space",
+    "holds": "space",
     "is_mutable": "spec",
     "choice_label": "spec",
     "ObjectiveSpec": "spec",
