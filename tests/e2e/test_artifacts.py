@@ -68,7 +68,7 @@ def test_killed_worker_resumes_elsewhere_from_the_artifact_store(tmp_path, pg_ur
     server = artifact_server
     a, b, c = (_machine(tmp_path / n) for n in ("a", "b", "c"))
     stores = ["--storage", pg_url, "--tracking-uri", server.url]
-    epochs = 24
+    epochs = 12
     args = [sys.executable, "-m", "studyrunner", "run", str(_sweep(a, "art", 2, epochs)), *stores]
     victim = subprocess.Popen(
         args, cwd=a, env={**os.environ, **FAST_HEARTBEAT}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
