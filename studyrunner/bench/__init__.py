@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         grid_axes,
         load_table,
         save_table,
+        space_conditions,
     )
     from studyrunner.bench.storage import (
         SETTINGS,
@@ -83,6 +84,7 @@ __all__ = [
     "Curve",
     "Table",
     "grid_axes",
+    "space_conditions",
     "config_id",
     "load_table",
     "save_table",
@@ -122,6 +124,7 @@ _HOMES = {
     "Curve": "search_table",
     "Table": "search_table",
     "grid_axes": "search_table",
+    "space_conditions": "search_table",
     "config_id": "search_table",
     "load_table": "search_table",
     "save_table": "search_table",

@@ -34,6 +34,7 @@ __all__ = [
     "Curve",
     "Table",
     "grid_axes",
+    "space_conditions",
     "config_id",
     "load_table",
     "save_table",
@@ -184,6 +185,20 @@ def _check_space(spec: SweepSpec) -> None:
             raise StudyrunnerError(f"{where}: space.{name}: the search benchmark trains every configuration on the same data")
 
 
+def space_conditions(spec: SweepSpec, axes: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
+    """Each conditional parameter's conditions on other parameters. A condition on a fixed train
+    key is decided here, as the sampler decides it: held, it is dropped; failed, the parameter
+    leaves ``axes`` (no configuration has it)."""
+    when: dict[str, dict[str, Any]] = {}
+    for name, p in spec.space.items():
+        on_space = {k: v for k, v in (p.when or {}).items() if k in spec.space}
+        if not holds({k: v for k, v in (p.when or {}).items() if k not in spec.space}, dict(spec.train)):
+            axes.pop(name, None)
+        elif on_space:
+            when[name] = on_space
+    return when
+
+
 def grid_axes(spec: SweepSpec, base: TrainConfig, points: int) -> dict[str, list[Any]]:
     """Every space parameter's grid values, in the space's order."""
     if points < 2:
@@ -275,7 +290,7 @@ def build_table(
         table = Table(key, resolved.epochs, {})
     table.axes = grid_axes(spec, resolved, grid_points)  # this sweep's grid; curves of another grid stay stored
     table.ordered = [name for name, p in spec.space.items() if p.choices is None]
-    table.when = {name: dict(p.when) for name, p in spec.space.items() if p.when}
+    table.when = space_conditions(spec, table.axes)
     todo = [p for p in table.configs() if config_id(p) not in table.curves]
     log(f"{len(table.configs())} configurations x {table.epochs} epochs: {len(todo)} to train, {len(table.curves)} in {path}")
     for i, params in enumerate(todo, 1):

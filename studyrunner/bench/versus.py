@@ -144,7 +144,8 @@ def _best(study: optuna.Study) -> str:
 
 def _value_of(study: optuna.Study, params: dict[str, Any]) -> float | None:
     """The best value ``study`` had for exactly ``params`` (None when it never finished them)."""
-    found = [t.value for t in study.trials if t.params == params and t.value is not None and t.state.name == "COMPLETE"]
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    found = [t.value for t in done if t.params == params and t.value is not None]
     return max(found, default=None)
 
 

@@ -420,7 +420,7 @@ def narrative_result(spec: NarrativeSpec, scale: str, storage: str) -> Narrative
         runs: list[TrialResult] = []
         checkpoint, confusion = "", None
         search = _search_info(spec, step, store, names) if step.best_of else None
-        study_name = spec.step_study(step, scale, (search or {}).get("best_trial") if step.best_of else None)
+        study_name = spec.step_study(step, scale, (search or {}).get("best_trial"))  # a best_of step: its retraining
         if study_name in names:
             study = optuna.load_study(study_name=study_name, storage=store)
             tracking = study.user_attrs.get("tracking_uri")

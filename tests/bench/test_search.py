@@ -201,6 +201,22 @@ def test_a_wider_space_trains_only_what_it_adds_and_conditional_values_go_where_
     assert len(trained) == 6 and len(again.in_grid()) == 2 and len(again.curves) == 6
 
 
+def test_a_condition_on_a_fixed_train_key_is_decided_as_the_sampler_decides_it(tmp_path, tiny_train):
+    from studyrunner.bench.search_table import space_conditions
+
+    space = (
+        "space:\n  optim.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n  sched.name: {choices: [none, step]}\n"
+        "  sched.step_size: {choices: [1, 2], when: {sched.name: step}}\n"
+        "  optim.momentum: {choices: [0.5, 0.9], when: {optim.name: sgd}}\n"
+    )
+    for optimizer, has_momentum in (("adam", False), ("sgd", True)):
+        spec = sweep_spec(tmp_path, tiny_train.replace("name: adam", f"name: {optimizer}"), space=space)
+        axes = grid_axes(spec, spec.base_config(), 2)
+        when = space_conditions(spec, axes)
+        assert when == {"sched.step_size": {"sched.name": "step"}}  # the train key's condition is decided, not kept
+        assert ("optim.momentum" in axes) == has_momentum
+
+
 def test_a_table_is_built_with_the_engine_and_resumes(tmp_path, tiny_train, tiny_splits, monkeypatch):
     space = "space:\n  optim.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n  optim.name: {choices: [adam]}\n"
     spec = sweep_spec(tmp_path, tiny_train, space=space)
